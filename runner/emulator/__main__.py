@@ -1,0 +1,93 @@
+"""CLI: ``python -m runner.emulator --port 8321 [--time-scale 0.05] [--faults 0.2]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import structlog
+
+from runner.emulator.config import EmulatorConfig
+from runner.emulator.faults import FaultConfig
+from runner.emulator.server import Emulator
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not within [0, 1]")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.emulator",
+        description="Serve a local DashScope image-API emulator until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument("--time-scale", type=_non_negative, default=1.0,
+                        help="latency multiplier: 1 real, 0.05 fast, 0 instant (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for latencies and faults")
+    parser.add_argument("--faults", type=_fraction, default=0.0,
+                        help="share of answers that get a transient fault, e.g. 0.2")
+    parser.add_argument("--no-quotas", action="store_true",
+                        help="disable quotas and rate limits")
+    parser.add_argument("--api-key", action="append", dest="api_keys",
+                        help="accept only this key (repeatable; default: any key)")
+    parser.add_argument("--verbose", action="store_true", help="log debug events")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port} is not a valid port")
+    return args
+
+
+async def serve(config: EmulatorConfig) -> None:
+    async with Emulator(config) as emu:
+        print(f"DashScope emulator: base URL {emu.base_url}", flush=True)
+        print(f"  export DASHSCOPE_HTTP_BASE_URL={emu.base_url}", flush=True)
+        print(f"  judge (OpenAI-compatible): {emu.compatible_url}", flush=True)
+        print(f"  stats: {emu.root_url}/_emulator/stats   (Ctrl-C to stop)", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    config = EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        time_scale=args.time_scale,
+        seed=args.seed,
+        quotas_enabled=not args.no_quotas,
+        faults=FaultConfig(transient=args.faults),
+        api_keys=frozenset(args.api_keys) if args.api_keys else None,
+    )
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        print("emulator stopped", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Per-instance state shared by the route handlers, plus the checks every API call makes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from runner.emulator.config import EmulatorConfig, Endpoint, ModelSpec
+from runner.emulator.faults import REQUEST_KINDS, FaultConfig, FaultInjector, FaultKind, FaultPlan
+from runner.emulator.protocol import ApiError
+from runner.emulator.state import FileStore, QuotaBook, TaskBoard
+from runner.emulator.stats import StatsRecorder
+
+# Bodies above this are parsed off the loop: base64 images make them large.
+_BIG_BODY = 256 * 1024
+
+
+class ConnectionReset(Exception):
+    """Raised by a handler to drop the connection with a TCP RST instead of answering."""
+
+
+@dataclass
+class EmulatorState:
+    config: EmulatorConfig
+    stats: StatsRecorder = field(init=False)
+    quotas: QuotaBook = field(init=False)
+    files: FileStore = field(init=False)
+    board: TaskBoard = field(init=False)
+    injector: FaultInjector = field(init=False)
+    keys_revoked: bool = False
+    upload_secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _client: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.stats = StatsRecorder(self.config.timeline_cap)
+        self.quotas = QuotaBook(self.config, self.stats)
+        self.files = FileStore(self.config, secrets.token_bytes(16))
+        self.board = TaskBoard(self.config, self.stats, self.quotas, self.files)
+        self.injector = FaultInjector(self.config.faults, self.config.seed)
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        self.config.faults = faults
+        self.injector = FaultInjector(faults, self.config.seed)
+
+    def client(self) -> aiohttp.ClientSession:
+        """For fetching loopback input URLs that the emulator does not serve itself."""
+        if self._client is None or self._client.closed:
+            self._client = aiohttp.ClientSession(trust_env=False)
+        return self._client
+
+    async def close(self) -> None:
+        self.stopping.set()
+        self.board.close()
+        if self._client is not None:
+            await self._client.close()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleeps, but wakes at once when the emulator stops."""
+        if seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def spec_for(self, body: dict[str, Any], endpoint: Endpoint) -> ModelSpec:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError("InvalidParameter", "Model is required.")
+        spec = self.config.models.get(model)
+        if spec is None or endpoint not in spec.endpoints:
+            raise ApiError("ModelNotFound", f"Model not exist: {model}")
+        return spec
+
+
+STATE_KEY: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)
+
+
+def state_of(request: web.Request) -> EmulatorState:
+    return request.app[STATE_KEY]
+
+
+def bearer_key(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
+async def guard(request: web.Request, endpoint: str) -> FaultPlan:
+    """Authenticates, then draws this answer's faults and applies the request-level one."""
+    state = state_of(request)
+    key = bearer_key(request)
+    allowed = state.config.api_keys
+    if not key or (allowed is not None and key not in allowed):
+        raise ApiError("InvalidApiKey")
+    if state.keys_revoked or state.injector.key_revoked():
+        raise ApiError("InvalidApiKey")
+    plan = state.injector.plan(endpoint)
+    kind = plan.first(REQUEST_KINDS)
+    if kind is not None:
+        state.stats.faults_injected[kind.value] += 1
+        raise_request_fault(kind, state.config.faults)
+    return plan
+
+
+def raise_request_fault(kind: FaultKind, faults: FaultConfig) -> None:
+    if kind is FaultKind.CONNECTION_RESET:
+        raise ConnectionReset
+    if kind is FaultKind.ARREARAGE:
+        raise ApiError("Arrearage")
+    if kind is FaultKind.RATE_LIMIT_RETRY_AFTER:
+        raise ApiError("Throttling.RateQuota", headers={"Retry-After": str(faults.retry_after_s)})
+    if kind is FaultKind.RATE_LIMIT:
+        raise ApiError("Throttling.RateQuota")
+    if kind is FaultKind.INTERNAL_ERROR:
+        raise ApiError("InternalError")
+    raise ApiError("ModelUnavailable")
+
+
+async def stall_if_planned(request: web.Request, plan: FaultPlan) -> None:
+    """The stall fault: the work is done (a submitted task exists) but the answer is late."""
+    if plan.has(FaultKind.STALL):
+        state = state_of(request)
+        state.stats.faults_injected[FaultKind.STALL.value] += 1
+        await state.sleep(state.config.faults.stall_s)
+
+
+def reset_connection(request: web.Request) -> web.Response:
+    """Closes the socket with RST (SO_LINGER 0); the returned answer is never written."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=500)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        if len(raw) > _BIG_BODY:
+            body = await asyncio.to_thread(json.loads, raw)
+        else:
+            body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError("InvalidParameter", f"Request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError("InvalidParameter", "Request body must be a JSON object.")
+    return body
+
+
+def async_requested(request: web.Request) -> bool:
+    return request.headers.get("X-DashScope-Async", "").strip().lower() == "enable"

@@ -1,0 +1,110 @@
+"""Wire formats: error bodies (DashScope and OpenAI-compatible), ids, timestamps."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+# DashScope codes -> (HTTP status, default message), after the reference's error table.
+ERRORS: dict[str, tuple[int, str]] = {
+    "InvalidParameter": (400, "Invalid parameter."),
+    "DataInspectionFailed": (400, "Input data may contain inappropriate content."),
+    "Arrearage": (
+        400,
+        "Access denied, please make sure your account is in good standing.",
+    ),
+    "InvalidApiKey": (401, "Invalid API-key provided."),
+    "AccessDenied": (403, "Access denied."),
+    "ModelNotFound": (404, "Model not exist."),
+    "BadRequest.InputDownloadFailed": (415, "Failed to download the input file."),
+    "BadRequest.UnsupportedFileFormat": (415, "The input file format is not supported."),
+    "Throttling": (429, "Requests throttling triggered."),
+    "Throttling.RateQuota": (429, "Requests rate limit exceeded, please try again later."),
+    "InternalError": (500, "An internal error has occured, please try again later."),
+    "InternalError.Algo": (500, "An internal error occured in the algorithm service."),
+    "ModelUnavailable": (503, "Model is unavailable, please try again later."),
+    "UnsupportedOperation": (
+        400,
+        "Failed to cancel the task, please confirm if the task is in PENDING status.",
+    ),
+}
+
+# How the OpenAI-compatible endpoint names the same failures.
+OPENAI_CODES: dict[str, tuple[str, str]] = {
+    "InvalidParameter": ("invalid_parameter_error", "invalid_request_error"),
+    "DataInspectionFailed": ("data_inspection_failed", "data_inspection_failed"),
+    "Arrearage": ("Arrearage", "Arrearage"),
+    "InvalidApiKey": ("invalid_api_key", "invalid_request_error"),
+    "ModelNotFound": ("model_not_found", "invalid_request_error"),
+    "BadRequest.InputDownloadFailed": ("invalid_parameter_error", "invalid_request_error"),
+    "BadRequest.UnsupportedFileFormat": ("invalid_parameter_error", "invalid_request_error"),
+    "Throttling": ("limit_requests", "limit_requests"),
+    "Throttling.RateQuota": ("limit_requests", "limit_requests"),
+    "InternalError": ("internal_error", "internal_error"),
+    "ModelUnavailable": ("ServiceUnavailable", "ServiceUnavailable"),
+}
+
+
+class ApiError(Exception):
+    """Raised by handlers; the error middleware turns it into the wire answer."""
+
+    def __init__(
+        self, code: str, message: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        status, default = ERRORS[code]
+        super().__init__(message or default)
+        self.status = status
+        self.code = code
+        self.message = message or default
+        self.headers = headers or {}
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def wall_time(ts: float | None) -> str | None:
+    """The service's timestamp format, e.g. 2025-01-01 12:00:00.123."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def json_answer(payload: dict[str, Any], status: int = 200,
+                headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(payload, ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def dashscope_error(err: ApiError, request_id: str) -> web.Response:
+    body = {"request_id": request_id, "code": err.code, "message": err.message}
+    return json_answer(body, err.status, err.headers)
+
+
+def openai_error(err: ApiError, request_id: str) -> web.Response:
+    code, kind = OPENAI_CODES.get(err.code, (err.code, "invalid_request_error"))
+    body = {
+        "error": {"message": err.message, "type": kind, "param": None, "code": code},
+        "request_id": request_id,
+    }
+    return json_answer(body, err.status, err.headers)
+
+
+def oss_error(status: int, code: str, message: str, request_id: str) -> web.Response:
+    """OSS answers signed-URL failures in XML."""
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
+        f"  <Code>{code}</Code>\n  <Message>{message}</Message>\n"
+        f"  <RequestId>{request_id}</RequestId>\n"
+        "  <HostId>emulator-results.oss.local</HostId>\n</Error>\n"
+    )
+    return web.Response(text=xml, status=status, content_type="application/xml")

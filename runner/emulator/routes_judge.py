@@ -1,0 +1,87 @@
+"""OpenAI-compatible chat completions for the Qwen-VL judge (see judge.py for the scoring)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from runner.emulator.context import guard, read_json, stall_if_planned, state_of
+from runner.emulator.inputs import load_image
+from runner.emulator.judge import judge
+from runner.emulator.protocol import ApiError, json_answer
+
+
+def _parts(messages: object) -> tuple[list[str], list[object]]:
+    """(texts, image references) over all messages, in order."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("InvalidParameter", "messages must be a non-empty list.")
+    texts: list[str] = []
+    images: list[object] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ApiError("InvalidParameter", "each message must be an object.")
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        if not isinstance(content, list):
+            raise ApiError("InvalidParameter", "message content must be a string or a list.")
+        for part in content:
+            if not isinstance(part, dict):
+                raise ApiError("InvalidParameter", "content parts must be objects.")
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "image_url":
+                ref = part.get("image_url")
+                images.append(ref.get("url") if isinstance(ref, dict) else ref)
+    return texts, images
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    state = state_of(request)
+    plan = await guard(request, "judge")
+    body = await read_json(request)
+    spec = state.spec_for(body, "chat")
+    if body.get("stream"):
+        raise ApiError("InvalidParameter", "The emulator answers stream=false only.")
+    if not state.quotas.judge_allowed(spec, asyncio.get_running_loop().time()):
+        raise ApiError("Throttling.RateQuota")
+    texts, refs = _parts(body.get("messages"))
+    images = [await load_image(state, request, ref) for ref in refs]
+    state.stats.judge_calls[spec.name] += 1
+    _, latency_s = state.board.draw_latency(spec.name, spec.latency_s)
+    await state.sleep(latency_s)
+    text = "\n".join(texts)
+    try:
+        verdict = await asyncio.to_thread(judge, text, images)
+    except ValueError as exc:
+        raise ApiError("InvalidParameter", str(exc)) from exc
+    content = verdict.as_content()
+    prompt_tokens = len(text) // 3 + 1200 * len(images)
+    completion_tokens = len(content) // 3
+    answer: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": spec.name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": None,
+    }
+    await stall_if_planned(request, plan)
+    return json_answer(answer)

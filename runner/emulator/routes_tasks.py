@@ -1,0 +1,238 @@
+"""Async image tasks: submit (text2image, image2image), poll, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from runner.emulator.config import IMAGE_EDIT_FUNCTIONS, ModelSpec
+from runner.emulator.context import (
+    EmulatorState,
+    async_requested,
+    guard,
+    read_json,
+    stall_if_planned,
+    state_of,
+)
+from runner.emulator.faults import TASK_KINDS, FaultKind, FaultPlan
+from runner.emulator.inputs import check_sides, load_image, probe_image
+from runner.emulator.protocol import ApiError, json_answer, wall_time
+from runner.emulator.state import Task, new_task_id
+
+_SIZE = re.compile(r"^\s*(\d+)\s*\*\s*(\d+)\s*$")
+_MAX_SEED = 2_147_483_647
+
+
+def _int_param(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(
+            "InvalidParameter", f"parameters.{name} must be an integer in [{low}, {high}]."
+        )
+    return value
+
+
+def _bool_param(params: dict[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise ApiError("InvalidParameter", f"parameters.{name} must be a boolean.")
+    return value
+
+
+def parse_size(spec: ModelSpec, raw: object) -> tuple[int, int]:
+    if not isinstance(raw, str) or (match := _SIZE.match(raw)) is None:
+        raise ApiError("InvalidParameter", "parameters.size must look like 1024*1024.")
+    width, height = int(match.group(1)), int(match.group(2))
+    if spec.sizes is not None:
+        if f"{width}*{height}" not in spec.sizes:
+            allowed = ", ".join(spec.sizes)
+            raise ApiError("InvalidParameter", f"size must be one of: {allowed}.")
+    elif not (spec.min_side <= width <= spec.max_side and spec.min_side <= height <= spec.max_side):
+        raise ApiError(
+            "InvalidParameter",
+            f"size {width}*{height} is out of range: each side must be within "
+            f"[{spec.min_side}, {spec.max_side}].",
+        )
+    return width, height
+
+
+def prompts(state: EmulatorState, container: dict[str, Any]) -> tuple[str, int, str | None]:
+    """(prompt cut to the limit, original length, negative prompt cut to its limit)."""
+    prompt = container.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ApiError("InvalidParameter", "input.prompt is required.")
+    negative = container.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise ApiError("InvalidParameter", "negative_prompt must be a string.")
+    limit = state.config.max_prompt_chars
+    if len(prompt) > limit:
+        state.stats.prompts_truncated += 1
+    if negative is not None:
+        negative = negative[: state.config.max_negative_prompt_chars]
+    return prompt[:limit], len(prompt), negative
+
+
+def check_inspection(state: EmulatorState, *texts: str | None) -> None:
+    if state.injector.inspection_hit(*(t for t in texts if t)):
+        raise ApiError("DataInspectionFailed")
+
+
+def admit(state: EmulatorState, spec: ModelSpec) -> None:
+    if not state.quotas.admit(spec, asyncio.get_running_loop().time()):
+        raise ApiError("Throttling.RateQuota")
+
+
+def task_fault(state: EmulatorState, plan: FaultPlan) -> FaultKind | None:
+    kind = plan.first(TASK_KINDS)
+    if kind is not None:
+        state.stats.faults_injected[kind.value] += 1
+    return kind
+
+
+async def submit(request: web.Request) -> web.Response:
+    state = state_of(request)
+    plan = await guard(request, "submit")
+    if not async_requested(request):
+        raise ApiError("AccessDenied", "current user api does not support synchronous calls")
+    body = await read_json(request)
+    endpoint = "image2image" if request.match_info["task"] == "image2image" else "text2image"
+    spec = state.spec_for(body, endpoint)
+    inp = body.get("input")
+    params = body.get("parameters") or {}
+    if not isinstance(inp, dict) or not isinstance(params, dict):
+        raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
+    prompt, prompt_chars, negative = prompts(state, inp)
+    n = _int_param(params, "n", spec.default_n, 1, spec.max_n)
+    seed = _int_param(params, "seed", 0, 0, _MAX_SEED)
+    extend = _bool_param(params, "prompt_extend", spec.prompt_extend_default)
+    _bool_param(params, "watermark", False)
+    function: str | None = None
+    source: bytes | None = None
+    if endpoint == "text2image":
+        width, height = parse_size(spec, params.get("size", spec.default_size))
+    else:
+        function, source, (width, height) = await _edit_input(state, request, spec, inp, params)
+    check_inspection(state, prompt, negative)
+    admit(state, spec)
+    pending_s, latency_s = state.board.draw_latency(spec.name, spec.latency_s)
+    task = Task(
+        task_id=new_task_id(),
+        model=spec.name,
+        kind="t2i" if endpoint == "text2image" else "edit",
+        n=n,
+        width=width,
+        height=height,
+        prompt=prompt,
+        orig_prompt_chars=prompt_chars,
+        negative_prompt=negative,
+        prompt_extend=extend and endpoint == "text2image",
+        seed=seed,
+        function=function,
+        source=source,
+        parameters=params,
+        fault=task_fault(state, plan),
+        latency_s=latency_s,
+        submit_wall=time.time(),
+        submit_mono=asyncio.get_running_loop().time(),
+    )
+    state.board.add(task, pending_s)
+    state.stats.submits[spec.name] += 1
+    answer = {
+        "output": {"task_id": task.task_id, "task_status": "PENDING"},
+        "request_id": request["request_id"],
+    }
+    await stall_if_planned(request, plan)
+    return json_answer(answer)
+
+
+async def _edit_input(
+    state: EmulatorState,
+    request: web.Request,
+    spec: ModelSpec,
+    inp: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[str, bytes, tuple[int, int]]:
+    function = inp.get("function")
+    if function not in IMAGE_EDIT_FUNCTIONS:
+        raise ApiError(
+            "InvalidParameter",
+            f"input.function {function!r} is not supported; use one of "
+            + ", ".join(sorted(IMAGE_EDIT_FUNCTIONS)),
+        )
+    strength = params.get("strength", 0.5)
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not (
+        0.0 <= strength <= 1.0
+    ):
+        raise ApiError("InvalidParameter", "parameters.strength must be within [0, 1].")
+    if "base_image_url" not in inp:
+        raise ApiError("InvalidParameter", "input.base_image_url is required.")
+    source = await load_image(state, request, inp["base_image_url"])
+    info = await probe_image(source)
+    check_sides(info, spec.min_side, spec.max_side)
+    if function == "description_edit_with_mask":
+        if "mask_image_url" not in inp:
+            raise ApiError("InvalidParameter", "input.mask_image_url is required.")
+        mask = await probe_image(await load_image(state, request, inp["mask_image_url"]))
+        if (mask.width, mask.height) != (info.width, info.height):
+            raise ApiError("InvalidParameter", "The mask must have the base image's size.")
+    return function, source, (info.width, info.height)
+
+
+def task_output(task: Task) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(output, usage) of a known task, as GET /tasks answers it."""
+    output: dict[str, Any] = {
+        "task_id": task.task_id,
+        "task_status": task.status,
+        "submit_time": wall_time(task.submit_wall),
+    }
+    if task.scheduled_wall is not None:
+        output["scheduled_time"] = wall_time(task.scheduled_wall)
+    if task.end_wall is not None:
+        output["end_time"] = wall_time(task.end_wall)
+    usage = None
+    if task.status == "SUCCEEDED":
+        ok = sum(1 for r in task.results if "url" in r)
+        output["results"] = task.results
+        output["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": ok, "FAILED": task.n - ok}
+        usage = {"image_count": ok}
+    elif task.status == "FAILED":
+        output["code"] = task.code
+        output["message"] = task.message
+        output["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": 0, "FAILED": task.n}
+    elif task.status in ("PENDING", "RUNNING"):
+        output["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": 0, "FAILED": 0}
+    return output, usage
+
+
+async def poll(request: web.Request) -> web.Response:
+    state = state_of(request)
+    plan = await guard(request, "poll")
+    if not state.quotas.poll_allowed(asyncio.get_running_loop().time()):
+        raise ApiError("Throttling", "Requests rate limit exceeded, please try again later.")
+    state.stats.polls += 1
+    task_id = request.match_info["task_id"]
+    task = state.board.get(task_id)
+    answer: dict[str, Any] = {"request_id": request["request_id"]}
+    if task is None or task.expired:
+        answer["output"] = {"task_id": task_id, "task_status": "UNKNOWN"}
+    else:
+        output, usage = task_output(task)
+        answer["output"] = output
+        if usage is not None:
+            answer["usage"] = usage
+    await stall_if_planned(request, plan)
+    return json_answer(answer)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    state = state_of(request)
+    plan = await guard(request, "cancel")
+    task = state.board.get(request.match_info["task_id"])
+    if task is None or not state.board.cancel(task):
+        raise ApiError("UnsupportedOperation")
+    await stall_if_planned(request, plan)
+    return json_answer({"request_id": request["request_id"]})

@@ -1,0 +1,356 @@
+"""Tasks, quotas and result files: the emulator's account state, owned by its event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import random
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from runner.emulator.config import EmulatorConfig, ModelSpec
+from runner.emulator.faults import FaultKind
+from runner.emulator.images import render_edit, render_t2i
+from runner.emulator.stats import StatsRecorder
+
+_EXTENSIONS = (
+    "highly detailed, soft natural light, sharp focus",
+    "cinematic composition, rich colours, 8k",
+    "photorealistic, balanced exposure, fine texture",
+    "clean background, studio lighting, crisp details",
+)
+
+
+class RateWindow:
+    """Events in the last `span` seconds (sliding window)."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self._events: deque[float] = deque()
+
+    def count(self, now: float) -> int:
+        while self._events and now - self._events[0] >= self.span:
+            self._events.popleft()
+        return len(self._events)
+
+    def add(self, now: float) -> None:
+        self._events.append(now)
+
+
+class QuotaBook:
+    """Per-model in-flight slots and submit rates, the poll budget and judge rates."""
+
+    def __init__(self, config: EmulatorConfig, stats: StatsRecorder) -> None:
+        self.config = config
+        self.stats = stats
+        scale = config.time_scale if config.scale_windows else 1.0
+        self._second = scale
+        self._minute = 60.0 * scale
+        self._submits: dict[str, RateWindow] = {}
+        self._judge: dict[str, RateWindow] = {}
+        self._polls = RateWindow(self._second)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.quotas_enabled
+
+    def admit(self, spec: ModelSpec, now: float) -> bool:
+        """Take an in-flight slot for `spec` if the quotas allow it."""
+        window = self._submits.setdefault(spec.name, RateWindow(self._second))
+        recent = window.count(now)
+        in_flight = self.stats.in_flight[spec.name]
+        self.stats.submit_attempts[spec.name] += 1
+        over_slots = spec.max_in_flight is not None and in_flight >= spec.max_in_flight
+        over_rate = spec.submits_per_s is not None and recent >= spec.submits_per_s
+        if over_slots or over_rate:
+            if self.enabled:
+                self.stats.quota_refusals[spec.name] += 1
+                return False
+            self.stats.quota_overruns[spec.name] += 1
+        window.add(now)
+        self.stats.change_in_flight(spec.name, +1)
+        return True
+
+    def release(self, model: str) -> None:
+        self.stats.change_in_flight(model, -1)
+
+    def poll_allowed(self, now: float) -> bool:
+        if self.enabled and self._polls.count(now) >= self.config.poll_qps:
+            return False
+        self._polls.add(now)
+        return True
+
+    def judge_allowed(self, spec: ModelSpec, now: float) -> bool:
+        window = self._judge.setdefault(spec.name, RateWindow(self._minute))
+        limit = spec.requests_per_min
+        if self.enabled and limit is not None and window.count(now) >= limit:
+            return False
+        window.add(now)
+        return True
+
+
+@dataclass
+class ResultFile:
+    """A result image, rendered lazily on first download."""
+
+    name: str
+    kind: Literal["t2i", "edit"]
+    width: int
+    height: int
+    prompt: str
+    seed: int
+    function: str = ""
+    source: bytes | None = None
+
+
+class FileStore:
+    """Result files behind signed URLs, uploads behind oss:// keys, a small render cache."""
+
+    def __init__(self, config: EmulatorConfig, secret: bytes, cache_size: int = 64) -> None:
+        self.config = config
+        self.root_url = ""
+        self._secret = secret
+        self.files: dict[str, ResultFile] = {}
+        self.uploads: dict[str, bytes] = {}
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_size = cache_size
+
+    def signature(self, name: str, expires: int) -> str:
+        msg = f"GET\n{name}\n{expires}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha1).hexdigest()
+
+    def add(self, record: ResultFile) -> str:
+        """Registers a result and returns its signed URL."""
+        self.files[record.name] = record
+        expires = math.ceil(time.time() + self.config.url_ttl_s)
+        sig = self.signature(record.name, expires)
+        return (
+            f"{self.root_url}/files/{record.name}.png"
+            f"?Expires={expires}&OSSAccessKeyId=EMULATOR&Signature={sig}"
+        )
+
+    def cached(self, name: str) -> bytes | None:
+        data = self._cache.get(name)
+        if data is not None:
+            self._cache.move_to_end(name)
+        return data
+
+    def remember(self, name: str, data: bytes) -> None:
+        self._cache[name] = data
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def render(self, record: ResultFile) -> bytes:
+        """The PNG of a result, rendered off the loop on first use."""
+        data = self.cached(record.name)
+        if data is not None:
+            return data
+        if record.kind == "t2i":
+            data = await asyncio.to_thread(
+                render_t2i, record.width, record.height, record.prompt, record.seed
+            )
+        else:
+            assert record.source is not None  # edits always keep their source
+            data = await asyncio.to_thread(
+                render_edit, record.source, record.prompt, record.seed, record.function
+            )
+        self.remember(record.name, data)
+        return data
+
+
+class TaskInfo(BaseModel):
+    """What tests may inspect about a task beyond the wire answer."""
+
+    task_id: str
+    model: str
+    status: str
+    prompt: str
+    prompt_truncated: bool
+    orig_prompt_chars: int
+    negative_prompt: str | None
+    n: int
+    size: str
+    function: str | None
+    parameters: dict[str, Any]
+    fault: str | None
+    latency_s: float
+
+
+@dataclass
+class Task:
+    task_id: str
+    model: str
+    kind: Literal["t2i", "edit"]
+    n: int
+    width: int
+    height: int
+    prompt: str
+    orig_prompt_chars: int
+    negative_prompt: str | None
+    prompt_extend: bool
+    seed: int
+    function: str | None
+    source: bytes | None
+    parameters: dict[str, Any]
+    fault: FaultKind | None
+    latency_s: float
+    submit_wall: float
+    submit_mono: float
+    status: str = "PENDING"
+    scheduled_wall: float | None = None
+    end_wall: float | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    code: str | None = None
+    message: str | None = None
+    expired: bool = False
+    handles: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def prompt_truncated(self) -> bool:
+        return self.orig_prompt_chars > len(self.prompt)
+
+    def info(self) -> TaskInfo:
+        return TaskInfo(
+            task_id=self.task_id,
+            model=self.model,
+            status="UNKNOWN" if self.expired else self.status,
+            prompt=self.prompt,
+            prompt_truncated=self.prompt_truncated,
+            orig_prompt_chars=self.orig_prompt_chars,
+            negative_prompt=self.negative_prompt,
+            n=self.n,
+            size=f"{self.width}*{self.height}",
+            function=self.function,
+            parameters=self.parameters,
+            fault=self.fault.value if self.fault else None,
+            latency_s=self.latency_s,
+        )
+
+
+class TaskBoard:
+    """Async tasks: PENDING -> RUNNING -> SUCCEEDED/FAILED on loop timers."""
+
+    def __init__(self, config: EmulatorConfig, stats: StatsRecorder, quotas: QuotaBook,
+                 files: FileStore) -> None:
+        self.config = config
+        self.stats = stats
+        self.quotas = quotas
+        self.files = files
+        self.tasks: dict[str, Task] = {}
+        self._seq: dict[str, int] = {}
+
+    def draw_latency(self, model: str, span: tuple[float, float]) -> tuple[float, float]:
+        """(pending part, total) in scaled seconds, reproducible from the seed."""
+        seq = self._seq.get(model, 0)
+        self._seq[model] = seq + 1
+        rng = random.Random(f"{self.config.seed}:{model}:{seq}")
+        total = rng.uniform(*span) * self.config.time_scale
+        return total * rng.uniform(*self.config.pending_fraction), total
+
+    def add(self, task: Task, pending_s: float) -> None:
+        """Registers an admitted task (its slot already taken) and starts its clock."""
+        self._purge()
+        self.tasks[task.task_id] = task
+        loop = asyncio.get_running_loop()
+        if task.latency_s <= 0:
+            self._start(task)
+            self._finish(task)
+            return
+        task.handles = [
+            loop.call_later(pending_s, self._start, task),
+            loop.call_later(task.latency_s, self._finish, task),
+        ]
+
+    def get(self, task_id: str) -> Task | None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        if time.time() - task.submit_wall > self.config.task_ttl_s and task.end_wall:
+            del self.tasks[task_id]
+            return None
+        return task
+
+    def cancel(self, task: Task) -> bool:
+        if task.status != "PENDING" or task.expired:
+            return False
+        for handle in task.handles:
+            handle.cancel()
+        task.status = "CANCELED"
+        task.end_wall = time.time()
+        self.quotas.release(task.model)
+        self.stats.cancels += 1
+        self.stats.task_outcomes["CANCELED"] += 1
+        return True
+
+    def close(self) -> None:
+        for task in self.tasks.values():
+            for handle in task.handles:
+                handle.cancel()
+
+    def _purge(self) -> None:
+        now = time.time()
+        while self.tasks:
+            task = next(iter(self.tasks.values()))
+            if task.end_wall is None or now - task.submit_wall <= self.config.task_ttl_s:
+                break
+            del self.tasks[task.task_id]
+
+    def _start(self, task: Task) -> None:
+        if task.status == "PENDING":
+            task.status = "RUNNING"
+            task.scheduled_wall = time.time()
+
+    def _finish(self, task: Task) -> None:
+        if task.status != "RUNNING":
+            return
+        task.end_wall = time.time()
+        self.quotas.release(task.model)
+        if task.fault is FaultKind.TASK_UNKNOWN:
+            task.expired = True
+            task.status = "UNKNOWN"
+        elif task.fault is FaultKind.TASK_FAILED:
+            task.status = "FAILED"
+            task.code = "InternalError.Algo"
+            task.message = "Inner error: the algorithm service failed to process the task."
+        else:
+            failures = max(1, task.n // 2) if (
+                task.fault is FaultKind.PARTIAL_SUCCESS and task.n > 1) else 0
+            task.results = [self._result(task, i) for i in range(task.n - failures)]
+            task.results += [
+                {"code": "InternalError.Timeout",
+                 "message": "Image generation timed out, please try again."}
+                for _ in range(failures)
+            ]
+            task.status = "SUCCEEDED"
+        self.stats.task_outcomes[task.status] += 1
+
+    def _result(self, task: Task, index: int) -> dict[str, Any]:
+        name = uuid.uuid4().hex
+        record = ResultFile(
+            name=name,
+            kind=task.kind,
+            width=task.width,
+            height=task.height,
+            prompt=task.prompt,
+            seed=task.seed + index,
+            function=task.function or "",
+            source=task.source,
+        )
+        item: dict[str, Any] = {}
+        if task.prompt_extend and task.kind == "t2i":
+            pick = int(hashlib.sha256(task.prompt.encode()).hexdigest(), 16) % len(_EXTENSIONS)
+            item["orig_prompt"] = task.prompt
+            item["actual_prompt"] = f"{task.prompt}, {_EXTENSIONS[pick]}"
+        item["url"] = self.files.add(record)
+        return item
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,143 @@
+"""Masks, colour transfer, sharpness matching and blending (feathered alpha or Poisson).
+
+What forgery detectors look for is a visible blending boundary and a colour or frequency
+mismatch between the pasted face and the rest, so every step here works on the soft mask:
+colour statistics are taken inside it, the Poisson region covers it, and the alpha ramps
+smoothly to zero before the mask's edge.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def hull_mask(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
+    """Binary (0/1 float32) filled convex hull of ``points``."""
+    mask = np.zeros(shape[:2], dtype=np.uint8)
+    hull = cv2.convexHull(np.round(points).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8)
+    return mask.astype(np.float32)
+
+
+def soft_mask(binary: np.ndarray, size: float, erode: float, feather: float) -> np.ndarray:
+    """Erode by ``erode * size`` then Gaussian-feather with sigma ``feather * size``.
+
+    The erosion keeps the ramp inside the face, so the picture outside the hull stays
+    untouched and the seam falls on skin, not on hair or background.
+    """
+    out = binary
+    k = int(round(erode * size))
+    if k > 0:
+        out = cv2.erode(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    sigma = max(0.5, feather * size)
+    out = cv2.GaussianBlur(out, (0, 0), sigma)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _masked_stats(img: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = weight.reshape(-1, 1).astype(np.float64)
+    total = max(float(w.sum()), 1e-6)
+    flat = img.reshape(-1, img.shape[2]).astype(np.float64)
+    mean = (flat * w).sum(axis=0) / total
+    var = (((flat - mean) ** 2) * w).sum(axis=0) / total
+    return mean, np.sqrt(np.maximum(var, 1e-6))
+
+
+def transfer_colour(src: np.ndarray, ref: np.ndarray, weight: np.ndarray,
+                    strength: float = 1.0) -> np.ndarray:
+    """Reinhard transfer in Lab: ``src``'s statistics inside ``weight`` become ``ref``'s.
+
+    Both images are in the same frame (the warped face and ori), so the same weight serves
+    both. The std ratio is clipped: a shadowed face must not be blown up into noise.
+    """
+    if strength <= 0:
+        return src
+    src_lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
+    ref_lab = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB).astype(np.float32)
+    m_s, s_s = _masked_stats(src_lab, weight)
+    m_r, s_r = _masked_stats(ref_lab, weight)
+    ratio = np.clip(s_r / s_s, 0.5, 2.0)
+    out = (src_lab - m_s) * ratio + m_r
+    out = src_lab + strength * (out - src_lab)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_LAB2RGB)
+
+
+def masked_blur(img: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur that averages only pixels under ``weight`` (normalised convolution)."""
+    num = cv2.GaussianBlur(img * weight, (0, 0), sigma)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma)
+    return num / np.maximum(den, 1e-3)
+
+
+def lowfreq_correct(src: np.ndarray, ref: np.ndarray, weight: np.ndarray,
+                    sigma: float) -> np.ndarray:
+    """Give ``src`` the low-frequency shading of ``ref`` (ratio of blurred lightness).
+
+    Light direction lives in the low frequencies of the lightness, identity in the higher
+    ones. The blurs average face pixels only (``weight``): around the face the two pictures
+    show different things (hair, background) that must not leak into the shading.
+    Lightness only: a per-channel ratio paints colour blotches wherever ori has a strongly
+    coloured detail (glasses frames, lipstick) inside the blur radius.
+    """
+    if sigma <= 0:
+        return src
+    lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
+    ref_l = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
+    w = weight.astype(np.float32)
+    bs = masked_blur(lab[..., 0], w, sigma) + 8.0
+    br = masked_blur(ref_l, w, sigma) + 8.0
+    lab[..., 0] = lab[..., 0] * np.clip(br / bs, 0.6, 1.6)
+    return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def sharpness(img: np.ndarray, weight: np.ndarray) -> float:
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    lap = cv2.Laplacian(grey, cv2.CV_32F)
+    w = weight > 0.5
+    return float(lap[w].std()) if w.any() else 0.0
+
+
+def match_sharpness(src: np.ndarray, ref: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, float]:
+    """Blur or unsharp ``src`` so its Laplacian energy inside the mask is close to ``ref``'s.
+
+    A pasted face sharper or softer than its surroundings is a classic forgery cue.
+    Returns the image and the factor applied (< 1 blurred, > 1 sharpened, 1 untouched).
+    """
+    a, b = sharpness(src, weight), sharpness(ref, weight)
+    if a <= 0 or b <= 0:
+        return src, 1.0
+    ratio = b / a
+    if 0.85 <= ratio <= 1.18:
+        return src, 1.0
+    s = src.astype(np.float32)
+    if ratio < 1.0:
+        sigma = float(np.clip((1.0 / ratio - 1.0) * 1.2, 0.3, 1.5))
+        return np.clip(cv2.GaussianBlur(s, (0, 0), sigma), 0, 255).astype(np.uint8), ratio
+    amount = float(np.clip(ratio - 1.0, 0.0, 1.0))
+    blurred = cv2.GaussianBlur(s, (0, 0), 1.0)
+    return np.clip(s + amount * (s - blurred), 0, 255).astype(np.uint8), ratio
+
+
+def poisson(src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """cv2.seamlessClone of ``src`` into ``dst`` over the binary ``region`` (same frame).
+
+    The centre is chosen so OpenCV puts the region back exactly where it was
+    (it places the ROI at centre - size // 2).
+    """
+    mask = (region > 0.5).astype(np.uint8) * 255
+    # seamlessClone needs the region one pixel inside the picture.
+    mask[0, :] = mask[-1, :] = 0
+    mask[:, 0] = mask[:, -1] = 0
+    x, y, w, h = cv2.boundingRect(mask)
+    if w < 3 or h < 3:
+        return src
+    center = (x + w // 2, y + h // 2)
+    return cv2.seamlessClone(src, dst, mask, center, cv2.NORMAL_CLONE)
+
+
+def alpha_blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    out = fg.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

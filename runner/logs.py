@@ -1,0 +1,132 @@
+"""structlog set-up: readable lines on a terminal, JSON lines in a file, secrets redacted.
+
+Library modules only call ``structlog.get_logger(__name__)``; whoever runs the job (the CLI
+or ``run_all``) calls ``configure`` once with the file to write and the secrets to hide.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[redacted]"
+_SENSITIVE_KEYS = re.compile(r"authorization|api[_-]?key|secret|token|password", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.I)
+_SK = re.compile(r"\bsk-[A-Za-z0-9]{8,}\b")  # the shape of DashScope keys
+
+
+class Redactor:
+    """A structlog processor that removes secrets from every value before rendering."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            value = _BEARER.sub(r"\1" + REDACTED, value)
+            return _SK.sub(REDACTED, value)
+        if isinstance(value, dict):
+            return {
+                k: (
+                    REDACTED if _SENSITIVE_KEYS.search(str(k)) and k != "task_id" else self.scrub(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(v) for v in value)
+        return value
+
+    def __call__(
+        self, logger: Any, name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key in list(event_dict):
+            if _SENSITIVE_KEYS.search(key) and key != "task_id":
+                event_dict[key] = REDACTED
+            else:
+                event_dict[key] = self.scrub(event_dict[key])
+        return event_dict
+
+
+_redactor = Redactor()
+
+
+def redactor() -> Redactor:
+    return _redactor
+
+
+def configure(
+    log_file: Path | None = None,
+    *,
+    secrets: Iterable[str] = (),
+    console: TextIO | None = sys.stderr,
+    console_level: int = logging.WARNING,
+) -> None:
+    """Route structlog through stdlib logging to a console handler and a JSON file."""
+    global _redactor
+    _redactor = Redactor(secrets)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redactor,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_runner", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.DEBUG)
+    # third-party chatter (aiohttp access logs, the SDK) stays out of the console
+    for noisy in ("aiohttp.access", "asyncio", "urllib3", "dashscope"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    foreign = [
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+        _redactor,
+    ]
+    if console is not None:
+        ch = logging.StreamHandler(console)
+        ch.setLevel(console_level)
+        ch.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=structlog.dev.ConsoleRenderer(colors=console.isatty()),
+                foreign_pre_chain=foreign,
+            )
+        )
+        ch._runner = True  # type: ignore[attr-defined]
+        root.addHandler(ch)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=structlog.processors.JSONRenderer(ensure_ascii=False),
+                foreign_pre_chain=foreign,
+            )
+        )
+        fh._runner = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+
+
+def close() -> None:
+    """Detach and close the handlers ``configure`` added (files are released)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_runner", False):
+            root.removeHandler(handler)
+            handler.close()

@@ -1,0 +1,776 @@
+"""The DashScope client against mocked HTTP (aioresponses): wire format, errors, retries,
+downloads and secret hygiene. No sleeping: the retry pause is replaced to record delays."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aioresponses import aioresponses
+from structlog.testing import capture_logs
+from yarl import URL
+
+from runner import dashscope
+from runner.dashscope import (
+    ClientConfig,
+    DashScopeClient,
+    DownloadTooLarge,
+    Submitted,
+    SyncResult,
+    TaskState,
+)
+from runner.errors import (
+    DashScopeError,
+    DownloadError,
+    Fatal,
+    ModelRefused,
+    RateLimited,
+    ResultExpired,
+    RowFailed,
+    ServerError,
+)
+
+BASE = "https://dashscope.test/api/v1"
+KEY = "sk-test-VERY-SECRET-0123456789"
+T2I = f"{BASE}/services/aigc/text2image/image-synthesis"
+I2I = f"{BASE}/services/aigc/image2image/image-synthesis"
+MM = f"{BASE}/services/aigc/multimodal-generation/generation"
+CHAT = "https://dashscope.test/compatible-mode/v1/chat/completions"
+RESULT = "https://oss.test/out/1.png?Expires=1700000000&Signature=abcDEF"
+
+
+class _CompatResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds ClientResponse without the ``stream_writer`` argument that
+    newer aiohttp requires; supply a stub (only used when the running aiohttp needs it)."""
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+_NEEDS_COMPAT = "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters
+
+
+class MockHTTP(aioresponses):
+    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:  # type: ignore[override]
+        if _NEEDS_COMPAT:
+            kwargs.setdefault("response_class", _CompatResponse)
+        super().add(url, method, **kwargs)
+
+
+def task_url(task_id: str = "t-1") -> str:
+    return f"{BASE}/tasks/{task_id}"
+
+
+def calls(m: aioresponses, method: str, url: str) -> list[Any]:
+    return m.requests.get((method, URL(url)), [])
+
+
+def sent_json(call: Any) -> dict[str, Any]:
+    return json.loads(call.kwargs["data"])
+
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+@pytest.fixture
+def events() -> Events:
+    return []
+
+
+@pytest.fixture
+def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    recorded: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(dashscope, "_sleep", fake_sleep)
+    return recorded
+
+
+@pytest.fixture
+async def client(events: Events, delays: list[float]) -> AsyncIterator[DashScopeClient]:
+    config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=3, download_max_bytes=1000)
+    async with DashScopeClient(config, on_event=lambda n, p: events.append((n, p))) as c:
+        yield c
+
+
+@pytest.fixture
+def mocked() -> Iterator[aioresponses]:
+    with MockHTTP() as m:
+        yield m
+
+
+def submitted_payload(task_id: str = "t-1") -> dict[str, Any]:
+    return {"output": {"task_id": task_id, "task_status": "PENDING"}, "request_id": "r-1"}
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_derives_compatible_url_and_hides_key() -> None:
+    cfg = ClientConfig(base_url=BASE + "/", api_key=f"  {KEY}\n")
+    assert cfg.base_url == BASE
+    assert cfg.compatible_base_url == "https://dashscope.test/compatible-mode/v1"
+    assert cfg.api_key.get_secret_value() == KEY  # stripped
+    assert KEY not in repr(cfg) and KEY not in str(cfg) and KEY not in cfg.model_dump_json()
+    other = ClientConfig(base_url="http://127.0.0.1:8000/emu", api_key=KEY)
+    assert other.compatible_base_url == "http://127.0.0.1:8000/compatible-mode/v1"
+    explicit = ClientConfig(base_url=BASE, api_key=KEY, compatible_base_url="http://x/v1/")
+    assert explicit.compatible_base_url == "http://x/v1"
+    assert cfg.download_max_bytes == 40 * 1024 * 1024
+
+
+def test_config_rejects_empty_key_and_bad_url() -> None:
+    with pytest.raises(ValueError):
+        ClientConfig(base_url=BASE, api_key="   ")
+    with pytest.raises(ValueError):
+        ClientConfig(base_url="ftp://x/api/v1", api_key=KEY)
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+async def test_text2image_submit_body_and_headers(
+    client: DashScopeClient, mocked: aioresponses, events: Events
+) -> None:
+    mocked.post(T2I, payload=submitted_payload())
+    sub = await client.submit_text2image("wanx2.1-t2i-turbo", "a red fox")
+    assert sub == Submitted(task_id="t-1", request_id="r-1", model="wanx2.1-t2i-turbo")
+    (call,) = calls(mocked, "POST", T2I)
+    assert sent_json(call) == {
+        "model": "wanx2.1-t2i-turbo",
+        "input": {"prompt": "a red fox"},
+        "parameters": {"size": "1024*1024", "n": 1, "prompt_extend": True, "watermark": False},
+    }
+    headers = call.kwargs["headers"]
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-DashScope-Async"] == "enable"
+    assert headers["User-Agent"].startswith("runner/")
+    assert events == [("request", {"kind": "submit", "model": "wanx2.1-t2i-turbo"})]
+
+
+async def test_text2image_optional_fields(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.post(T2I, payload=submitted_payload())
+    await client.submit_text2image(
+        "qwen-image",
+        "猫",
+        negative_prompt="blurry",
+        size="1328*1328",
+        n=1,
+        seed=42,
+        prompt_extend=False,
+    )
+    body = sent_json(calls(mocked, "POST", T2I)[0])
+    assert body["input"] == {"prompt": "猫", "negative_prompt": "blurry"}
+    assert body["parameters"] == {
+        "size": "1328*1328",
+        "n": 1,
+        "prompt_extend": False,
+        "watermark": False,
+        "seed": 42,
+    }
+
+
+async def test_image_edit_uses_image2image_path(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    mocked.post(I2I, payload=submitted_payload("t-9"))
+    image = "data:image/png;base64,iVBORw0KGgo="
+    sub = await client.submit_image_edit("wanx2.1-imageedit", "make it night", image, n=2, seed=7)
+    assert sub.task_id == "t-9"
+    assert calls(mocked, "POST", T2I) == []
+    (call,) = calls(mocked, "POST", I2I)
+    assert sent_json(call) == {
+        "model": "wanx2.1-imageedit",
+        "input": {
+            "function": "description_edit",
+            "prompt": "make it night",
+            "base_image_url": image,
+        },
+        "parameters": {"n": 2, "watermark": False, "strength": 0.5, "seed": 7},
+    }
+    assert call.kwargs["headers"]["X-DashScope-Async"] == "enable"
+
+
+async def test_multimodal_edit_is_sync_and_parsed(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    answer = {
+        "output": {
+            "choices": [
+                {"message": {"role": "assistant", "content": [{"image": "https://oss.test/a.png"}]}}
+            ]
+        },
+        "request_id": "r-mm",
+    }
+    mocked.post(MM, payload=answer)
+    res = await client.multimodal_edit(
+        "qwen-image-edit", "把招牌文字改为“OPEN”", "https://img.test/in.png", negative_prompt="x"
+    )
+    assert res == SyncResult(
+        urls=["https://oss.test/a.png"], request_id="r-mm", model="qwen-image-edit"
+    )
+    (call,) = calls(mocked, "POST", MM)
+    assert "X-DashScope-Async" not in call.kwargs["headers"]
+    assert call.kwargs["timeout"].total == client.config.sync_timeout_s
+    assert sent_json(call) == {
+        "model": "qwen-image-edit",
+        "input": {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"image": "https://img.test/in.png"},
+                        {"text": "把招牌文字改为“OPEN”"},
+                    ],
+                }
+            ]
+        },
+        "parameters": {"n": 1, "watermark": False, "negative_prompt": "x"},
+    }
+
+
+async def test_multimodal_without_image_is_server_error(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    mocked.post(MM, payload={"output": {"choices": []}, "request_id": "r"})
+    with pytest.raises(ServerError, match=r"no output\.choices"):
+        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
+
+
+async def test_cancel_task(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.post(task_url() + "/cancel", payload={"request_id": "r"})
+    assert await client.cancel_task("t-1") is None
+    assert len(calls(mocked, "POST", task_url() + "/cancel")) == 1
+
+
+# --------------------------------------------------------------------------- errors
+
+
+ERROR_TABLE = [
+    (400, "InvalidParameter", RowFailed),
+    (400, "DataInspectionFailed", ModelRefused),
+    (400, "IPInfringementSuspect", ModelRefused),
+    (400, "Arrearage", Fatal),
+    (401, "InvalidApiKey", Fatal),
+    (403, "AccessDenied", ModelRefused),
+    (403, "Model.AccessDenied", ModelRefused),
+    (404, "ModelNotFound", ModelRefused),
+    (415, "BadRequest.InputDownloadFailed", RowFailed),
+    (415, "BadRequest.UnsupportedFileFormat", RowFailed),
+    (429, "Throttling", RateLimited),
+    (429, "Throttling.RateQuota", RateLimited),
+    (429, "Throttling.AllocationQuota", ModelRefused),
+    (500, "InternalError", ServerError),
+    (500, "InternalError.Algo", ServerError),
+    (500, "InternalError.Timeout", ServerError),
+    (500, "SystemError", ServerError),
+    (503, "ModelUnavailable", ServerError),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), ERROR_TABLE)
+async def test_error_table_on_submit(
+    client: DashScopeClient,
+    mocked: aioresponses,
+    status: int,
+    code: str,
+    kind: type[DashScopeError],
+) -> None:
+    body = {"code": code, "message": f"msg for {code}", "request_id": "r-err"}
+    mocked.post(T2I, status=status, payload=body)
+    with pytest.raises(kind) as info:
+        await client.submit_text2image("wanx2.1-t2i-turbo", "p")
+    exc = info.value
+    assert type(exc) is kind
+    assert (exc.code, exc.status, exc.request_id, exc.model) == (
+        code,
+        status,
+        "r-err",
+        "wanx2.1-t2i-turbo",
+    )
+    assert f"msg for {code}" in str(exc)
+    assert len(calls(mocked, "POST", T2I)) == 1  # POST: never retried in the client
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (502, "<html><body>Bad Gateway</body></html>", ServerError),
+        (504, "", ServerError),
+        (400, "not json at all", RowFailed),
+        (401, "", Fatal),
+    ],
+)
+async def test_non_json_error_bodies(
+    client: DashScopeClient,
+    mocked: aioresponses,
+    status: int,
+    body: str,
+    kind: type[DashScopeError],
+) -> None:
+    mocked.post(T2I, status=status, body=body, content_type="text/html")
+    with pytest.raises(kind) as info:
+        await client.submit_text2image("m", "p")
+    assert info.value.status == status
+    assert str(status) in str(info.value)
+    if body:  # a short, whitespace-collapsed snippet of the body explains the failure
+        assert ("Bad Gateway" if status == 502 else body) in str(info.value)
+
+
+async def test_submit_answer_without_task_id(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.post(T2I, payload={"output": {"task_status": "PENDING"}, "request_id": "r"})
+    with pytest.raises(ServerError, match="task_id"):
+        await client.submit_text2image("m", "p")
+    mocked.post(T2I, status=200, body="<html>", content_type="text/html")
+    with pytest.raises(ServerError, match="not JSON"):
+        await client.submit_text2image("m", "p")
+
+
+async def test_429_on_submit_raises_once_with_retry_after(
+    client: DashScopeClient, mocked: aioresponses, events: Events, delays: list[float]
+) -> None:
+    mocked.post(
+        T2I,
+        status=429,
+        payload={"code": "Throttling.RateQuota", "message": "slow down", "request_id": "r"},
+        headers={"Retry-After": "7"},
+    )
+    with pytest.raises(RateLimited) as info:
+        await client.submit_text2image("wan2.2-t2i-flash", "p")
+    assert info.value.retry_after == 7.0
+    assert len(calls(mocked, "POST", T2I)) == 1
+    assert delays == []
+    throttled = [p for n, p in events if n == "throttled"]
+    assert throttled == [
+        {
+            "kind": "submit",
+            "model": "wan2.2-t2i-flash",
+            "code": "Throttling.RateQuota",
+            "retry_after": 7.0,
+            "request_id": "r",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ClientConnectionError("reset"),
+        aiohttp.ServerDisconnectedError(),
+        TimeoutError(),
+        aiohttp.ClientPayloadError("truncated"),
+    ],
+)
+async def test_network_errors_are_server_errors_and_post_not_retried(
+    client: DashScopeClient, mocked: aioresponses, exc: Exception
+) -> None:
+    mocked.post(T2I, exception=exc)
+    mocked.post(T2I, payload=submitted_payload())  # would succeed if (wrongly) retried
+    with pytest.raises(ServerError):
+        await client.submit_text2image("m", "p")
+    assert len(calls(mocked, "POST", T2I)) == 1
+
+
+async def test_sync_and_chat_not_retried(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.post(MM, status=500, payload={"code": "InternalError", "message": "boom"})
+    with pytest.raises(ServerError):
+        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/a.png")
+    assert len(calls(mocked, "POST", MM)) == 1
+    mocked.post(CHAT, status=429, payload={"error": {"code": "limit_requests", "message": "x"}})
+    with pytest.raises(RateLimited):
+        await client.chat("qwen-vl-max", [{"role": "user", "content": "hi"}])
+    assert len(calls(mocked, "POST", CHAT)) == 1
+
+
+# --------------------------------------------------------------------------- GET retries
+
+
+async def test_poll_retries_honour_retry_after_then_succeed(
+    client: DashScopeClient, mocked: aioresponses, events: Events, delays: list[float]
+) -> None:
+    url = task_url()
+    mocked.get(url, status=429, payload={"code": "Throttling"}, headers={"Retry-After": "3"})
+    mocked.get(url, status=500, payload={"code": "InternalError"})
+    mocked.get(url, exception=aiohttp.ServerDisconnectedError())
+    mocked.get(url, payload={"output": {"task_id": "t-1", "task_status": "RUNNING"}})
+    state = await client.fetch_task("t-1")
+    assert state.status == "RUNNING"
+    assert len(calls(mocked, "GET", url)) == 4
+    assert delays[0] == 3.0  # the server's Retry-After, not the backoff
+    assert 0.75 <= delays[1] <= 1.0  # 0.5 * 2**1 with jitter in [0.75, 1]
+    assert 1.5 <= delays[2] <= 2.0
+    retries = [p for n, p in events if n == "retry"]
+    assert [r["attempt"] for r in retries] == [1, 2, 3]
+    assert [r["error"] for r in retries] == ["RateLimited", "ServerError", "ServerError"]
+    assert sum(1 for n, _ in events if n == "request") == 4
+    assert sum(1 for n, _ in events if n == "throttled") == 1
+
+
+async def test_retry_after_above_cap_falls_back_to_backoff(
+    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+) -> None:
+    url = task_url()
+    mocked.get(url, status=429, payload={"code": "Throttling"}, headers={"Retry-After": "600"})
+    mocked.get(url, payload={"output": {"task_id": "t-1", "task_status": "PENDING"}})
+    await client.fetch_task("t-1")
+    assert len(delays) == 1 and 0.375 <= delays[0] <= 0.5
+
+
+async def test_poll_retries_exhausted(
+    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+) -> None:
+    url = task_url()
+    mocked.get(url, status=503, payload={"code": "ModelUnavailable"}, repeat=True)
+    with pytest.raises(ServerError) as info:
+        await client.fetch_task("t-1")
+    assert info.value.code == "ModelUnavailable"
+    assert len(calls(mocked, "GET", url)) == 4  # 1 + max_retries
+    assert len(delays) == 3
+
+
+async def test_poll_non_retryable_error_raises_at_once(
+    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+) -> None:
+    mocked.get(task_url(), status=401, payload={"code": "InvalidApiKey", "message": "bad key"})
+    with pytest.raises(Fatal):
+        await client.fetch_task("t-1")
+    assert len(calls(mocked, "GET", task_url())) == 1
+    assert delays == []
+
+
+# --------------------------------------------------------------------------- task states
+
+
+async def test_failed_task_is_returned_not_raised(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    mocked.get(
+        task_url(),
+        payload={
+            "request_id": "r-f",
+            "output": {
+                "task_id": "t-1",
+                "task_status": "FAILED",
+                "code": "DataInspectionFailed",
+                "message": "Output data may contain inappropriate content.",
+            },
+        },
+    )
+    state = await client.fetch_task("t-1")
+    assert state == TaskState(
+        task_id="t-1",
+        status="FAILED",
+        code="DataInspectionFailed",
+        message="Output data may contain inappropriate content.",
+        request_id="r-f",
+    )
+    assert state.terminal and state.urls == []
+
+
+async def test_partial_success_parsed(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.get(
+        task_url(),
+        payload={
+            "request_id": "r-s",
+            "output": {
+                "task_id": "t-1",
+                "task_status": "SUCCEEDED",
+                "results": [
+                    {"url": "https://oss.test/1.png?Expires=1", "actual_prompt": "a fox, detailed"},
+                    {"code": "InternalError.Timeout", "message": "item timed out"},
+                    {"url": "https://oss.test/2.png?Expires=1"},
+                ],
+                "task_metrics": {"TOTAL": 3, "SUCCEEDED": 2, "FAILED": 1},
+            },
+            "usage": {"image_count": 2},
+        },
+    )
+    state = await client.fetch_task("t-1")
+    assert state.status == "SUCCEEDED"
+    assert state.urls == ["https://oss.test/1.png?Expires=1", "https://oss.test/2.png?Expires=1"]
+    assert state.item_errors == [("InternalError.Timeout", "item timed out")]
+    assert state.actual_prompts == ["a fox, detailed"]
+    assert state.request_id == "r-s"
+
+
+async def test_unknown_and_pending_states(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.get(task_url(), payload={"output": {"task_id": "t-1", "task_status": "UNKNOWN"}})
+    state = await client.fetch_task("t-1")
+    assert state.status == "UNKNOWN" and state.terminal
+    mocked.get(task_url(), payload={"output": {"task_id": "t-1", "task_status": "PENDING"}})
+    state = await client.fetch_task("t-1")
+    assert state.status == "PENDING" and not state.terminal
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"request_id": "r"},
+        {"output": {"task_id": "t-1"}},
+        {"output": {"task_id": "t-1", "task_status": "WEIRD"}},
+        {"output": {"task_id": "t-1", "task_status": "SUCCEEDED", "results": []}},
+        {"output": {"task_id": "t-other", "task_status": "RUNNING"}},
+    ],
+)
+async def test_malformed_poll_answers(
+    mocked: aioresponses, delays: list[float], payload: dict[str, Any]
+) -> None:
+    config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=0)
+    async with DashScopeClient(config) as c:
+        mocked.get(task_url(), payload=payload)
+        with pytest.raises(ServerError):
+            await c.fetch_task("t-1")
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+async def test_download_sends_no_auth_header(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.get(RESULT, body=b"\x89PNG fake bytes", content_type="image/png")
+    data = await client.download(RESULT)
+    assert data == b"\x89PNG fake bytes"
+    (call,) = calls(mocked, "GET", RESULT)
+    headers = {k.lower(): v for k, v in call.kwargs["headers"].items()}
+    assert "authorization" not in headers
+    assert KEY not in repr(call.kwargs)
+
+
+async def test_download_content_length_over_cap_rejected_early(
+    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+) -> None:
+    mocked.get(RESULT, body=b"x" * 10, headers={"Content-Length": "5000"})
+    with pytest.raises(DownloadTooLarge) as info:
+        await client.download(RESULT)
+    assert isinstance(info.value, DownloadError)
+    assert len(calls(mocked, "GET", RESULT)) == 1 and delays == []  # not retried
+
+
+async def test_download_streaming_over_cap(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.get(RESULT, body=b"x" * 5000)  # no Content-Length: the stream must be cut
+    with pytest.raises(DownloadError, match="cap"):
+        await client.download(RESULT)
+    assert len(calls(mocked, "GET", RESULT)) == 1
+
+
+async def test_download_at_cap_is_fine(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.get(RESULT, body=b"y" * 1000)
+    assert len(await client.download(RESULT)) == 1000
+
+
+@pytest.mark.parametrize(
+    "url", ["data:image/png;base64,AAAA", "file:///etc/passwd", "ftp://h/x.png", "oss://k/x"]
+)
+async def test_download_refuses_non_http(
+    client: DashScopeClient, mocked: aioresponses, url: str
+) -> None:
+    with pytest.raises(RowFailed):
+        await client.download(url)
+    assert mocked.requests == {}
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+async def test_download_expired_url(
+    client: DashScopeClient, mocked: aioresponses, status: int, delays: list[float]
+) -> None:
+    xml = "<Error><Code>AccessDenied</Code><Message>Request has expired.</Message></Error>"
+    mocked.get(RESULT, status=status, body=xml, content_type="application/xml")
+    with pytest.raises(ResultExpired) as info:
+        await client.download(RESULT)
+    assert info.value.status == status
+    assert "Signature" not in str(info.value)  # pre-signed query stays out of messages
+    assert len(calls(mocked, "GET", RESULT)) == 1 and delays == []
+
+
+async def test_download_retries_server_errors(
+    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+) -> None:
+    mocked.get(RESULT, status=503, body="busy")
+    mocked.get(RESULT, exception=aiohttp.ClientPayloadError("cut"))
+    mocked.get(RESULT, body=b"png")
+    assert await client.download(RESULT) == b"png"
+    assert len(delays) == 2
+
+
+async def test_download_empty_body_is_download_error(
+    mocked: aioresponses, delays: list[float]
+) -> None:
+    config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=0)
+    async with DashScopeClient(config) as c:
+        mocked.get(RESULT, body=b"")
+        with pytest.raises(DownloadError, match="empty"):
+            await c.download(RESULT)
+
+
+# --------------------------------------------------------------------------- chat
+
+
+async def test_chat_parses_content(client: DashScopeClient, mocked: aioresponses) -> None:
+    answer = {
+        "id": "chatcmpl-1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": '{"score": 4}'}}],
+    }
+    mocked.post(CHAT, payload=answer)
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AA"}},
+                {"type": "text", "text": "score it"},
+            ],
+        }
+    ]
+    assert await client.chat("qwen-vl-max", messages, max_tokens=64) == '{"score": 4}'
+    (call,) = calls(mocked, "POST", CHAT)
+    assert sent_json(call) == {
+        "model": "qwen-vl-max",
+        "messages": messages,
+        "temperature": 0.0,
+        "max_tokens": 64,
+    }
+    assert call.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    mocked.post(
+        CHAT, payload={"choices": [{"message": {"content": [{"text": "a"}, {"text": "b"}]}}]}
+    )
+    assert await client.chat("qwen-vl-max", messages) == "ab"
+    mocked.post(CHAT, payload={"choices": []})
+    with pytest.raises(ServerError):
+        await client.chat("qwen-vl-max", messages)
+
+
+async def test_chat_compatible_error_shape(client: DashScopeClient, mocked: aioresponses) -> None:
+    err = {"error": {"code": "invalid_api_key", "message": "Incorrect API key provided."}}
+    mocked.post(CHAT, status=401, payload=err)
+    with pytest.raises(Fatal) as info:
+        await client.chat("qwen-vl-max", [{"role": "user", "content": "hi"}])
+    assert info.value.code == "InvalidApiKey"
+    err = {"error": {"code": "data_inspection_failed", "message": "inappropriate"}}
+    mocked.post(CHAT, status=400, payload=err)
+    with pytest.raises(ModelRefused):
+        await client.chat("qwen-vl-max", [{"role": "user", "content": "hi"}])
+
+
+# --------------------------------------------------------------------------- secrets, lifecycle
+
+
+async def test_key_never_leaks(mocked: aioresponses, delays: list[float]) -> None:
+    events: Events = []
+    config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=1)
+    with capture_logs() as logs:
+        async with DashScopeClient(config, on_event=lambda n, p: events.append((n, p))) as c:
+            assert KEY not in repr(c) and KEY not in str(c)
+            # A server that echoes the key (and the header) back in its error message.
+            echo = {
+                "code": "InvalidApiKey",
+                "message": f"bad key {KEY} (Authorization: Bearer {KEY})",
+            }
+            mocked.post(T2I, status=401, payload=echo)
+            with pytest.raises(Fatal) as info:
+                await c.submit_text2image("m", "p")
+            texts = [str(info.value), repr(info.value), repr(info.value.args)]
+            mocked.get(task_url(), status=500, body=f"oops {KEY}", repeat=True)
+            with pytest.raises(ServerError) as info2:
+                await c.fetch_task("t-1")
+            texts += [str(info2.value), repr(info2.value)]
+            mocked.post(CHAT, status=429, payload={"error": {"message": KEY}})
+            with pytest.raises(RateLimited) as info3:
+                await c.chat("qwen-vl-max", [])
+            texts.append(str(info3.value))
+            mocked.get(RESULT, exception=aiohttp.ClientConnectionError("reset"), repeat=True)
+            with pytest.raises(ServerError):
+                await c.download(RESULT)
+    assert logs, "the client logs its errors and retries"
+    blob = "\n".join(texts) + repr(logs) + repr(events)
+    assert KEY not in blob
+    assert not re.search(r"Bearer\s+sk-", blob)
+    assert "Signature=abcDEF" not in blob  # pre-signed query strings stay out of logs too
+
+
+async def test_event_hook_failure_does_not_fail_request(mocked: aioresponses) -> None:
+    def broken(name: str, payload: dict[str, Any]) -> None:
+        raise RuntimeError("counter bug")
+
+    async with DashScopeClient(ClientConfig(base_url=BASE, api_key=KEY), on_event=broken) as c:
+        mocked.post(T2I, payload=submitted_payload())
+        assert (await c.submit_text2image("m", "p")).task_id == "t-1"
+
+
+async def test_given_session_is_not_closed_and_own_session_is(mocked: aioresponses) -> None:
+    config = ClientConfig(base_url=BASE, api_key=KEY)
+    async with aiohttp.ClientSession() as session:
+        async with DashScopeClient(config, session=session) as c:
+            mocked.post(T2I, payload=submitted_payload())
+            await c.submit_text2image("m", "p")
+        assert not session.closed
+    own = DashScopeClient(config)
+    mocked.post(T2I, payload=submitted_payload())
+    await own.submit_text2image("m", "p")  # session created lazily inside the loop
+    inner = own._session
+    assert inner is not None and not inner.closed
+    await own.close()
+    assert inner.closed
+
+
+async def test_invalid_n_rejected(client: DashScopeClient) -> None:
+    with pytest.raises(ValueError):
+        await client.submit_text2image("m", "p", n=0)
+
+
+# --------------------------------------------------------------------------- real loopback server
+
+
+async def test_against_real_loopback_server(delays: list[float]) -> None:
+    """aioresponses stubs out aiohttp's request path; check the real one once (headers on
+    the wire, chunked streaming past the cap, a read timeout)."""
+    seen: dict[str, Any] = {}
+
+    async def submit(request: web.Request) -> web.Response:
+        seen["submit"] = dict(request.headers)
+        seen["body"] = await request.json()
+        return web.json_response(submitted_payload())
+
+    async def result(request: web.Request) -> web.StreamResponse:
+        seen["download"] = dict(request.headers)
+        resp = web.StreamResponse()  # chunked: no Content-Length to reject early
+        await resp.prepare(request)
+        for _ in range(10):
+            await resp.write(b"z" * 500)
+        await resp.write_eof()
+        return resp
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/services/aigc/text2image/image-synthesis", submit)
+    app.router.add_get("/result.png", result)
+    app.router.add_get("/api/v1/tasks/slow", slow)
+    async with TestServer(app) as server:
+        base = str(server.make_url("/api/v1"))
+        config = ClientConfig(
+            base_url=base, api_key=KEY, download_max_bytes=2000, timeout_s=0.2, max_retries=0
+        )
+        async with DashScopeClient(config) as c:
+            assert (await c.submit_text2image("m", "p")).task_id == "t-1"
+            with pytest.raises(DownloadTooLarge):
+                await c.download(str(server.make_url("/result.png")) + "?Signature=s")
+            with pytest.raises(ServerError, match="no complete answer"):
+                await c.fetch_task("slow")
+    assert seen["submit"]["Authorization"] == f"Bearer {KEY}"
+    assert seen["submit"]["X-DashScope-Async"] == "enable"
+    assert seen["body"]["parameters"]["n"] == 1
+    assert "Authorization" not in seen["download"]
+    assert seen["download"]["User-Agent"].startswith("runner/")

@@ -1,0 +1,94 @@
+"""Atomic writes and the journal's durability rules."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runner import store
+from runner.errors import DiskFull
+from runner.journal import Journal, replay
+
+
+async def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
+    target = tmp_path / "1.jpg"
+    await store.write_atomic(target, b"old")
+    await store.write_atomic(target, b"new" * 1000)
+    assert target.read_bytes() == b"new" * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["1.jpg"]
+
+
+async def test_write_atomic_disk_full_leaves_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "1.jpg"
+    await store.write_atomic(target, b"old")
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fsync", full)
+    with pytest.raises(DiskFull, match="no space"):
+        await store.write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["1.jpg"]  # no temp left
+
+
+def test_sweep_removes_only_temp_files(tmp_path: Path) -> None:
+    (tmp_path / "1.jpg").write_bytes(b"x")
+    (tmp_path / f".2.jpg{store.TEMP_MARK}abcd").write_bytes(b"half")
+    (tmp_path / ".hidden").write_bytes(b"keep")
+    assert store.sweep_temp(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "1.jpg"]
+
+
+def test_journal_replay_states(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.write_sync("run_start")
+    j.write_sync("submitted", index="1", model="m", task_id="a")
+    j.write_sync("submitted", index="2", model="m", task_id="b")
+    j.write_sync("task_closed", index="2", task_id="b", why="UNKNOWN")
+    j.write_sync("submitted", index="3", model="m", task_id="c")
+    j.write_sync("done", index="3", model="m", task_id="c", file="imgs/3.jpg", emulated=True)
+    j.write_sync("failed", index="4", reason="no face")
+    j.close()
+    # a kill in the middle of a line
+    with open(tmp_path / "journal.jsonl", "a") as f:
+        f.write('{"ev": "submitted", "index": "5", "task_')
+    st = replay(tmp_path / "journal.jsonl")
+    assert [p.task_id for p in st.rows["1"].pending] == ["a"]
+    assert st.rows["2"].pending == []
+    assert st.rows["3"].done and st.rows["3"].emulated and st.rows["3"].pending == []
+    assert st.rows["4"].failed_reason == "no face"
+    assert st.damaged_lines == 1 and st.runs == 1
+    # the next writer starts on a fresh line, so nothing after the damage is lost
+    j2 = Journal(tmp_path)
+    j2.write_sync("submitted", index="6", model="m", task_id="f")
+    j2.close()
+    st2 = replay(tmp_path / "journal.jsonl")
+    assert st2.rows["6"].pending[0].task_id == "f" and st2.damaged_lines == 1
+
+
+def test_journal_is_synced_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr("runner.journal.os.fsync", lambda fd: (calls.append(fd), real(fd)))
+    j = Journal(tmp_path)
+    j.write_sync("submitted", index="1", model="m", task_id="a")
+    j.write_sync("submitted", index="2", model="m", task_id="b")
+    j.close()
+    assert len(calls) == 2
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(x)["task_id"] for x in lines] == ["a", "b"]
+
+
+def test_old_task_ids_are_not_resumed(tmp_path: Path) -> None:
+    (tmp_path / "journal.jsonl").write_text(
+        json.dumps({"ev": "submitted", "index": "1", "model": "m", "task_id": "old", "t": 1000.0})
+        + "\n"
+    )
+    assert replay(tmp_path / "journal.jsonl").rows["1"].pending == []
