@@ -50,12 +50,12 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
     if key is not None:
         yield settings.base_url, key, False
         return
-    from .emulator import Emulator, EmulatorConfig
+    from .emulator import Emulator, EmulatorConfig, FaultConfig
 
     cfg = EmulatorConfig(
         time_scale=settings.emulator.time_scale,
         seed=settings.emulator.seed,
-        **({"faults": settings.emulator.faults} if settings.emulator.faults else {}),
+        faults=FaultConfig(transient=settings.emulator.faults),
     )
     async with Emulator(cfg) as emu:
         yield emu.base_url, "emulator-key", True

@@ -234,7 +234,7 @@ class Scheduler:
         except _RowStop as stop:
             res = stop.result
             await self.journal.write("failed", index=task.index, reason=res.reason, kind="row")
-            log.warning("row_failed", index=task.index, type=task.task_type, reason=res.reason)
+            log.info("row_failed", index=task.index, type=task.task_type, reason=res.reason)
         except (Fatal, DiskFull) as exc:
             self._stop(f"{type(exc).__name__}: {exc}")
             res = RowResult(

@@ -69,7 +69,11 @@ async def serve(config: EmulatorConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    # Logs to stderr: stdout carries only the URLs, for scripts that read them.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     config = EmulatorConfig(
         host=args.host,
         port=args.port,

@@ -36,14 +36,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     state = request.app[STATE_KEY]
     if not request.path.startswith("/_emulator"):
         state.stats.requests += 1
-    request["request_id"] = new_request_id()
+    rid = new_request_id()
     try:
         return await handler(request)
     except ApiError as err:
         state.stats.error(err.status, err.code)
         if request.path.startswith("/compatible-mode/"):
-            return openai_error(err, request["request_id"])
-        return dashscope_error(err, request["request_id"])
+            return openai_error(err, rid)
+        return dashscope_error(err, rid)
     except ConnectionReset:
         return reset_connection(request)
 

@@ -100,7 +100,7 @@ DOWNLOAD_KINDS: tuple[FaultKind, ...] = (
 class FaultRule(BaseModel):
     """When one fault kind fires. A bare number means ``probability``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     probability: float = Field(0.0, ge=0.0, le=1.0)
     every_n: int | None = Field(None, ge=1)
@@ -122,7 +122,7 @@ _KIND_FIELDS = [k.value for k in FaultKind]
 class FaultConfig(BaseModel):
     """All fault kinds (None: off) and their parameters."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     rate_limit_retry_after: FaultRule | None = None
     rate_limit: FaultRule | None = None

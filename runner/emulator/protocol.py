@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -63,8 +64,19 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Set by the middleware for each request; aiohttp runs each request in its own task.
+_REQUEST_ID: ContextVar[str] = ContextVar("emulator_request_id", default="")
+
+
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A fresh id, also made the current request's id."""
+    rid = str(uuid.uuid4())
+    _REQUEST_ID.set(rid)
+    return rid
+
+
+def request_id() -> str:
+    return _REQUEST_ID.get() or new_request_id()
 
 
 def wall_time(ts: float | None) -> str | None:

@@ -25,7 +25,7 @@ from runner.emulator.context import (
 )
 from runner.emulator.faults import DOWNLOAD_KINDS, FaultKind
 from runner.emulator.images import corrupt_png
-from runner.emulator.protocol import ApiError, json_answer, oss_error
+from runner.emulator.protocol import ApiError, json_answer, oss_error, request_id
 
 _HTML = (
     "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
@@ -37,7 +37,7 @@ _CHUNK = 1024 * 1024
 
 async def download(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    rid = request["request_id"]
+    rid = request_id()
     plan = state.injector.plan("download")
     if plan.has(FaultKind.CONNECTION_RESET):
         state.stats.faults_injected[FaultKind.CONNECTION_RESET.value] += 1
@@ -153,13 +153,13 @@ async def upload_policy(request: web.Request) -> web.Response:
         "x_oss_forbid_overwrite": "true",
     }
     await stall_if_planned(request, plan)
-    return json_answer({"request_id": request["request_id"], "data": data})
+    return json_answer({"request_id": request_id(), "data": data})
 
 
 async def oss_upload(request: web.Request) -> web.Response:
     """The OSS PostObject side of an upload; answers like OSS, in XML on errors."""
     state = state_of(request)
-    rid = request["request_id"]
+    rid = request_id()
     fields: dict[str, str] = {}
     payload: bytes | None = None
     reader = await request.multipart()

@@ -13,7 +13,7 @@ from aiohttp import web
 from runner.emulator.context import async_requested, guard, read_json, stall_if_planned, state_of
 from runner.emulator.faults import FaultKind
 from runner.emulator.inputs import check_sides, load_image, probe_image
-from runner.emulator.protocol import ApiError, json_answer
+from runner.emulator.protocol import ApiError, json_answer, request_id
 from runner.emulator.routes_tasks import admit, check_inspection, parse_size, task_fault
 from runner.emulator.state import ResultFile
 
@@ -106,7 +106,7 @@ async def generation(request: web.Request) -> web.Response:
             ]
         },
         "usage": {"width": width, "height": height, "image_count": 1},
-        "request_id": request["request_id"],
+        "request_id": request_id(),
     }
     await stall_if_planned(request, plan)
     return json_answer(answer)

@@ -20,7 +20,7 @@ from runner.emulator.context import (
 )
 from runner.emulator.faults import TASK_KINDS, FaultKind, FaultPlan
 from runner.emulator.inputs import check_sides, load_image, probe_image
-from runner.emulator.protocol import ApiError, json_answer, wall_time
+from runner.emulator.protocol import ApiError, json_answer, request_id, wall_time
 from runner.emulator.state import Task, new_task_id
 
 _SIZE = re.compile(r"^\s*(\d+)\s*\*\s*(\d+)\s*$")
@@ -143,7 +143,7 @@ async def submit(request: web.Request) -> web.Response:
     state.stats.submits[spec.name] += 1
     answer = {
         "output": {"task_id": task.task_id, "task_status": "PENDING"},
-        "request_id": request["request_id"],
+        "request_id": request_id(),
     }
     await stall_if_planned(request, plan)
     return json_answer(answer)
@@ -216,7 +216,7 @@ async def poll(request: web.Request) -> web.Response:
     state.stats.polls += 1
     task_id = request.match_info["task_id"]
     task = state.board.get(task_id)
-    answer: dict[str, Any] = {"request_id": request["request_id"]}
+    answer: dict[str, Any] = {"request_id": request_id()}
     if task is None or task.expired:
         answer["output"] = {"task_id": task_id, "task_status": "UNKNOWN"}
     else:
@@ -235,4 +235,4 @@ async def cancel(request: web.Request) -> web.Response:
     if task is None or not state.board.cancel(task):
         raise ApiError("UnsupportedOperation")
     await stall_if_planned(request, plan)
-    return json_answer({"request_id": request["request_id"]})
+    return json_answer({"request_id": request_id()})

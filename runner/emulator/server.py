@@ -56,8 +56,7 @@ class Emulator:
         self._runner = web.AppRunner(build_app(self._state), access_log=None,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port,
-                           shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self._state.files.root_url = self.root_url

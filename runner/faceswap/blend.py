@@ -20,6 +20,20 @@ def hull_mask(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32)
 
 
+def skin_mask(shape: tuple[int, ...], outline: np.ndarray, points: np.ndarray,
+              size: float) -> np.ndarray:
+    """Cheeks, forehead, nose and chin: the face outline, eroded, minus the eyes, brows and
+    mouth (their colours are not skin and would skew the statistics)."""
+    mask = soft_mask(hull_mask(shape, outline), size, 0.08, 0.0)
+    holes = np.zeros(shape[:2], dtype=np.uint8)
+    for part in (range(17, 22), range(22, 27), range(36, 42), range(42, 48), range(48, 60)):
+        cv2.fillConvexPoly(holes, cv2.convexHull(np.round(points[list(part)]).astype(np.int32)), 1)
+    k = max(1, int(round(0.05 * size)))
+    holes = cv2.dilate(holes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    mask[holes > 0] = 0
+    return mask
+
+
 def soft_mask(binary: np.ndarray, size: float, erode: float, feather: float) -> np.ndarray:
     """Erode by ``erode * size`` then Gaussian-feather with sigma ``feather * size``.
 
@@ -30,8 +44,8 @@ def soft_mask(binary: np.ndarray, size: float, erode: float, feather: float) -> 
     k = int(round(erode * size))
     if k > 0:
         out = cv2.erode(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
-    sigma = max(0.5, feather * size)
-    out = cv2.GaussianBlur(out, (0, 0), sigma)
+    if feather > 0:
+        out = cv2.GaussianBlur(out, (0, 0), max(0.5, feather * size))
     return np.clip(out, 0.0, 1.0)
 
 
@@ -44,21 +58,22 @@ def _masked_stats(img: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(np.maximum(var, 1e-6))
 
 
-def transfer_colour(src: np.ndarray, ref: np.ndarray, weight: np.ndarray,
+def transfer_colour(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: np.ndarray,
                     strength: float = 1.0) -> np.ndarray:
-    """Reinhard transfer in Lab: ``src``'s statistics inside ``weight`` become ``ref``'s.
+    """Reinhard transfer in Lab: ``src``'s skin statistics (under ``w_src``) become ``ref``'s
+    (under ``w_ref``).
 
-    Both images are in the same frame (the warped face and ori), so the same weight serves
-    both. The std ratio is clipped: a shadowed face must not be blown up into noise.
+    The std ratios are clipped, lightness hardest: a shadowed face must not be blown up into
+    noise, and a smiling ori's teeth must not stretch target's contrast.
     """
     if strength <= 0:
         return src
     src_lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
     ref_lab = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB).astype(np.float32)
-    m_s, s_s = _masked_stats(src_lab, weight)
-    m_r, s_r = _masked_stats(ref_lab, weight)
-    ratio = np.clip(s_r / s_s, 0.5, 2.0)
-    out = (src_lab - m_s) * ratio + m_r
+    m_s, s_s = _masked_stats(src_lab, w_src)
+    m_r, s_r = _masked_stats(ref_lab, w_ref)
+    ratio = np.clip(s_r / s_s, [0.75, 0.7, 0.7], [1.33, 1.4, 1.4]).astype(np.float32)
+    out = (src_lab - m_s.astype(np.float32)) * ratio + m_r.astype(np.float32)
     out = src_lab + strength * (out - src_lab)
     out = np.clip(out, 0, 255).astype(np.uint8)
     return cv2.cvtColor(out, cv2.COLOR_LAB2RGB)
@@ -71,13 +86,14 @@ def masked_blur(img: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray
     return num / np.maximum(den, 1e-3)
 
 
-def lowfreq_correct(src: np.ndarray, ref: np.ndarray, weight: np.ndarray,
+def lowfreq_correct(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: np.ndarray,
                     sigma: float) -> np.ndarray:
     """Give ``src`` the low-frequency shading of ``ref`` (ratio of blurred lightness).
 
     Light direction lives in the low frequencies of the lightness, identity in the higher
-    ones. The blurs average face pixels only (``weight``): around the face the two pictures
-    show different things (hair, background) that must not leak into the shading.
+    ones. The blurs average skin pixels only (``w_src``, ``w_ref``): around the face the two
+    pictures show different things (hair, background, eyes in other places) that must not
+    leak into the shading.
     Lightness only: a per-channel ratio paints colour blotches wherever ori has a strongly
     coloured detail (glasses frames, lipstick) inside the blur radius.
     """
@@ -85,9 +101,8 @@ def lowfreq_correct(src: np.ndarray, ref: np.ndarray, weight: np.ndarray,
         return src
     lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
     ref_l = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
-    w = weight.astype(np.float32)
-    bs = masked_blur(lab[..., 0], w, sigma) + 8.0
-    br = masked_blur(ref_l, w, sigma) + 8.0
+    bs = masked_blur(lab[..., 0], w_src.astype(np.float32), sigma) + 8.0
+    br = masked_blur(ref_l, w_ref.astype(np.float32), sigma) + 8.0
     lab[..., 0] = lab[..., 0] * np.clip(br / bs, 0.6, 1.6)
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 

@@ -224,9 +224,11 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     alpha = blend.soft_mask(binary, size, variant.erode, variant.feather)
     core = blend.soft_mask(binary, size, variant.erode + 0.05, 0.01)
 
-    face = blend.transfer_colour(warped, roi, core, variant.colour)
+    skin_src = blend.skin_mask(roi.shape, np.vstack([dst[JAW], dst_fh]), dst, size)
+    skin_ref = blend.skin_mask(roi.shape, own, o_pts, size)
+    face = blend.transfer_colour(warped, roi, skin_src, skin_ref, variant.colour)
     if variant.lowfreq > 0:
-        face = blend.lowfreq_correct(face, roi, core, variant.lowfreq * size)
+        face = blend.lowfreq_correct(face, roi, skin_src, skin_ref, variant.lowfreq * size)
     face, sharp = blend.match_sharpness(face, roi, core)
     if variant.blend == "poisson":
         # The Poisson region stays on skin (the mask's half-way line): a boundary across
