@@ -244,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tasks_path(args: argparse.Namespace, console: Console) -> tuple[Path, Path | None]:
+    if getattr(args, "command", None) in ("report", "rejudge") and args.tasks is None:
+        from .journal import last_tasks_path
+
+        found = last_tasks_path(args.out)
+        if found is not None:
+            return found, args.images
     if args.sample:
         from .sample import write_sample
 
@@ -309,6 +315,26 @@ def _cmd_submit(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from .report import write_report
+
+    tasks, images = _tasks_path(args, console)
+    path = write_report(args.out, tasks, images)
+    console.print(f"wrote {path}", highlight=False)
+    return EXIT_OK
+
+
+def _cmd_rejudge(args: argparse.Namespace, console: Console) -> int:
+    from .run import rejudge_all
+    from .settings import load_settings
+
+    settings = load_settings(args.settings)
+    tasks, images = _tasks_path(args, console)
+    result = asyncio.run(rejudge_all(tasks, images=images, out=args.out, settings=settings))
+    console.print(str(result), highlight=False)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
@@ -319,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return EXIT_BAD_INPUT if exc.code not in (0, None) else EXIT_OK
-    handlers: dict[str, Any] = {"run": _cmd_run, "submit": _cmd_submit}
+    handlers: dict[str, Any] = {
+        "run": _cmd_run,
+        "submit": _cmd_submit,
+        "report": _cmd_report,
+        "rejudge": _cmd_rejudge,
+    }
     extra = _extra_commands()
     handlers.update(extra)
     if args.command not in handlers:

@@ -41,6 +41,7 @@ class RowState(BaseModel):
     pending: list[PendingTask] = Field(default_factory=list)
     submits: int = 0
     result: dict[str, Any] = Field(default_factory=dict)
+    judged: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> judge record
 
 
 class JournalState(BaseModel):
@@ -111,6 +112,10 @@ def _apply(state: JournalState, rec: dict[str, Any], now: float) -> None:
         row.done = False
         row.failed_reason = rec.get("reason")
         row.pending = [p for p in row.pending if p.task_id != rec.get("task_id")]
+    elif ev == "judged":
+        file = rec.get("file")
+        if file:
+            row.judged[str(file)] = {k: v for k, v in rec.items() if k not in ("ev", "index")}
     elif ev == "reset":
         state.rows[str(index)] = RowState(index=str(index))
 
@@ -155,3 +160,19 @@ class Journal:
         with self._lock:
             if not self._f.closed:
                 self._f.close()
+
+
+def last_tasks_path(out_dir: Path) -> Path | None:
+    """The task file the last run in ``out_dir`` used (from its run_start record)."""
+    path = out_dir / JOURNAL_NAME
+    if not path.exists():
+        return None
+    found: str | None = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if '"run_start"' in line:
+                try:
+                    found = json.loads(line).get("tasks") or found
+                except json.JSONDecodeError:
+                    continue
+    return Path(found) if found else None

@@ -81,6 +81,15 @@ def _open_job(
     return tasklist, swept, replay(out_dir / JOURNAL_NAME)
 
 
+def _judge(settings: Settings, client: DashScopeClient, emulated: bool) -> Any:
+    """The VIEScore judge, when scoring is on or a row has several candidates."""
+    if not settings.judge.enabled and max(settings.candidates.values()) <= 1:
+        return None
+    from .judge import Judge
+
+    return Judge(client, settings.judge, emulated=emulated)
+
+
 async def run_all(
     tasks: str | os.PathLike[str] = "task.csv",
     *,
@@ -163,6 +172,7 @@ async def run_all(
                     client=client,
                     swapper=swapper,
                     swapper_problem=swap_problem,
+                    judge=_judge(settings, client, emulated),
                     emulated=emulated,
                     backend=backend,
                     on_row=observer.row if observer else None,
@@ -178,9 +188,28 @@ async def run_all(
             await swapper.close()
         journal.close()
     await journal_end(out_dir, summary)
+    summary.report = await _report(out_dir, tasklist, summary)
     if observer:
         observer.finished(summary)
     return summary
+
+
+async def _report(out_dir: Path, tasklist: TaskList, summary: RunSummary) -> str | None:
+    """report.html for a person to look at; a failure here never fails the run."""
+    from .report import write_report
+
+    try:
+        path = await asyncio.to_thread(
+            write_report,
+            out_dir,
+            tasklist.path,
+            tasklist.images_dir,
+            json.loads(summary.model_dump_json()),
+        )
+    except Exception as exc:  # the images are safe; say why the page is missing
+        log.error("report_failed", error=str(exc))
+        return None
+    return str(path)
 
 
 async def journal_end(out_dir: Path, summary: RunSummary) -> None:
@@ -199,6 +228,40 @@ def write_run_files(out_dir: Path, summary: RunSummary) -> None:
     write_atomic_sync(
         out_dir / SUMMARY_NAME, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
     )
+
+
+async def rejudge_all(
+    tasks: str | os.PathLike[str],
+    *,
+    images: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] = "outputs",
+    settings: Settings | None = None,
+) -> Any:
+    """Score every output and candidate in ``out`` again and re-pick; nothing is generated."""
+    from .judge import rejudge
+
+    settings = settings or load_settings()
+    key = settings.key()
+    out_dir = Path(out)
+    logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=None)
+    async with _backend(settings) as (base_url, api_key, _emulated):
+        cfg = ClientConfig(base_url=base_url, api_key=SecretStr(api_key))
+        async with DashScopeClient(cfg) as client:
+            result = await rejudge(
+                out_dir, Path(tasks), Path(images) if images else None, settings, client
+            )
+    tasklist = await asyncio.to_thread(load_tasks, Path(tasks), Path(images) if images else None)
+    await asyncio.to_thread(_write_report_quiet, out_dir, tasklist)
+    return result
+
+
+def _write_report_quiet(out_dir: Path, tasklist: TaskList) -> None:
+    from .report import write_report
+
+    try:
+        write_report(out_dir, tasklist.path, tasklist.images_dir)
+    except Exception as exc:
+        log.error("report_failed", error=str(exc))
 
 
 def run(tasks: str | os.PathLike[str] = "task.csv", **kwargs: Any) -> RunSummary:

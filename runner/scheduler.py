@@ -35,13 +35,15 @@ from .errors import (
 from .images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
 from .journal import Journal, JournalState, PendingTask, RowState
 from .limits import LanePool, ModelLane, PollBudget, plan_poll_delay
-from .prompts import shorten
+from .prompts import PromptPlan, build_prompt
 from .retry import backoff_delay
-from .settings import SYNC_MODELS, Settings
+from .settings import SINGLE_IMAGE_MODELS, SYNC_MODELS, Settings
 from .store import write_atomic
 from .tasks import Task, TaskList
 
 log = structlog.get_logger(__name__)
+
+MAX_N = 4  # images one wanx request may return
 
 Status = Literal["done", "skipped", "failed", "bad", "stopped"]
 
@@ -57,6 +59,7 @@ class RowResult(BaseModel):
     emulated: bool = False
     identity_target: float | None = None
     identity_ori: float | None = None
+    score: float | None = None  # the judge's overall score of the chosen image
     seconds: float = 0.0
 
     @property
@@ -76,6 +79,7 @@ class RunSummary(BaseModel):
     stopped_reason: str | None = None
     models: list[dict[str, Any]] = Field(default_factory=list)
     faceswap: str | None = None
+    report: str | None = None  # path of report.html
 
     def by_type(self) -> dict[str, Counter[str]]:
         out: dict[str, Counter[str]] = {}
@@ -111,6 +115,48 @@ class Client(Protocol):
     async def download(self, url: str) -> bytes: ...
 
 
+class Judge(Protocol):
+    """What the scheduler needs of ``runner.judge.Judge``."""
+
+    async def score(
+        self,
+        task_type: str,
+        prompt: str,
+        image: Path,
+        *,
+        source: Path | None = None,
+        identity: float | None = None,
+    ) -> Any: ...
+
+
+class Candidate(BaseModel):
+    """One generated image, checked and re-encoded, before it is chosen or not."""
+
+    model: str
+    jpeg: bytes
+    width: int
+    height: int
+    task_id: str | None = None
+    actual_prompt: str | None = None
+
+
+class _Attempt:
+    """A row's retry bookkeeping, shared by its requests."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.throttled = 0
+        self.refused: dict[str, str] = {}
+
+
+def pick_best(scores: list[Any]) -> int | None:
+    """Index of the best-scored candidate; None when none has a score."""
+    scored = [
+        (s.overall, -i) for i, s in enumerate(scores) if s.overall is not None and not s.error
+    ]
+    return -max(scored)[1] if scored else None
+
+
 class _RowStop(Exception):
     """Internal: the row ends here with this result."""
 
@@ -128,6 +174,7 @@ class Scheduler:
         client: Client | None,
         swapper: Swapper | None = None,
         swapper_problem: str | None = None,
+        judge: Judge | None = None,
         emulated: bool,
         backend: str,
         on_row: Callable[[RowResult], None] | None = None,
@@ -139,6 +186,8 @@ class Scheduler:
         self.client = client
         self.swapper = swapper
         self.swapper_problem = swapper_problem
+        self.judge = judge
+        self._judge_off = False
         self.emulated = emulated
         self.backend = backend
         self.on_row = on_row
@@ -272,6 +321,9 @@ class Scheduler:
             "embedding": getattr(out, "embedding", None),
             "detail": getattr(out, "detail", {}),
         }
+        scores = await self._judge_all(task, [path], identity=out.identity_target)
+        if scores:
+            fields["score"] = scores[0].overall
         await self.journal.write("done", index=task.index, **fields)
         return RowResult(
             index=task.index,
@@ -281,65 +333,92 @@ class Scheduler:
             file=fields["file"],
             identity_target=out.identity_target,
             identity_ori=out.identity_ori,
+            score=fields.get("score"),
         )
 
     # --- DashScope rows ------------------------------------------------------
     async def _api_row(self, task: Task, prior: RowState) -> RowResult:
+        """Collect the row's candidates (resumed tasks first), then pick and write one."""
         if self.client is None:
             raise self._fail(task, "no DashScope client")
-        attempts = 0
-        for pending in prior.pending:
-            done = await self._resume(task, pending)
-            if done is not None:
-                return done
-        refused: dict[str, str] = {}
-        throttled = 0
-        source: PreparedSource | None = None
-        prompt, cut = shorten(task.prompt)
-        if cut:
+        plan = build_prompt(task.task_type, task.prompt, templates=self.settings.prompt_templates)
+        if plan.shortened:
             log.warning(
-                "prompt_shortened", index=task.index, chars=len(task.prompt), sent=len(prompt)
+                "prompt_shortened", index=task.index, chars=len(task.prompt), sent=len(plan.sent)
             )
+        want = self.settings.candidates.get(task.task_type, 1)
+        got: list[Candidate] = []
+        for pending in prior.pending:
+            got.extend(await self._resume(task, pending))
+        attempt = _Attempt()
+        source: list[PreparedSource] = []  # prepared once, on first need
+        while len(got) < want:
+            try:
+                got.extend(await self._generate_once(task, plan, want - len(got), source, attempt))
+            except _RowStop:
+                if not got:  # what was made so far still counts
+                    raise
+                break
+        return await self._finish(task, plan, got[:want], attempt.count + 1)
+
+    async def _generate_once(
+        self,
+        task: Task,
+        plan: PromptPlan,
+        wanted: int,
+        source: list[PreparedSource],
+        attempt: _Attempt,
+    ) -> list[Candidate]:
+        """One request that yields images, retried and rerouted until it does (or cannot)."""
         while True:
-            models = [m for m in self.settings.models[task.task_type] if m not in refused]
+            models = [m for m in self.settings.models[task.task_type] if m not in attempt.refused]
             if not models:
-                why = "; ".join(f"{m}: {r}" for m, r in refused.items())
-                raise self._fail(task, f"every model refused the row ({why})", attempts=attempts)
+                why = "; ".join(f"{m}: {r}" for m, r in attempt.refused.items())
+                raise self._fail(
+                    task, f"every model refused the row ({why})", attempts=attempt.count
+                )
             lane = await self.pool.acquire(models)
             delay = 0.0
             held = True
             try:
-                if task.task_type != "t2i" and source is None:
-                    source = await self._prepare(task)
+                if task.task_type != "t2i" and not source:
+                    source.append(await self._prepare(task))
+                n = 1 if lane.name in SINGLE_IMAGE_MODELS else min(wanted, MAX_N)
                 await lane.submit_gate()
-                urls, task_id = await self._generate(task, lane, prompt, source)
+                urls, task_id, actual = await self._generate(
+                    task, lane, plan, source[0] if source else None, n
+                )
                 self.pool.release(lane)
                 held = False
-                return await self._save(task, lane.name, urls, task_id, attempts + 1)
+                return await self._download(task, lane.name, urls, task_id, actual)
             except RateLimited as exc:
                 lane.on_throttled()
-                throttled += 1
+                attempt.throttled += 1
                 self.retries += 1
-                if throttled > self.settings.max_throttled:
-                    raise self._fail(task, f"throttled {throttled} times: {exc}") from None
+                if attempt.throttled > self.settings.max_throttled:
+                    raise self._fail(task, f"throttled {attempt.throttled} times: {exc}") from None
                 delay = backoff_delay(
-                    min(throttled, 6), exc.retry_after, max_s=self.settings.backoff_max_s
+                    min(attempt.throttled, 6), exc.retry_after, max_s=self.settings.backoff_max_s
                 )
             except (Retryable, ResultExpired) as exc:
-                attempts += 1
+                attempt.count += 1
                 self.retries += 1
-                if attempts >= self.settings.max_attempts:
+                if attempt.count >= self.settings.max_attempts:
                     raise self._fail(
-                        task, f"gave up after {attempts} attempts: {exc}", attempts=attempts
+                        task,
+                        f"gave up after {attempt.count} attempts: {exc}",
+                        attempts=attempt.count,
                     ) from None
                 log.info("row_retry", index=task.index, model=lane.name, error=str(exc))
                 retry_after = getattr(exc, "retry_after", None)
-                delay = backoff_delay(attempts, retry_after, max_s=self.settings.backoff_max_s)
+                delay = backoff_delay(attempt.count, retry_after, max_s=self.settings.backoff_max_s)
             except ModelRefused as exc:
-                refused[lane.name] = str(exc)
+                attempt.refused[lane.name] = str(exc)
                 log.warning("model_refused", index=task.index, model=lane.name, error=str(exc))
             except (RowFailed, ImageProblem) as exc:
-                raise self._fail(task, str(exc), model=lane.name, attempts=attempts + 1) from None
+                raise self._fail(
+                    task, str(exc), model=lane.name, attempts=attempt.count + 1
+                ) from None
             finally:
                 if held:
                     self.pool.release(lane)
@@ -362,43 +441,66 @@ class Scheduler:
         return src
 
     async def _generate(
-        self, task: Task, lane: ModelLane, prompt: str, source: PreparedSource | None
-    ) -> tuple[list[str], str | None]:
-        """Submit on ``lane`` and wait for the result URLs (the slot is held throughout)."""
+        self,
+        task: Task,
+        lane: ModelLane,
+        plan: PromptPlan,
+        source: PreparedSource | None,
+        n: int,
+    ) -> tuple[list[str], str | None, str | None]:
+        """Submit on ``lane`` and wait for (result URLs, task id, actual prompt); the slot
+        is held throughout."""
         assert self.client is not None
         s = self.settings
         model = lane.name
         started = time.monotonic()
         if model in SYNC_MODELS:
             assert source is not None
-            res = await self.client.multimodal_edit(model, prompt, source.uri, n=1, seed=s.seed)
+            res = await self.client.multimodal_edit(
+                model, plan.sent, source.uri, n=1, seed=s.seed, negative_prompt=plan.negative
+            )
             lane.stats.observe(time.monotonic() - started)
             lane.stats.completed += 1
             if not res.urls:
                 raise ServerError("the answer carried no image", model=model)
-            return list(res.urls), None
+            return list(res.urls), None, None
         if task.task_type == "t2i":
             size = "1328*1328" if model == "qwen-image" else s.size
             sub = await self.client.submit_text2image(
-                model, prompt, size=size, n=1, seed=s.seed, prompt_extend=s.prompt_extend
+                model,
+                plan.sent,
+                negative_prompt=plan.negative,
+                size=size,
+                n=n,
+                seed=s.seed,
+                prompt_extend=s.prompt_extend,
             )
         else:
             assert source is not None
             sub = await self.client.submit_image_edit(
                 model,
-                prompt,
+                plan.sent,
                 source.uri,
                 function="description_edit",
                 strength=s.edit_strength,
-                n=1,
+                n=n,
                 seed=s.seed,
             )
         # durable before anything else happens to it: a crash from here on can resume it
         await self.journal.write(
-            "submitted", index=task.index, model=model, task_id=sub.task_id, prompt_sent=prompt
+            "submitted",
+            index=task.index,
+            model=model,
+            task_id=sub.task_id,
+            n=n,
+            prompt=task.prompt,
+            prompt_sent=plan.sent,
         )
         state = await self._await_task(task.index, lane, sub.task_id, time.time())
-        return list(state.urls), sub.task_id
+        if getattr(state, "item_errors", None):
+            log.info("partial_success", index=task.index, errors=state.item_errors[:4])
+        actual = (getattr(state, "actual_prompts", None) or [None])[0]
+        return list(state.urls), sub.task_id, actual
 
     async def _await_task(
         self, index: str, lane: ModelLane, task_id: str, submitted_at: float
@@ -437,8 +539,8 @@ class Scheduler:
         """Journal that a task id can no longer give a result, so no rerun waits on it."""
         await self.journal.write("task_closed", index=index, task_id=task_id, why=why)
 
-    async def _resume(self, task: Task, pending: PendingTask) -> RowResult | None:
-        """Finish a task a previous run submitted, without paying for it again."""
+    async def _resume(self, task: Task, pending: PendingTask) -> list[Candidate]:
+        """Fetch what a task submitted by an earlier run made, without paying for it again."""
         if pending.model not in self.lanes:
             self.lanes[pending.model] = ModelLane(pending.model, self.settings.quota(pending.model))
         lane = await self.pool.acquire([pending.model])
@@ -449,22 +551,31 @@ class Scheduler:
             raise
         except (RunnerError, ImageProblem) as exc:
             log.info("resume_failed", index=task.index, task_id=pending.task_id, error=str(exc))
-            return None
+            return []
         finally:
             self.pool.release(lane)
         try:
-            return await self._save(task, pending.model, list(state.urls), pending.task_id, 1)
+            actual = (getattr(state, "actual_prompts", None) or [None])[0]
+            return await self._download(
+                task, pending.model, list(state.urls), pending.task_id, actual
+            )
         except (Fatal, DiskFull):
             raise
         except (RunnerError, ImageProblem) as exc:
             log.info("resume_failed", index=task.index, task_id=pending.task_id, error=str(exc))
-            return None
+            return []
 
-    async def _save(
-        self, task: Task, model: str, urls: list[str], task_id: str | None, attempts: int
-    ) -> RowResult:
-        """Download the first good result, write it atomically, journal it."""
+    async def _download(
+        self,
+        task: Task,
+        model: str,
+        urls: list[str],
+        task_id: str | None,
+        actual: str | None,
+    ) -> list[Candidate]:
+        """Fetch and check every result image; at least one must be usable."""
         assert self.client is not None
+        out: list[Candidate] = []
         last: Exception | None = None
         for url in urls:
             try:
@@ -478,31 +589,106 @@ class Scheduler:
             except (DownloadError, ResultExpired) as exc:
                 last = exc
                 continue
-            path = self.imgs_dir / f"{task.index}.jpg"
-            await write_atomic(path, jpeg)
-            rel = str(path.relative_to(self.out_dir))
-            await self.journal.write(
-                "done",
-                index=task.index,
-                model=model,
-                task_id=task_id,
-                file=rel,
-                emulated=self.emulated,
-                width=w,
-                height=h,
-                bytes=len(jpeg),
+            out.append(
+                Candidate(
+                    model=model, jpeg=jpeg, width=w, height=h, task_id=task_id, actual_prompt=actual
+                )
             )
-            return RowResult(
-                index=task.index,
-                task_type=task.task_type,
-                status="done",
-                model=model,
-                attempts=attempts,
-                file=rel,
-                emulated=self.emulated,
-            )
+        if out:
+            return out
         if task_id:
             await self._close_task(task.index, task_id, f"results unusable: {last}")
         if isinstance(last, ResultExpired):
             raise last
         raise DownloadError(f"no usable result image ({last})", model=model)
+
+    # --- choosing and writing ------------------------------------------------
+    async def _finish(
+        self, task: Task, plan: PromptPlan, got: list[Candidate], attempts: int
+    ) -> RowResult:
+        """Score the candidates (when judging), write the best as imgs/<index>.jpg, journal."""
+        path = self.imgs_dir / f"{task.index}.jpg"
+        rel = str(path.relative_to(self.out_dir))
+        files: list[tuple[Path, Candidate]] = []
+        if len(got) > 1:
+            folder = self.out_dir / "candidates" / task.index
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            for k, cand in enumerate(got):
+                cpath = folder / f"{k}.jpg"
+                await write_atomic(cpath, cand.jpeg)
+                files.append((cpath, cand))
+        else:
+            await write_atomic(path, got[0].jpeg)
+            files.append((path, got[0]))
+        scores = await self._judge_all(task, [p for p, _ in files])
+        chosen = pick_best(scores) if scores else None
+        chosen = 0 if chosen is None else chosen
+        best = files[chosen][1]
+        if len(got) > 1:
+            await write_atomic(path, best.jpeg)
+        fields: dict[str, Any] = {
+            "model": best.model,
+            "task_id": best.task_id,
+            "file": rel,
+            "emulated": self.emulated,
+            "width": best.width,
+            "height": best.height,
+            "bytes": len(best.jpeg),
+            "prompt": task.prompt,
+            "prompt_sent": plan.sent,
+            "negative_prompt": plan.negative,
+            "actual_prompt": best.actual_prompt,
+        }
+        if len(got) > 1:
+            fields["candidates"] = [
+                {
+                    "file": str(p.relative_to(self.out_dir)),
+                    "model": c.model,
+                    "task_id": c.task_id,
+                    "overall": scores[k].overall if scores else None,
+                }
+                for k, (p, c) in enumerate(files)
+            ]
+            fields["chosen"] = chosen
+        if scores:
+            fields["score"] = scores[chosen].overall
+        await self.journal.write("done", index=task.index, **fields)
+        return RowResult(
+            index=task.index,
+            task_type=task.task_type,
+            status="done",
+            model=best.model,
+            attempts=attempts,
+            file=rel,
+            emulated=self.emulated,
+            score=scores[chosen].overall if scores else None,
+        )
+
+    async def _judge_all(
+        self, task: Task, paths: list[Path], identity: float | None = None
+    ) -> list[Any]:
+        """Judge scores for each file, journaled; [] when the judge is off or spent."""
+        if self.judge is None or self._judge_off:
+            return []
+        if len(paths) == 1 and not self.settings.judge.enabled:
+            return []
+        scores: list[Any] = []
+        for p in paths:
+            try:
+                sc = await self.judge.score(
+                    task.task_type, task.prompt, p, source=task.ori_image, identity=identity
+                )
+            except (Fatal, DiskFull):
+                raise
+            except RunnerError as exc:  # budget spent and the like: stop judging, keep going
+                self._judge_off = True
+                log.warning("judge_off", reason=str(exc))
+                return []
+            scores.append(sc)
+            await self.journal.write(
+                "judged",
+                index=task.index,
+                file=str(p.relative_to(self.out_dir)),
+                **sc.model_dump(mode="json"),
+            )
+        return scores

@@ -42,6 +42,16 @@ class FaceSwapSettings(BaseModel):
     candidates: int = Field(1, ge=1)
 
 
+class JudgeSettings(BaseModel):
+    """The VIEScore judge on DashScope's OpenAI-compatible endpoint."""
+
+    enabled: bool = True  # score candidates (always when a row has more than one)
+    model: str = "qwen-vl-max"
+    requests_per_minute: float = Field(600.0, gt=0)  # qwen-vl-max allows 1,200
+    budget: int = Field(3000, ge=0)  # most judge calls in one run
+    max_side: int = Field(1024, ge=256)  # images are shrunk to this before sending
+
+
 class EmulatorSettings(BaseModel):
     """The embedded DashScope emulator started when no API key is set."""
 
@@ -70,6 +80,8 @@ _DEFAULT_QUOTAS: dict[str, Quota] = {
 # Models whose answers are synchronous (multimodal-generation): they hold a slot for the
 # whole call and have no task id to journal.
 SYNC_MODELS = frozenset({"qwen-image-edit"})
+# Models that return one image a request (n must be 1): candidates are separate requests.
+SINGLE_IMAGE_MODELS = frozenset({"qwen-image-edit", "qwen-image"})
 
 
 class Settings(BaseSettings):
@@ -111,6 +123,13 @@ class Settings(BaseSettings):
     download_max_bytes: int = Field(40 * 1024 * 1024, gt=0)
     jpeg_quality: int = Field(95, ge=50, le=100)
 
+    # candidates per task type: wanx models take n up to 4 in one request; others get
+    # separate seeded requests. The judge picks the best; the rest stay under candidates/.
+    candidates: dict[str, int] = Field(
+        default_factory=lambda: {"t2i": 1, "tie": 1, "vttie": 1, "deepfake": 1}
+    )
+    prompt_templates: bool = True  # quality suffix / edit frame (runner.prompts)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
     faceswap: FaceSwapSettings = Field(default_factory=FaceSwapSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
 
@@ -123,6 +142,16 @@ class Settings(BaseSettings):
             if not names:
                 raise ValueError(f"[models] {key} lists no model")
         return {**_DEFAULT_MODELS, **v}
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates_range(cls, v: dict[str, int]) -> dict[str, int]:
+        for key, n in v.items():
+            if key not in (*API_TASK_TYPES, "deepfake"):
+                raise ValueError(f"[candidates] has unknown task type {key!r}")
+            if not 1 <= n <= 8:
+                raise ValueError(f"[candidates] {key} must be 1 to 8, not {n}")
+        return {"t2i": 1, "tie": 1, "vttie": 1, "deepfake": 1, **v}
 
     @field_validator("quotas")
     @classmethod

@@ -40,20 +40,26 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def t2i_body(model: str = "wanx2.1-t2i-turbo", prompt: str = "a red fox", **params: Any
-             ) -> dict[str, Any]:
-    return {"model": model, "input": {"prompt": prompt},
-            "parameters": {"n": 1, "size": "1024*1024", **params}}
+def t2i_body(
+    model: str = "wanx2.1-t2i-turbo", prompt: str = "a red fox", **params: Any
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "input": {"prompt": prompt},
+        "parameters": {"n": 1, "size": "1024*1024", **params},
+    }
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any],
-               headers: dict[str, str] = ASYNC) -> tuple[int, dict[str, Any], Any]:
+async def post(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] = ASYNC
+) -> tuple[int, dict[str, Any], Any]:
     async with http.post(url, json=body, headers=headers) as resp:
         return resp.status, await resp.json(), resp.headers
 
 
-async def submit(http: aiohttp.ClientSession, emu: Emulator, body: dict[str, Any],
-                 path: str = T2I) -> str:
+async def submit(
+    http: aiohttp.ClientSession, emu: Emulator, body: dict[str, Any], path: str = T2I
+) -> str:
     status, answer, _ = await post(http, emu.base_url + path, body)
     assert status == 200, answer
     assert answer["output"]["task_status"] == "PENDING"
@@ -67,16 +73,13 @@ async def fetch(http: aiohttp.ClientSession, emu: Emulator, task_id: str) -> dic
         return answer
 
 
-async def wait(http: aiohttp.ClientSession, emu: Emulator, task_id: str,
-               timeout: float = 10.0) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        answer = await fetch(http, emu, task_id)
-        if answer["output"]["task_status"] not in ("PENDING", "RUNNING"):
-            return answer
-        await asyncio.sleep(0.06)  # stays under the 20 QPS poll budget
-    raise AssertionError("task did not finish")
+async def wait(http: aiohttp.ClientSession, emu: Emulator, task_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            answer = await fetch(http, emu, task_id)
+            if answer["output"]["task_status"] not in ("PENDING", "RUNNING"):
+                return answer
+            await asyncio.sleep(0.06)  # stays under the 20 QPS poll budget
 
 
 # --- lifecycle --------------------------------------------------------------------------
@@ -117,8 +120,11 @@ async def test_defaults_n4_and_no_actual_prompt_without_extend(
     http: aiohttp.ClientSession,
 ) -> None:
     async with Emulator(EmulatorConfig(time_scale=0)) as emu:
-        body = {"model": "wanx2.1-t2i-turbo", "input": {"prompt": "cat"},
-                "parameters": {"prompt_extend": False}}
+        body = {
+            "model": "wanx2.1-t2i-turbo",
+            "input": {"prompt": "cat"},
+            "parameters": {"prompt_extend": False},
+        }
         answer = await wait(http, emu, await submit(http, emu, body))
         results = answer["output"]["results"]
         assert len(results) == 4  # the service's default n
@@ -161,11 +167,15 @@ async def test_missing_async_header_is_refused(http: aiohttp.ClientSession) -> N
 
 @pytest.mark.parametrize(
     ("headers", "keys"),
-    [({}, None), ({"Authorization": "Bearer "}, None), ({"Authorization": "Bearer bad"},
-                                                         frozenset({KEY}))],
+    [
+        ({}, None),
+        ({"Authorization": "Bearer "}, None),
+        ({"Authorization": "Bearer bad"}, frozenset({KEY})),
+    ],
 )
-async def test_invalid_key(http: aiohttp.ClientSession, headers: dict[str, str],
-                           keys: frozenset[str] | None) -> None:
+async def test_invalid_key(
+    http: aiohttp.ClientSession, headers: dict[str, str], keys: frozenset[str] | None
+) -> None:
     async with Emulator(EmulatorConfig(time_scale=FAST, api_keys=keys)) as emu:
         hdrs = {"X-DashScope-Async": "enable", **headers}
         status, answer, _ = await post(http, emu.base_url + T2I, t2i_body(), hdrs)
@@ -202,8 +212,9 @@ async def test_invalidate_keys_and_invalidate_after(http: aiohttp.ClientSession)
         ({"model": "wanx2.1-t2i-turbo", "input": {}}, 400, "InvalidParameter"),
     ],
 )
-async def test_t2i_validation(http: aiohttp.ClientSession, body: dict[str, Any], status: int,
-                              code: str) -> None:
+async def test_t2i_validation(
+    http: aiohttp.ClientSession, body: dict[str, Any], status: int, code: str
+) -> None:
     async with Emulator(EmulatorConfig(time_scale=FAST)) as emu:
         got, answer, _ = await post(http, emu.base_url + T2I, body)
         assert (got, answer["code"]) == (status, code), answer
@@ -222,10 +233,16 @@ async def test_qwen_image_async_and_long_prompt_cut(http: aiohttp.ClientSession)
 
 
 def edit_body(base: str, function: str = "description_edit", **extra: Any) -> dict[str, Any]:
-    return {"model": "wanx2.1-imageedit",
-            "input": {"function": function, "prompt": "make the sign say OPEN",
-                      "base_image_url": base, **extra},
-            "parameters": {"n": 1}}
+    return {
+        "model": "wanx2.1-imageedit",
+        "input": {
+            "function": function,
+            "prompt": "make the sign say OPEN",
+            "base_image_url": base,
+            **extra,
+        },
+        "parameters": {"n": 1},
+    }
 
 
 async def test_image_edit_from_data_uri_and_own_url(http: aiohttp.ClientSession) -> None:
@@ -247,33 +264,52 @@ async def test_image_edit_from_data_uri_and_own_url(http: aiohttp.ClientSession)
         ("SRC", "paint_it", 400, "InvalidParameter"),
         ("SMALL", "description_edit", 400, "InvalidParameter"),
         ("https://example.com/a.png", "description_edit", 415, "BadRequest.InputDownloadFailed"),
-        ("data:text/html;base64,PGh0bWw+", "description_edit", 415,
-         "BadRequest.UnsupportedFileFormat"),
-        ("data:image/png;base64,bm90IGFuIGltYWdl", "description_edit", 415,
-         "BadRequest.UnsupportedFileFormat"),
+        (
+            "data:text/html;base64,PGh0bWw+",
+            "description_edit",
+            415,
+            "BadRequest.UnsupportedFileFormat",
+        ),
+        (
+            "data:image/png;base64,bm90IGFuIGltYWdl",
+            "description_edit",
+            415,
+            "BadRequest.UnsupportedFileFormat",
+        ),
         ("oss://nothing/here.png", "description_edit", 415, "BadRequest.InputDownloadFailed"),
         ("SRC", "description_edit_with_mask", 400, "InvalidParameter"),  # mask missing
     ],
 )
-async def test_image_edit_validation(http: aiohttp.ClientSession, base: str, function: str,
-                                     status: int, code: str) -> None:
-    refs = {"SRC": data_uri(render_t2i(600, 600, "x", 0)),
-            "SMALL": data_uri(render_t2i(256, 256, "x", 0))}
+async def test_image_edit_validation(
+    http: aiohttp.ClientSession, base: str, function: str, status: int, code: str
+) -> None:
+    refs = {
+        "SRC": data_uri(render_t2i(600, 600, "x", 0)),
+        "SMALL": data_uri(render_t2i(256, 256, "x", 0)),
+    }
     async with Emulator(EmulatorConfig(time_scale=FAST)) as emu:
-        got, answer, _ = await post(http, emu.base_url + I2I,
-                                    edit_body(refs.get(base, base), function))
+        got, answer, _ = await post(
+            http, emu.base_url + I2I, edit_body(refs.get(base, base), function)
+        )
         assert (got, answer["code"]) == (status, code), answer
 
 
 # --- sync generation ----------------------------------------------------------------------
 
 
-def gen_body(image: str | None, text: str = "change the sign to OPEN",
-             model: str = "qwen-image-edit", **params: Any) -> dict[str, Any]:
+def gen_body(
+    image: str | None,
+    text: str = "change the sign to OPEN",
+    model: str = "qwen-image-edit",
+    **params: Any,
+) -> dict[str, Any]:
     content: list[dict[str, str]] = [{"image": image}] if image else []
     content.append({"text": text})
-    return {"model": model, "input": {"messages": [{"role": "user", "content": content}]},
-            "parameters": {"n": 1, "watermark": False, **params}}
+    return {
+        "model": model,
+        "input": {"messages": [{"role": "user", "content": content}]},
+        "parameters": {"n": 1, "watermark": False, **params},
+    }
 
 
 async def test_generation_holds_slot_and_answers_url(http: aiohttp.ClientSession) -> None:
@@ -294,7 +330,8 @@ async def test_generation_holds_slot_and_answers_url(http: aiohttp.ClientSession
         assert emu.stats.in_flight["qwen-image-edit"] == 0
         # qwen-image sync: text only, size from the fixed list.
         status, answer, _ = await post(
-            http, url, gen_body(None, "a poster", "qwen-image", size="928*1664"), AUTH)
+            http, url, gen_body(None, "a poster", "qwen-image", size="928*1664"), AUTH
+        )
         assert status == 200, answer
         # Sync models refuse the async header, edits need exactly one image.
         status, answer, _ = await post(http, url, gen_body(src), ASYNC)
@@ -367,10 +404,13 @@ async def test_quotas_off(http: aiohttp.ClientSession) -> None:
         ("arrearage", 400, "Arrearage"),
     ],
 )
-async def test_request_faults(http: aiohttp.ClientSession, kind: str, status: int,
-                              code: str) -> None:
-    cfg = EmulatorConfig(time_scale=FAST, faults=FaultConfig.model_validate(
-        {kind: {"every_n": 1}, "retry_after_s": 7}))
+async def test_request_faults(
+    http: aiohttp.ClientSession, kind: str, status: int, code: str
+) -> None:
+    cfg = EmulatorConfig(
+        time_scale=FAST,
+        faults=FaultConfig.model_validate({kind: {"every_n": 1}, "retry_after_s": 7}),
+    )
     async with Emulator(cfg) as emu:
         got, answer, headers = await post(http, emu.base_url + T2I, t2i_body())
         assert (got, answer["code"]) == (status, code)
@@ -389,16 +429,18 @@ async def test_connection_reset_and_stall(http: aiohttp.ClientSession) -> None:
         emu.set_faults(stall=1.0, stall_s=2.0)
         timeout = aiohttp.ClientTimeout(total=0.3)
         with pytest.raises(TimeoutError):
-            async with http.post(emu.base_url + T2I, json=t2i_body(), headers=ASYNC,
-                                 timeout=timeout) as resp:
+            async with http.post(
+                emu.base_url + T2I, json=t2i_body(), headers=ASYNC, timeout=timeout
+            ) as resp:
                 await resp.read()
         # The stalled submit was processed: a ghost task the client never heard of.
         assert emu.stats.submits["wanx2.1-t2i-turbo"] == 2
 
 
 async def test_task_faults(http: aiohttp.ClientSession) -> None:
-    faults = FaultConfig(task_failed={"at": {1}}, partial_success={"at": {2}},
-                         task_unknown={"at": {3}})
+    faults = FaultConfig(
+        task_failed={"at": {1}}, partial_success={"at": {2}}, task_unknown={"at": {3}}
+    )
     cfg = EmulatorConfig(time_scale=FAST, faults=faults, quotas_enabled=False)
     async with Emulator(cfg) as emu:
         ids = [await submit(http, emu, t2i_body(n=2)) for _ in range(3)]
@@ -417,8 +459,9 @@ async def test_task_faults(http: aiohttp.ClientSession) -> None:
 async def test_data_inspection_and_sync_failure(http: aiohttp.ClientSession) -> None:
     faults = FaultConfig(data_inspection_words={"Forbidden"}, task_failed={"every_n": 1})
     async with Emulator(EmulatorConfig(time_scale=FAST, faults=faults)) as emu:
-        status, answer, _ = await post(http, emu.base_url + T2I,
-                                       t2i_body(prompt="a FORBIDDEN thing"))
+        status, answer, _ = await post(
+            http, emu.base_url + T2I, t2i_body(prompt="a FORBIDDEN thing")
+        )
         assert (status, answer["code"]) == (400, "DataInspectionFailed")
         src = data_uri(render_t2i(512, 512, "s", 0))
         status, answer, _ = await post(http, emu.base_url + GEN, gen_body(src), AUTH)
@@ -438,8 +481,9 @@ async def _result_url(http: aiohttp.ClientSession, emu: Emulator) -> str:
         ("html_body", 200, b"<html>"),
     ],
 )
-async def test_download_error_faults(http: aiohttp.ClientSession, kind: str, status: int,
-                                     check: bytes) -> None:
+async def test_download_error_faults(
+    http: aiohttp.ClientSession, kind: str, status: int, check: bytes
+) -> None:
     async with Emulator(EmulatorConfig(time_scale=FAST)) as emu:
         url = await _result_url(http, emu)
         emu.set_faults(**{kind: 1.0})
@@ -482,15 +526,16 @@ async def test_download_body_faults(http: aiohttp.ClientSession) -> None:
 
 
 async def test_every_n_schedule_and_transient_shorthand(http: aiohttp.ClientSession) -> None:
-    cfg = EmulatorConfig(time_scale=FAST, quotas_enabled=False,
-                         faults=FaultConfig(internal_error={"every_n": 3}))
+    cfg = EmulatorConfig(
+        time_scale=FAST, quotas_enabled=False, faults=FaultConfig(internal_error={"every_n": 3})
+    )
     async with Emulator(cfg) as emu:
         codes = []
         for _ in range(6):
             async with http.get(f"{emu.base_url}/tasks/x", headers=AUTH) as resp:
                 codes.append(resp.status)
         assert codes == [200, 200, 500, 200, 200, 500]
-        emu.set_faults(transient=0.2)
+        emu.set_faults(0.2)  # the transient shorthand
         faulty = 0
         for _ in range(100):
             try:
@@ -537,9 +582,13 @@ async def test_upload_policy_and_oss_reference(http: aiohttp.ClientSession) -> N
             policy = (await resp.json())["data"]
         key = policy["upload_dir"] + "/src.png"
         form = aiohttp.FormData()
-        for name, value in (("OSSAccessKeyId", policy["oss_access_key_id"]),
-                            ("Signature", policy["signature"]), ("policy", policy["policy"]),
-                            ("key", key), ("success_action_status", "200")):
+        for name, value in (
+            ("OSSAccessKeyId", policy["oss_access_key_id"]),
+            ("Signature", policy["signature"]),
+            ("policy", policy["policy"]),
+            ("key", key),
+            ("success_action_status", "200"),
+        ):
             form.add_field(name, value)
         form.add_field("file", render_t2i(600, 600, "up", 0), filename="src.png")
         async with http.post(policy["upload_host"], data=form) as resp:
@@ -554,21 +603,33 @@ async def test_upload_policy_and_oss_reference(http: aiohttp.ClientSession) -> N
 
 # --- judge --------------------------------------------------------------------------------
 
-PQ_TEXT = ("Rate the image. A score from 0 to 10 for naturalness, and a second score for "
-           "artifacts. Output {\"score\": [...], \"reasoning\": \"...\"}")
+PQ_TEXT = (
+    "Rate the image. A score from 0 to 10 for naturalness, and a second score for "
+    'artifacts. Output {"score": [...], "reasoning": "..."}'
+)
 EDIT_TEXT = "Two images: the source and the edited one. Rate edit success and over-editing."
 T2I_TEXT = "Rate how well the image follows the prompt: a red fox in snow."
 
 
-async def judge(http: aiohttp.ClientSession, emu: Emulator, text: str, *images: bytes,
-                model: str = "qwen-vl-max") -> tuple[int, dict[str, Any]]:
+async def judge(
+    http: aiohttp.ClientSession,
+    emu: Emulator,
+    text: str,
+    *images: bytes,
+    model: str = "qwen-vl-max",
+) -> tuple[int, dict[str, Any]]:
     content: list[dict[str, Any]] = [{"type": "text", "text": text}]
     content += [{"type": "image_url", "image_url": {"url": data_uri(img)}} for img in images]
-    body = {"model": model, "messages": [
-        {"role": "system", "content": "You are a professional digital artist."},
-        {"role": "user", "content": content}]}
-    async with http.post(f"{emu.root_url}/compatible-mode/v1/chat/completions", json=body,
-                         headers=AUTH) as resp:
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a professional digital artist."},
+            {"role": "user", "content": content},
+        ],
+    }
+    async with http.post(
+        f"{emu.root_url}/compatible-mode/v1/chat/completions", json=body, headers=AUTH
+    ) as resp:
         return resp.status, await resp.json()
 
 
@@ -594,8 +655,7 @@ async def test_judge_scores_follow_content(http: aiohttp.ClientSession) -> None:
     noise = png(np.random.default_rng(0).integers(0, 256, (768, 768, 3), dtype=np.uint8))
     async with Emulator(EmulatorConfig(time_scale=FAST)) as emu:
         pq = {}
-        for name, img in (("sharp", sharp), ("blurred", blurred), ("flat", flat),
-                          ("noise", noise)):
+        for name, img in (("sharp", sharp), ("blurred", blurred), ("flat", flat), ("noise", noise)):
             status, answer = await judge(http, emu, PQ_TEXT, img)
             assert status == 200 and answer["object"] == "chat.completion"
             pq[name] = scores(answer)
@@ -628,8 +688,7 @@ async def test_judge_errors_and_rate_limit(http: aiohttp.ClientSession) -> None:
     async with Emulator(cfg) as emu:
         status, answer = await judge(http, emu, T2I_TEXT, img, model="gpt-4o")
         assert status == 404 and answer["error"]["code"] == "model_not_found"
-        results = [await judge(http, emu, T2I_TEXT, img, model="qwen-vl-plus")
-                   for _ in range(3)]
+        results = [await judge(http, emu, T2I_TEXT, img, model="qwen-vl-plus") for _ in range(3)]
         assert [r[0] for r in results] == [200, 200, 429]
         assert results[2][1]["error"]["code"] == "limit_requests"
         emu.invalidate_keys()
@@ -664,9 +723,22 @@ def test_model_spec_table() -> None:
 def test_cli_serves_and_stops() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.emulator", "--port", "0", "--time-scale", "0",
-         "--faults", "0.2", "--no-quotas"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "runner.emulator",
+            "--port",
+            "0",
+            "--time-scale",
+            "0",
+            "--faults",
+            "0.2",
+            "--no-quotas",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -675,6 +747,10 @@ def test_cli_serves_and_stops() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
-    bad = subprocess.run([sys.executable, "-m", "runner.emulator", "--faults", "2"],
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "runner.emulator", "--faults", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "--faults" in bad.stderr

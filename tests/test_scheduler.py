@@ -36,7 +36,7 @@ class FakeService:
         self.downloads = 0
         self.loop = asyncio.get_event_loop_policy()
 
-    def _start(self, model: str, prompt: str) -> str:
+    def _start(self, model: str, prompt: str, n: int = 1) -> str:
         if model in self.behaviour:
             exc = self.behaviour[model]
             raise exc() if callable(exc) and not isinstance(exc, Exception) else exc
@@ -48,11 +48,13 @@ class FakeService:
         self.max_seen[model] = max(self.max_seen.get(model, 0), self.in_flight[model])
         self.submits.append((model, prompt))
         tid = f"t{next(self.ids)}"
-        self.tasks[tid] = {"model": model, "end": asyncio.get_running_loop().time() + self.latency}
+        end = asyncio.get_running_loop().time() + self.latency
+        self.tasks[tid] = {"model": model, "end": end, "n": n}
         return tid
 
     async def submit_text2image(self, model: str, prompt: str, **kw: Any) -> Any:
-        return SimpleNamespace(task_id=self._start(model, prompt), request_id=None, model=model)
+        tid = self._start(model, prompt, kw.get("n", 1))
+        return SimpleNamespace(task_id=tid, request_id=None, model=model)
 
     async def submit_image_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any:
         assert image.startswith("data:image/jpeg;base64,")
@@ -80,9 +82,8 @@ class FakeService:
         if t["model"] in self.fail_task:
             code, msg = self.fail_task[t["model"]]
             return SimpleNamespace(status="FAILED", urls=[], code=code, message=msg)
-        return SimpleNamespace(
-            status="SUCCEEDED", urls=[f"http://x/{task_id}.png"], code=None, message=None
-        )
+        urls = [f"http://x/{task_id}-{k}.png" for k in range(t["n"])]
+        return SimpleNamespace(status="SUCCEEDED", urls=urls, code=None, message=None)
 
     async def cancel_task(self, task_id: str) -> None:
         return None
@@ -107,6 +108,7 @@ def _settings(**kw: Any) -> Settings:
         },
         "poll_qps": 2000,
         "poll_first_s": 0.01,
+        "prompt_templates": False,
         "backoff_max_s": 0.05,
     }
     base.update(kw)
@@ -317,3 +319,37 @@ async def test_retryable_submit_error_then_success(job, tmp_path: Path, exc: Exc
     svc.submit_text2image = flaky  # type: ignore[method-assign]
     summary, _ = await _run(tmp_path, tasks, svc)
     assert summary.exit_code == 0 and summary.retries == 1
+
+
+async def test_prompt_frames_and_negative_prompt_are_sent(job, tmp_path: Path) -> None:
+    tasks = job([("1", "t2i", "一只猫坐在窗台上", "", "")])
+    svc = FakeService()
+    seen: dict[str, Any] = {}
+    orig = svc.submit_text2image
+
+    async def spy(model: str, prompt: str, **kw: Any) -> Any:
+        seen.update(kw, prompt=prompt)
+        return await orig(model, prompt, **kw)
+
+    svc.submit_text2image = spy  # type: ignore[method-assign]
+    await _run(tmp_path, tasks, svc, _settings(prompt_templates=True))
+    assert seen["prompt"].startswith("一只猫坐在窗台上") and len(seen["prompt"]) > 10
+    assert seen["negative_prompt"] and seen["n"] == 1
+
+
+async def test_candidates_one_request_with_n_and_best_chosen(job, tmp_path: Path) -> None:
+    tasks = job([("1", "t2i", "a cat", "", "")])
+    svc = FakeService()
+    ns: list[int] = []
+    orig = svc.submit_text2image
+
+    async def spy(model: str, prompt: str, **kw: Any) -> Any:
+        ns.append(kw["n"])
+        return await orig(model, prompt, **kw)
+
+    svc.submit_text2image = spy  # type: ignore[method-assign]
+    summary, out = await _run(tmp_path, tasks, svc, _settings(candidates={"t2i": 3}))
+    assert summary.exit_code == 0 and ns == [3]
+    cands = sorted((out / "candidates" / "1").iterdir())
+    assert [p.name for p in cands] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert (out / "imgs" / "1.jpg").read_bytes() == cands[0].read_bytes()  # unjudged: first

@@ -41,15 +41,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    parser.add_argument("--time-scale", type=_non_negative, default=1.0,
-                        help="latency multiplier: 1 real, 0.05 fast, 0 instant (default 1)")
+    parser.add_argument(
+        "--time-scale",
+        type=_non_negative,
+        default=1.0,
+        help="latency multiplier: 1 real, 0.05 fast, 0 instant (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for latencies and faults")
-    parser.add_argument("--faults", type=_fraction, default=0.0,
-                        help="share of answers that get a transient fault, e.g. 0.2")
-    parser.add_argument("--no-quotas", action="store_true",
-                        help="disable quotas and rate limits")
-    parser.add_argument("--api-key", action="append", dest="api_keys",
-                        help="accept only this key (repeatable; default: any key)")
+    parser.add_argument(
+        "--faults",
+        type=_fraction,
+        default=0.0,
+        help="share of answers that get a transient fault, e.g. 0.2",
+    )
+    parser.add_argument("--no-quotas", action="store_true", help="disable quotas and rate limits")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        help="accept only this key (repeatable; default: any key)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log debug events")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:

@@ -51,16 +51,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def build_app(state: EmulatorState) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[STATE_KEY] = state
-    app.router.add_post(
-        "/api/v1/services/aigc/{task:text2image|image2image}/image-synthesis", submit
-    )
-    app.router.add_get("/api/v1/tasks/{task_id}", poll)
-    app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel)
-    app.router.add_post("/api/v1/services/aigc/multimodal-generation/generation", generation)
-    app.router.add_get("/api/v1/uploads", upload_policy)
+    api: list[tuple[str, str, Handler]] = [
+        ("POST", "/api/v1/services/aigc/{task:text2image|image2image}/image-synthesis", submit),
+        ("GET", "/api/v1/tasks/{task_id}", poll),
+        ("POST", "/api/v1/tasks/{task_id}/cancel", cancel),
+        ("POST", "/api/v1/services/aigc/multimodal-generation/generation", generation),
+        ("GET", "/api/v1/uploads", upload_policy),
+        ("POST", "/compatible-mode/v1/chat/completions", chat_completions),
+    ]
+    for method, path, handler in api:
+        app.router.add_route(method, path, handler)
+        # The SDK's aio task calls append a slash (".../tasks/{id}/"); the service takes both.
+        app.router.add_route(method, path + "/", handler)
     app.router.add_post("/_oss/upload", oss_upload)
     app.router.add_get("/files/{name}", download)
-    app.router.add_post("/compatible-mode/v1/chat/completions", chat_completions)
     app.router.add_get("/_emulator/stats", admin.stats)
     app.router.add_post("/_emulator/stats/reset", admin.reset_stats)
     app.router.add_get("/_emulator/faults", admin.get_faults)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runner.emulator.faults import FaultConfig
 
@@ -46,8 +46,9 @@ class ModelSpec(BaseModel):
     quota_published: bool = True
 
 
-def _t2i(name: str, latency: tuple[float, float], in_flight: int, per_s: float,
-         published: bool = True) -> ModelSpec:
+def _t2i(
+    name: str, latency: tuple[float, float], in_flight: int, per_s: float, published: bool = True
+) -> ModelSpec:
     return ModelSpec(
         name=name,
         endpoints=frozenset({"text2image"}),
@@ -166,6 +167,15 @@ class EmulatorConfig(BaseModel):
     max_negative_prompt_chars: int = 500
     max_input_image_bytes: int = 10 * 1024 * 1024
     timeline_cap: int = 200_000  # keep memory bounded in long soak runs
+    max_result_files: int = 20_000  # oldest results (and uploads) are dropped beyond this
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _faults_shorthand(cls, value: object) -> object:
+        # faults=0.2 means "20 % of answers get a transient fault" (soak tests).
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return FaultConfig(transient=float(value))
+        return value
 
     @classmethod
     def benchmark(cls, **overrides: object) -> EmulatorConfig:

@@ -48,7 +48,7 @@ def parse_data_uri(uri: str) -> bytes:
     if not mime.startswith("image/"):
         raise UnsupportedImage(f"data URI media type {mime!r} is not an image")
     try:
-        return base64.b64decode(uri[match.end():], validate=False)
+        return base64.b64decode(uri[match.end() :], validate=False)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"bad base64 payload: {exc}") from exc
 
@@ -89,8 +89,9 @@ def _text_chunk(key: str, value: str) -> bytes:
 def encode_png(rgb: np.ndarray, extra: dict[str, str] | None = None) -> bytes:
     """PNG via OpenCV (faster than PIL) with tEXt chunks spliced in after IHDR."""
     # Level 1: these are throwaway placeholders, speed matters more than size.
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
     if not ok:
         raise RuntimeError("PNG encoding failed")
     png = buf.tobytes()
@@ -111,8 +112,9 @@ def _ascii(text: str, limit: int) -> str:
     return cleaned[:limit]
 
 
-def _draw_label(img: np.ndarray, text: str, center: tuple[int, int], width: int,
-                height: int) -> None:
+def _draw_label(
+    img: np.ndarray, text: str, center: tuple[int, int], width: int, height: int
+) -> None:
     """White text with a dark outline, fitted into width x height around center."""
     font = cv2.FONT_HERSHEY_DUPLEX
     (tw, th), _ = cv2.getTextSize(text, font, 1.0, 2)
@@ -156,8 +158,9 @@ def render_t2i(width: int, height: int, prompt: str, seed: int) -> bytes:
     _draw_label(canvas, "EMULATOR", (width // 2, height // 2), int(width * 0.6), height // 6)
     caption = _ascii(prompt, 48)
     if caption:
-        _draw_label(canvas, caption, (width // 2, int(height * 0.9)), int(width * 0.8),
-                    height // 20)
+        _draw_label(
+            canvas, caption, (width // 2, int(height * 0.9)), int(width * 0.8), height // 20
+        )
     return encode_png(canvas, {"Prompt": prompt[:200], "Seed": str(seed)})
 
 
@@ -181,8 +184,10 @@ def render_edit(source: bytes, prompt: str, seed: int, function: str) -> bytes:
         rw, rh = int(width * 0.5), int(height * 0.5)
         x0 = int(rng.integers(0, width - rw + 1))
         y0 = int(rng.integers(0, height - rh + 1))
-        region = rgb[y0:y0 + rh, x0:x0 + rw].astype(np.float32)
-        rgb[y0:y0 + rh, x0:x0 + rw] = np.clip(0.4 * region + 0.6 * tint, 0, 255).astype(np.uint8)
+        region = rgb[y0 : y0 + rh, x0 : x0 + rw].astype(np.float32)
+        rgb[y0 : y0 + rh, x0 : x0 + rw] = np.clip(0.4 * region + 0.6 * tint, 0, 255).astype(
+            np.uint8
+        )
         _draw_label(rgb, "EDITED", (x0 + rw // 2, y0 + rh // 2), int(rw * 0.7), rh // 4)
     return encode_png(rgb, {"Prompt": prompt[:200], "Function": function})
 

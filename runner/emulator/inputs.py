@@ -23,8 +23,10 @@ _FETCH_TIMEOUT = aiohttp.ClientTimeout(total=20)
 
 def _download_failed(url: str, why: str) -> ApiError:
     shown = url if len(url) <= 120 else url[:117] + "..."
-    return ApiError("BadRequest.InputDownloadFailed", f"Download the media resource timed out "
-                    f"or failed: {shown} ({why})")
+    return ApiError(
+        "BadRequest.InputDownloadFailed",
+        f"Download the media resource timed out or failed: {shown} ({why})",
+    )
 
 
 async def _own_file(state: EmulatorState, path: str, query: dict[str, str], url: str) -> bytes:

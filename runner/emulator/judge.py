@@ -16,15 +16,16 @@ Scores are integers 0-10, computed on a grey copy shrunk to at most 512 px:
 * structure ``c`` = clamp((corr - 0.2) / 0.5), corr = correlation of the image with itself
   shifted one pixel: pure noise has corr ~ 0, photos and renders > 0.7.
 * flat: grey standard deviation < 4 (a blank picture).
-* pq: naturalness = round(10 * (0.5 c + 0.5 s)), artifacts = round(10 * (0.7 c + 0.3 s));
+* pq: naturalness = round(10 * c * (0.4 + 0.6 s)), artifacts = round(10 * c * (0.7 + 0.3 s));
   flat images score at most 1 on both. A sharp textured image therefore outscores a blurred
-  copy of itself (lower s) and pure noise (c ~ 0).
+  copy of itself (lower s) and pure noise (c ~ 0 drags both down).
 * edit: changed = share of pixels whose mean absolute RGB difference from the source
   (result resized to the source size) exceeds 12. edit_success = round(10 * clamp((changed
   - 0.005) / 0.095)): an unchanged "edit" scores 0, 10 % changed or more scores 10.
   over_editing = 10 up to 30 % changed, falling linearly to 0 at 95 % changed.
-* t2i: round(10 * (0.4 s + 0.3 c + 0.3 e)), e = grey-histogram entropy / 7 bits
-  (clamped); flat images score at most 1.
+* t2i: round(10 * c * (0.3 + 0.4 s + 0.3 e)), e = grey-histogram entropy / 7 bits
+  (clamped); flat images score at most 1. It ignores the prompt: any deterministic,
+  content-based score serves to test that a pipeline keeps the better candidate.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def _entropy(grey: np.ndarray) -> float:
 def score_pq(rgb: np.ndarray) -> Verdict:
     grey = _grey(rgb)
     s, c = sharpness(grey), structure(grey)
-    nat = round(10 * (0.5 * c + 0.5 * s))
-    art = round(10 * (0.7 * c + 0.3 * s))
+    nat = round(10 * c * (0.4 + 0.6 * s))
+    art = round(10 * c * (0.7 + 0.3 * s))
     note = f"sharpness {s:.2f}, structure {c:.2f}"
     if _is_flat(grey):
         nat, art = min(nat, 1), min(art, 1)
@@ -110,8 +111,9 @@ def score_pq(rgb: np.ndarray) -> Verdict:
 
 def changed_fraction(source: np.ndarray, edited: np.ndarray) -> float:
     if edited.shape[:2] != source.shape[:2]:
-        edited = cv2.resize(edited, (source.shape[1], source.shape[0]),
-                            interpolation=cv2.INTER_AREA)
+        edited = cv2.resize(
+            edited, (source.shape[1], source.shape[0]), interpolation=cv2.INTER_AREA
+        )
     diff = np.abs(source.astype(np.int16) - edited.astype(np.int16)).mean(axis=2)
     return float((diff > 12).mean())
 
@@ -132,7 +134,7 @@ def score_t2i(rgb: np.ndarray) -> Verdict:
     grey = _grey(rgb)
     s, c = sharpness(grey), structure(grey)
     e = _clamp(_entropy(grey) / 7.0)
-    score = round(10 * (0.4 * s + 0.3 * c + 0.3 * e))
+    score = round(10 * c * (0.3 + 0.4 * s + 0.3 * e))
     note = f"sharpness {s:.2f}, structure {c:.2f}, entropy {e:.2f}"
     if _is_flat(grey):
         score = min(score, 1)

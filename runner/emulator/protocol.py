@@ -86,8 +86,9 @@ def wall_time(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def json_answer(payload: dict[str, Any], status: int = 200,
-                headers: dict[str, str] | None = None) -> web.Response:
+def json_answer(
+    payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=json.dumps(payload, ensure_ascii=False).encode(),
         status=status,

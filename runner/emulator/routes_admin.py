@@ -72,7 +72,7 @@ async def quotas(request: web.Request) -> web.Response:
     state = state_of(request)
     body = await request.json()
     if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
-        return _json({"code": "InvalidParameter", "message": "need {\"enabled\": bool}"}, 400)
+        return _json({"code": "InvalidParameter", "message": 'need {"enabled": bool}'}, 400)
     state.config.quotas_enabled = body["enabled"]
     return _json({"enabled": state.config.quotas_enabled})
 

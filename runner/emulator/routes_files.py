@@ -50,7 +50,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         return oss_error(403, "AccessDenied", "You have no right to access this object.", rid)
     if not hmac.compare_digest(query.get("Signature", ""), state.files.signature(name, expires)):
         return oss_error(
-            403, "SignatureDoesNotMatch",
+            403,
+            "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided.",
             rid,
         )
@@ -83,8 +84,9 @@ def _count(state: EmulatorState, response: web.Response) -> web.Response:
     return response
 
 
-async def _truncated(request: web.Request, data: bytes, headers: dict[str, str]
-                     ) -> web.StreamResponse:
+async def _truncated(
+    request: web.Request, data: bytes, headers: dict[str, str]
+) -> web.StreamResponse:
     """Promises the full Content-Length, sends half, then drops the connection."""
     response = web.StreamResponse(headers=headers)
     response.content_type = "image/png"
@@ -137,8 +139,9 @@ async def upload_policy(request: web.Request) -> web.Response:
         raise ApiError("ModelNotFound", f"Model not exist: {model}")
     expires = int(time.time()) + 300
     policy = base64.b64encode(
-        json.dumps({"expiration": expires, "conditions": [["content-length-range", 0,
-                                                          104857600]]}).encode()
+        json.dumps(
+            {"expiration": expires, "conditions": [["content-length-range", 0, 104857600]]}
+        ).encode()
     ).decode()
     data = {
         "policy": policy,
@@ -177,10 +180,10 @@ async def oss_upload(request: web.Request) -> web.Response:
     if not key or payload is None:
         return oss_error(400, "InvalidArgument", "key and file are required.", rid)
     if key in state.files.uploads and fields.get("x-oss-forbid-overwrite") == "true":
-        return oss_error(409, "FileAlreadyExists", "The object you specified already exists.",
-                         rid)
-    state.files.uploads[key] = payload
+        return oss_error(409, "FileAlreadyExists", "The object you specified already exists.", rid)
+    state.files.store_upload(key, payload)
     state.stats.uploads += 1
     status = int(fields.get("success_action_status", "204"))
-    return web.Response(status=status if status in (200, 201, 204) else 204,
-                        headers={"x-oss-request-id": rid})
+    return web.Response(
+        status=status if status in (200, 201, 204) else 204, headers={"x-oss-request-id": rid}
+    )

@@ -164,8 +164,10 @@ async def _edit_input(
             + ", ".join(sorted(IMAGE_EDIT_FUNCTIONS)),
         )
     strength = params.get("strength", 0.5)
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not (
-        0.0 <= strength <= 1.0
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, int | float)
+        or not (0.0 <= strength <= 1.0)
     ):
         raise ApiError("InvalidParameter", "parameters.strength must be within [0, 1].")
     if "base_image_url" not in inp:

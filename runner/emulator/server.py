@@ -53,15 +53,18 @@ class Emulator:
 
     async def start(self) -> None:
         self._state = EmulatorState(self.config)
-        self._runner = web.AppRunner(build_app(self._state), access_log=None,
-                                     shutdown_timeout=1.0)
+        self._runner = web.AppRunner(build_app(self._state), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self._state.files.root_url = self.root_url
-        log.info("emulator started", base_url=self.base_url,
-                 time_scale=self.config.time_scale, quotas=self.config.quotas_enabled)
+        log.info(
+            "emulator started",
+            base_url=self.base_url,
+            time_scale=self.config.time_scale,
+            quotas=self.config.quotas_enabled,
+        )
 
     async def stop(self) -> None:
         if self._state is not None:
@@ -75,8 +78,12 @@ class Emulator:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     @property
@@ -88,10 +95,16 @@ class Emulator:
         self.state.stats.reset()
         self.state.stats.in_flight.update(in_flight)
 
-    def set_faults(self, faults: FaultConfig | None = None, **kinds: Any) -> FaultConfig:
-        """Replaces the fault config: a FaultConfig, or its fields as keywords
-        (``set_faults(internal_error=0.1, task_failed={"every_n": 2})``); none clears all."""
-        new = faults if faults is not None else FaultConfig.model_validate(kinds)
+    def set_faults(self, faults: FaultConfig | float | None = None, **kinds: Any) -> FaultConfig:
+        """Replaces the fault config: a FaultConfig, a float (the transient shorthand), or
+        its fields as keywords (``set_faults(internal_error=0.1, task_failed={"every_n": 2})``);
+        no argument clears all faults."""
+        if isinstance(faults, FaultConfig):
+            new = faults
+        elif faults is not None:
+            new = FaultConfig(transient=float(faults), **kinds)
+        else:
+            new = FaultConfig.model_validate(kinds)
         self.state.set_faults(new)
         log.info("faults set", faults=new.model_dump(exclude_defaults=True, mode="json"))
         return new
@@ -160,8 +173,12 @@ class EmulatorThread:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -204,7 +221,7 @@ class EmulatorThread:
     def reset_stats(self) -> None:
         self._sync(self.emulator.reset_stats)
 
-    def set_faults(self, faults: FaultConfig | None = None, **kinds: Any) -> FaultConfig:
+    def set_faults(self, faults: FaultConfig | float | None = None, **kinds: Any) -> FaultConfig:
         result: FaultConfig = self._sync(self.emulator.set_faults, faults, **kinds)
         return result
 

@@ -117,8 +117,8 @@ class FileStore:
         self.config = config
         self.root_url = ""
         self._secret = secret
-        self.files: dict[str, ResultFile] = {}
-        self.uploads: dict[str, bytes] = {}
+        self.files: OrderedDict[str, ResultFile] = OrderedDict()
+        self.uploads: OrderedDict[str, bytes] = OrderedDict()
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
 
@@ -129,12 +129,20 @@ class FileStore:
     def add(self, record: ResultFile) -> str:
         """Registers a result and returns its signed URL."""
         self.files[record.name] = record
+        # Bounded like an OSS lifecycle rule: the oldest results go (404) in long soaks.
+        while len(self.files) > self.config.max_result_files:
+            self.files.popitem(last=False)
         expires = math.ceil(time.time() + self.config.url_ttl_s)
         sig = self.signature(record.name, expires)
         return (
             f"{self.root_url}/files/{record.name}.png"
             f"?Expires={expires}&OSSAccessKeyId=EMULATOR&Signature={sig}"
         )
+
+    def store_upload(self, key: str, data: bytes) -> None:
+        self.uploads[key] = data
+        while len(self.uploads) > self.config.max_result_files:
+            self.uploads.popitem(last=False)
 
     def cached(self, name: str) -> bytes | None:
         data = self._cache.get(name)
@@ -237,8 +245,9 @@ class Task:
 class TaskBoard:
     """Async tasks: PENDING -> RUNNING -> SUCCEEDED/FAILED on loop timers."""
 
-    def __init__(self, config: EmulatorConfig, stats: StatsRecorder, quotas: QuotaBook,
-                 files: FileStore) -> None:
+    def __init__(
+        self, config: EmulatorConfig, stats: StatsRecorder, quotas: QuotaBook, files: FileStore
+    ) -> None:
         self.config = config
         self.stats = stats
         self.quotas = quotas
@@ -284,6 +293,7 @@ class TaskBoard:
             handle.cancel()
         task.status = "CANCELED"
         task.end_wall = time.time()
+        task.source = None
         self.quotas.release(task.model)
         self.stats.cancels += 1
         self.stats.task_outcomes["CANCELED"] += 1
@@ -320,15 +330,21 @@ class TaskBoard:
             task.code = "InternalError.Algo"
             task.message = "Inner error: the algorithm service failed to process the task."
         else:
-            failures = max(1, task.n // 2) if (
-                task.fault is FaultKind.PARTIAL_SUCCESS and task.n > 1) else 0
+            failures = (
+                max(1, task.n // 2)
+                if (task.fault is FaultKind.PARTIAL_SUCCESS and task.n > 1)
+                else 0
+            )
             task.results = [self._result(task, i) for i in range(task.n - failures)]
             task.results += [
-                {"code": "InternalError.Timeout",
-                 "message": "Image generation timed out, please try again."}
+                {
+                    "code": "InternalError.Timeout",
+                    "message": "Image generation timed out, please try again.",
+                }
                 for _ in range(failures)
             ]
             task.status = "SUCCEEDED"
+        task.source = None  # the result records keep their own reference
         self.stats.task_outcomes[task.status] += 1
 
     def _result(self, task: Task, index: int) -> dict[str, Any]:

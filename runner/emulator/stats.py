@@ -14,7 +14,7 @@ class EmulatorStats(BaseModel):
     uptime_s: float
     requests: int  # every HTTP request, admin endpoints excluded
     submits: dict[str, int]  # accepted async task submits
-    submit_attempts: dict[str, int]  # submits that reached quota admission
+    submit_attempts: dict[str, int]  # async submits and sync calls that reached admission
     sync_calls: dict[str, int]  # accepted multimodal-generation calls
     polls: int  # GET /tasks/{id} answered
     cancels: int  # tasks actually canceled

@@ -28,7 +28,7 @@ def skin_mask(shape: tuple[int, ...], outline: np.ndarray, points: np.ndarray,
     holes = np.zeros(shape[:2], dtype=np.uint8)
     for part in (range(17, 22), range(22, 27), range(36, 42), range(42, 48), range(48, 60)):
         cv2.fillConvexPoly(holes, cv2.convexHull(np.round(points[list(part)]).astype(np.int32)), 1)
-    k = max(1, int(round(0.05 * size)))
+    k = max(1, round(0.05 * size))
     holes = cv2.dilate(holes, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     mask[holes > 0] = 0
     return mask
@@ -41,7 +41,7 @@ def soft_mask(binary: np.ndarray, size: float, erode: float, feather: float) -> 
     untouched and the seam falls on skin, not on hair or background.
     """
     out = binary
-    k = int(round(erode * size))
+    k = round(erode * size)
     if k > 0:
         out = cv2.erode(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
     if feather > 0:
@@ -114,7 +114,8 @@ def sharpness(img: np.ndarray, weight: np.ndarray) -> float:
     return float(lap[w].std()) if w.any() else 0.0
 
 
-def match_sharpness(src: np.ndarray, ref: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, float]:
+def match_sharpness(src: np.ndarray, ref: np.ndarray,
+                    weight: np.ndarray) -> tuple[np.ndarray, float]:
     """Blur or unsharp ``src`` so its Laplacian energy inside the mask is close to ``ref``'s.
 
     A pasted face sharper or softer than its surroundings is a classic forgery cue.

@@ -1,0 +1,14 @@
+"""Local face swap for the deepfake rows: ``ori_image`` with the face of ``target_image``.
+
+Processors, one module each (FaceFusion's layout): ``detect`` (dlib faces and landmarks),
+``classic`` (the offline swapper), ``inswapper`` (insightface), ``blend`` (masks, colour,
+Poisson), ``enhance`` (GFPGAN / CodeFormer ONNX), ``identity`` (embeddings), ``pool`` (the
+process pool the scheduler awaits).
+"""
+
+from __future__ import annotations
+
+from .pool import FaceSwapPool
+from .result import FaceSwapError, SwapResult
+
+__all__ = ["FaceSwapError", "FaceSwapPool", "SwapResult"]
