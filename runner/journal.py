@@ -42,6 +42,7 @@ class RowState(BaseModel):
     submits: int = 0
     result: dict[str, Any] = Field(default_factory=dict)
     judged: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> judge record
+    chosen: str | None = None  # the candidate file a rejudge copied to imgs/, if any
 
 
 class JournalState(BaseModel):
@@ -116,6 +117,8 @@ def _apply(state: JournalState, rec: dict[str, Any], now: float) -> None:
         file = rec.get("file")
         if file:
             row.judged[str(file)] = {k: v for k, v in rec.items() if k not in ("ev", "index")}
+    elif ev == "chosen":
+        row.chosen = rec.get("file")
     elif ev == "reset":
         state.rows[str(index)] = RowState(index=str(index))
 

@@ -69,7 +69,7 @@ _CONTEXT = (
     "You are a professional digital artist. You will have to evaluate the effectiveness of "
     "the AI-generated image(s) based on given rules. All the input images are AI-generated. "
     "All humans in the images are AI-generated too, so you need not worry about privacy. "
-    'Give your output in exactly this form, a JSON object and nothing else: '
+    "Give your output in exactly this form, a JSON object and nothing else: "
     '{"score": [...], "reasoning": "..."} (keep the reasoning concise and short).'
 )
 
@@ -394,9 +394,7 @@ class Judge:
             emulated=self.emulated,
         )
 
-    async def _ask(
-        self, parts: list[dict[str, Any]], n: int, what: str
-    ) -> tuple[list[float], str]:
+    async def _ask(self, parts: list[dict[str, Any]], n: int, what: str) -> tuple[list[float], str]:
         """One question, parsed strictly; one re-ask on a bad answer. Raises AnswerError
         (unusable twice) or _CallFailed."""
         messages: list[dict[str, Any]] = [
@@ -413,9 +411,7 @@ class Judge:
                 return parse_answer(answer, n)
             except AnswerError as exc:
                 last = exc
-                log.warning(
-                    "judge.bad_answer", question=what, attempt=attempt + 1, error=str(exc)
-                )
+                log.warning("judge.bad_answer", question=what, attempt=attempt + 1, error=str(exc))
         assert last is not None
         raise AnswerError(f"unusable answer after {_PARSE_ATTEMPTS} tries ({last})")
 
@@ -424,9 +420,7 @@ class Judge:
         failures = 0
         while True:
             if self.calls >= self.settings.budget:
-                raise JudgeBudgetExhausted(
-                    f"judge budget of {self.settings.budget} calls is spent"
-                )
+                raise JudgeBudgetExhausted(f"judge budget of {self.settings.budget} calls is spent")
             await self._pacer.wait()
             self.calls += 1
             try:
@@ -500,8 +494,9 @@ def candidate_files(out_dir: Path, index: str, row: RowState) -> list[dict[str, 
     folder = out_dir / "candidates" / index
     if folder.is_dir():
         files = [p for p in folder.iterdir() if p.suffix.lower() == ".jpg" and p.is_file()]
-        files.sort(key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0,
-                                  p.name))
+        files.sort(
+            key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name)
+        )
         for p in files:
             add(f"candidates/{index}/{p.name}")
     if not out:
@@ -589,9 +584,7 @@ async def rejudge(
                     imgs_path.parent.mkdir(parents=True, exist_ok=True)
                     await write_atomic(imgs_path, data)
                     summary.changed += 1
-            await journal.write(
-                "chosen", index=task.index, file=rel, overall=best_score.overall
-            )
+            await journal.write("chosen", index=task.index, file=rel, overall=best_score.overall)
 
     try:
         await asyncio.gather(*(one(t) for t in tasklist.tasks))

@@ -36,7 +36,8 @@ _T2I_SUFFIX: dict[str, str] = {
         "High quality, photorealistic where the scene is real, fine detail, sharp focus, "
         "natural lighting, realistic textures, correct proportions and anatomy."
     ),
-    "zh": "高清画质，真实场景写实呈现，细节丰富，对焦清晰，光影自然，质感真实，比例与人体结构正确。",
+    "zh": "高清画质，真实场景写实呈现，细节丰富，对焦清晰，"
+    "光影自然，质感真实，比例与人体结构正确。",
 }
 
 _T2I_NEGATIVE: dict[str, str] = {
@@ -55,7 +56,8 @@ _TIE_FRAME: dict[str, str] = {
         "original image: composition, subjects, faces, pose, background, colours, lighting "
         "and style."
     ),
-    "zh": "只修改指令中提到的内容，其余部分与原图完全一致：构图、主体、人物面部、姿态、背景、色彩、光照和风格都保持不变。",
+    "zh": "只修改指令中提到的内容，其余部分与原图完全一致："
+    "构图、主体、人物面部、姿态、背景、色彩、光照和风格都保持不变。",
 }
 
 _VTTIE_FRAME: dict[str, str] = {
@@ -64,7 +66,8 @@ _VTTIE_FRAME: dict[str, str] = {
         "position and alignment as the original text, keep all other text unchanged, and keep "
         "the rest of the image exactly as it is."
     ),
-    "zh": "只修改指令中提到的文字，保持原有的字体、字号、颜色、位置和排版，其他文字保持不变，图片其余部分保持原样。",
+    "zh": "只修改指令中提到的文字，保持原有的字体、字号、颜色、位置和排版，"
+    "其他文字保持不变，图片其余部分保持原样。",
 }
 
 
@@ -99,7 +102,7 @@ def shorten(text: str, limit: int = PROMPT_LIMIT) -> tuple[str, bool]:
 
 
 def detect_language(text: str) -> Language:
-    """"zh" when Chinese characters carry the prompt, else "en".
+    """Return "zh" when Chinese characters carry the prompt, else "en".
 
     A Chinese prompt often quotes English words ("把招牌改为“OPEN”") and an English one may
     quote Chinese text to write into a picture, so the counts are compared, not just found.
@@ -123,6 +126,8 @@ def _fit(user: str, addition: str, language: str) -> tuple[str, bool]:
     full = _join(user, addition, language)
     if len(full) <= PROMPT_LIMIT:
         return full, False
+    if len(user) <= PROMPT_LIMIT:
+        return user, False  # the words fit whole: our addition gives way, not them
     # 2 chars of slack for the sentence end and the space _join may add.
     room = PROMPT_LIMIT - len(addition) - 2
     if room >= PROMPT_LIMIT * _MIN_USER_SHARE:

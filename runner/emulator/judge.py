@@ -5,7 +5,7 @@ case-folded; images are every ``image_url`` part, in order):
 
 * 2 or more images -> **edit** (semantic consistency of an edit): the first image is the
   source, the last the edited result. Answer ``score: [edit_success, over_editing]``.
-* 1 image and the text mentions "naturalness" or "artifact" -> **pq** (perceptual
+* 1 image and the text mentions both "naturalness" and "artifact" -> **pq** (perceptual
   quality). Answer ``score: [naturalness, artifacts]``.
 * 1 image otherwise -> **t2i** (prompt following). Answer ``score: [prompt_following]``.
 * no image -> ``score: [0]`` with a reasoning that says so.
@@ -60,7 +60,7 @@ def classify(text: str, n_images: int) -> Question:
         return "edit"
     if n_images == 1:
         folded = text.casefold()
-        return "pq" if any(w in folded for w in _PQ_WORDS) else "t2i"
+        return "pq" if all(w in folded for w in _PQ_WORDS) else "t2i"
     return "none"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+LOWFREQ_MIN, LOWFREQ_MAX = 0.6, 1.6  # shading ratio limits: a shadow may be lifted this far
+
 
 def hull_mask(shape: tuple[int, ...], points: np.ndarray) -> np.ndarray:
     """Binary (0/1 float32) filled convex hull of ``points``."""
@@ -72,7 +74,16 @@ def transfer_colour(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: 
     ref_lab = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB).astype(np.float32)
     m_s, s_s = _masked_stats(src_lab, w_src)
     m_r, s_r = _masked_stats(ref_lab, w_ref)
-    ratio = np.clip(s_r / s_s, [0.75, 0.7, 0.7], [1.33, 1.4, 1.4]).astype(np.float32)
+    if max(s_s[1], s_s[2]) < 1.5 <= max(s_r[1], s_r[2]):
+        # A grey face into a colour picture: a uniform tint looks painted. Take ori's own
+        # chroma (skin, lips, cheeks) under target's lightness instead.
+        chroma = cv2.GaussianBlur(ref_lab[..., 1:], (0, 0), 1.5)
+        src_lab[..., 1:] = chroma
+        m_s[1:], s_s[1:] = m_r[1:], s_r[1:]
+    # A grey ori (old photos, some LFW crops) has no chroma spread: the face must turn grey
+    # too, so the chroma ratio may then fall to zero.
+    low = 0.0 if max(s_r[1], s_r[2]) < 1.5 else 0.7
+    ratio = np.clip(s_r / s_s, [0.75, low, low], [1.33, 1.4, 1.4]).astype(np.float32)
     out = (src_lab - m_s.astype(np.float32)) * ratio + m_r.astype(np.float32)
     out = src_lab + strength * (out - src_lab)
     out = np.clip(out, 0, 255).astype(np.uint8)
@@ -103,7 +114,7 @@ def lowfreq_correct(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: 
     ref_l = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
     bs = masked_blur(lab[..., 0], w_src.astype(np.float32), sigma) + 8.0
     br = masked_blur(ref_l, w_ref.astype(np.float32), sigma) + 8.0
-    lab[..., 0] = lab[..., 0] * np.clip(br / bs, 0.6, 1.6)
+    lab[..., 0] = lab[..., 0] * np.clip(br / bs, LOWFREQ_MIN, LOWFREQ_MAX)
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 

@@ -7,7 +7,9 @@ after a worker crash, and nothing that blocks the event loop.
   machine badly.
 - a crashed worker breaks the whole pool (BrokenProcessPool) and every row in flight with
   it: the first to notice builds a new pool, each affected row is tried once more there,
-  and the run goes on.
+  alone (so a row that kills its worker cannot take a neighbour's retry with it), and the
+  run goes on. Only one row per worker is handed to the pool at a time, so a crash costs
+  the rows running, not the whole queue.
 - submitting can spawn a process (dynamic spawning), so submits happen in a thread.
 """
 
@@ -103,6 +105,8 @@ class FaceSwapPool:
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
         self._lock: asyncio.Lock | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._retry_lock: asyncio.Lock | None = None
         self.crashes = 0
         if self.fallback_reason:
             log.warning(
@@ -130,7 +134,7 @@ class FaceSwapPool:
         )
 
     def describe(self) -> str:
-        """One line for the start banner."""
+        """One line for the start banner (the caller puts "face swap: " before it)."""
         if self._backend == "inswapper":
             what = "inswapper_128 + buffalo_l (ArcFace identity)"
             names = (p.removesuffix("ExecutionProvider") for p in self.providers)
@@ -139,7 +143,7 @@ class FaceSwapPool:
             what = "classic (dlib 68 landmarks, dlib identity)"
             runtime = "dlib on CPU"
         parts = [
-            f"face swap: {what}",
+            what,
             f"{self.workers} worker{'s' if self.workers != 1 else ''} x {self.threads} thread"
             f"{'s' if self.threads != 1 else ''}",
             runtime,
@@ -171,6 +175,17 @@ class FaceSwapPool:
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
+
+    # Created on first use, inside the running loop (the pool may be built before it).
+    def _get_slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers)
+        return self._slots
+
+    def _get_retry_lock(self) -> asyncio.Lock:
+        if self._retry_lock is None:
+            self._retry_lock = asyncio.Lock()
+        return self._retry_lock
 
     async def start(self) -> None:
         """Build the pool (idempotent) and wait until every worker has loaded its models."""
@@ -224,27 +239,58 @@ class FaceSwapPool:
     async def swap(self, index: str, ori: Path, target: Path) -> SwapResult:
         await self.start()
         job = worker.SwapJob(index=str(index), ori=str(ori), target=str(target))
-        for attempt in (1, 2):
-            executor, generation = self._executor, self._generation
-            assert executor is not None
+        # At most one row per worker is handed to the pool: a crash then takes down only the
+        # rows actually running, not every row queued behind them.
+        generation = self._generation
+        try:
+            async with self._get_slots():
+                generation = self._generation
+                result = await self._run(job)
+        except BrokenProcessPool:
+            log.warning("faceswap.worker_crashed", index=index, attempt=1)
+            await self._rebuild(generation)
+        else:
+            return self._done(index, result)
+        # The retry runs alone in the (new) pool: if the worker dies again, this row is the
+        # one that kills it, and the rows that were merely running beside it are not blamed.
+        async with self._get_retry_lock():
+            slots = self._get_slots()
+            for _ in range(self.workers):
+                await slots.acquire()
             try:
-                result: SwapResult = await self._submit(executor, type(self).job_function, job)
+                generation = self._generation
+                result = await self._run(job)
             except BrokenProcessPool:
-                log.warning("faceswap.worker_crashed", index=index, attempt=attempt)
+                log.warning("faceswap.worker_crashed", index=index, attempt=2)
                 await self._rebuild(generation)
-                continue
-            if attempt > 1:
-                result.detail["retried_after_crash"] = True
-            log.debug(
-                "faceswap.done",
-                index=index,
-                backend=result.backend,
-                variant=result.detail.get("variant"),
-                identity_target=result.identity_target,
-                identity_ori=result.identity_ori,
-            )
-            return result
-        raise FaceSwapError("the face-swap worker crashed twice on this row")
+                raise FaceSwapError(
+                    "the face-swap worker crashed twice on this row (the retry ran alone)"
+                ) from None
+            finally:
+                for _ in range(self.workers):
+                    slots.release()
+        result.detail["retried_after_crash"] = True
+        return self._done(index, result)
+
+    async def _run(self, job: worker.SwapJob) -> SwapResult:
+        executor = self._executor
+        if executor is None:  # closed meanwhile: start again rather than fail the row
+            await self.start()
+            executor = self._executor
+        assert executor is not None
+        result: SwapResult = await self._submit(executor, type(self).job_function, job)
+        return result
+
+    def _done(self, index: str, result: SwapResult) -> SwapResult:
+        log.debug(
+            "faceswap.done",
+            index=index,
+            backend=result.backend,
+            variant=result.detail.get("variant"),
+            identity_target=result.identity_target,
+            identity_ori=result.identity_ori,
+        )
+        return result
 
     async def close(self) -> None:
         async with self._get_lock():

@@ -1,0 +1,218 @@
+"""This runner on the time-scaled emulator: the whole workload in one run, measured.
+
+    python -m bench.throughput --mode known|learned --json OUT.json [--scale 0.05]
+
+Runs in a process of its own (``python -m bench`` starts one per configuration) so that its
+CPU time and peak memory are the runner's alone; the emulator runs in another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from runner.emulator import EmulatorConfig
+from runner.run import run_all
+from runner.settings import JudgeSettings, Quota, Settings
+
+from .common import (
+    BENCH_KEY,
+    EDIT_MODELS,
+    GROUPS,
+    OUT,
+    SCALE,
+    T2I_MODELS,
+    EmulatorProcess,
+    Workload,
+    build_workload,
+    busy_share,
+    children_cpu_s,
+    cpu_s,
+    emulator_config,
+    eprint,
+    faceswap_available,
+    lower_bound,
+    now,
+    peak_rss_mb,
+    timeline_series,
+    write_json,
+)
+
+
+def scaled_settings(
+    base_url: str, config: EmulatorConfig, mode: str, scale: float, **extra: Any
+) -> Settings:
+    """The runner's settings in the scaled world: every rate x 1/scale, every wait x scale.
+
+    ``known``: every quota as the emulator enforces it (the unpublished ones too).
+    ``learned``: the published quotas; the unpublished ones start from the default setting
+    (2 in flight) and are learned from 429s.
+    """
+    defaults = Settings()
+    quotas: dict[str, Quota] = {}
+    for name in (*T2I_MODELS, *EDIT_MODELS):
+        spec = config.models[name]
+        rate = (spec.submits_per_s or 2.0) / scale
+        if mode == "known" or spec.quota_published:
+            quotas[name] = Quota(submits_per_second=rate, in_flight=spec.max_in_flight or 2)
+        else:
+            d = defaults.quota(name)
+            quotas[name] = Quota(
+                submits_per_second=rate,
+                in_flight=d.in_flight,
+                learn=True,
+                max_in_flight=d.max_in_flight,
+            )
+    values: dict[str, Any] = {
+        "api_key": BENCH_KEY,
+        "base_url": base_url,
+        "quotas": quotas,
+        "poll_qps": defaults.poll_qps / scale,
+        "poll_first_s": defaults.poll_first_s * scale,
+        "backoff_max_s": defaults.backoff_max_s * scale,
+        "task_timeout_s": defaults.task_timeout_s * scale,
+        # The VIEScore judge is a quality add-on, not part of the generation pipeline the
+        # issue measures (submit, poll, download, write): off here, see BENCHMARKS.md.
+        "judge": JudgeSettings(
+            enabled=False, requests_per_minute=defaults.judge.requests_per_minute / scale
+        ),
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+def summarize_emulator(
+    stats: dict[str, Any], config: EmulatorConfig, makespan: float
+) -> dict[str, Any]:
+    """The emulator's side of a run: 429s, polls, submits, slots in use, the lower bound."""
+    lb = lower_bound(stats, config)
+    models = [*T2I_MODELS, *EDIT_MODELS]
+    series = timeline_series(stats["timeline"], models)
+    busy = {
+        m: round(busy_share(series[m], config.models[m].max_in_flight or 1, makespan), 3)
+        for m in models
+    }
+    return {
+        "lower_bound": lb,
+        "ratio": round(makespan / lb["bound_s"], 3) if lb["bound_s"] else None,
+        "http_429": sum(stats["http_429"].values()),
+        "http_429_by_code": stats["http_429"],
+        "quota_refusals": stats["quota_refusals"],
+        "quota_overruns": sum(stats["quota_overruns"].values()),
+        "submits": sum(stats["submits"].values()) + sum(stats["sync_calls"].values()),
+        "submits_by_model": {
+            m: stats["submits"].get(m, 0) + stats["sync_calls"].get(m, 0) for m in models
+        },
+        "polls": stats["polls"],
+        "downloads": stats["downloads"],
+        "judge_calls": sum(stats.get("judge_calls", {}).values()),
+        "max_in_flight": {m: stats["max_in_flight"].get(m, 0) for m in models},
+        "slots": {m: config.models[m].max_in_flight for m in models},
+        "busy_share": busy,
+        "timeline": {m: series[m] for m in models},
+    }
+
+
+async def bench_runner(
+    mode: str, workload: Workload, out_dir: Path, scale: float = SCALE
+) -> dict[str, Any]:
+    config = emulator_config(scale)
+    with EmulatorProcess(config) as emu:
+        settings = scaled_settings(emu.base_url, config, mode, scale)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        emu.reset_stats()
+        cpu0, kids0, ecpu0, t0 = cpu_s(), children_cpu_s(), emu.cpu_s(), now()
+        summary = await run_all(
+            workload.tasks,
+            images=workload.images,
+            out=out_dir,
+            settings=settings,
+            configure_logging=True,
+        )
+        wall = now() - t0
+        cpu, kids, ecpu = cpu_s() - cpu0, children_cpu_s() - kids0, emu.cpu_s() - ecpu0
+        stats = emu.stats()
+    rows = summary.rows
+    done = sum(1 for r in rows if r.ok)
+    api_rows = [r for r in rows if r.task_type != "deepfake"]
+    swap_rows = [r for r in rows if r.task_type == "deepfake"]
+    makespan = summary.elapsed_s
+    result: dict[str, Any] = {
+        "name": f"runner ({mode} quotas)",
+        "mode": mode,
+        "scale": scale,
+        "rows_total": len(rows),
+        "rows_done": done,
+        "rows_api": len(api_rows),
+        "rows_api_done": sum(1 for r in api_rows if r.ok),
+        "rows_deepfake": len(swap_rows),
+        "rows_deepfake_done": sum(1 for r in swap_rows if r.ok),
+        "failed": Counter((r.reason or r.status)[:120] for r in rows if not r.ok).most_common(5),
+        "makespan_s": round(makespan, 3),
+        "api_done_at_s": round(max((r.seconds for r in api_rows), default=0.0), 3),
+        "deepfake_done_at_s": round(max((r.seconds for r in swap_rows), default=0.0), 3),
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 2),
+        "cpu_per_task_ms": round(1000 * cpu / max(1, len(rows)), 2),
+        "children_cpu_s": round(kids, 2),
+        "emulator_cpu_s": round(ecpu, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "runner_polls": summary.polls,
+        "runner_submits": summary.submits,
+        "runner_throttled": summary.throttled,
+        "retries": summary.retries,
+        "models": summary.models,
+        "faceswap": summary.faceswap,
+        "groups": {k: list(v) for k, v in GROUPS.items()},
+    }
+    result.update(summarize_emulator(stats, config, makespan))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput")
+    p.add_argument("--mode", choices=("known", "learned"), default="known")
+    p.add_argument("--scale", type=float, default=SCALE)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--no-faceswap", action="store_true", help="API rows only")
+    p.add_argument("--limit", type=int, default=0, help="first N rows of each type (a smoke run)")
+    args = p.parse_args(argv)
+    swap_ok, why = faceswap_available()
+    workload = build_workload(deepfake=swap_ok and not args.no_faceswap)
+    if not swap_ok:
+        eprint(f"face swap unavailable ({why}): API rows only")
+    if args.limit:
+        workload = _limited(workload, args.limit)
+    out_dir = OUT / f"runner-{args.mode}"
+    result = asyncio.run(bench_runner(args.mode, workload, out_dir, args.scale))
+    result["workload"] = {"source": workload.source, "rows": workload.rows, "notes": workload.notes}
+    if not swap_ok:
+        result["faceswap_problem"] = why
+    path = args.json or OUT / f"runner-{args.mode}.json"
+    write_json(path, result)
+    show = {k: v for k, v in result.items() if k not in ("timeline", "models")}
+    eprint(show)
+    return 0
+
+
+def _limited(workload: Workload, n: int) -> Workload:
+    from .common import _read_csv, _write_csv
+
+    rows = _read_csv(workload.tasks)
+    kept: list[dict[str, str]] = []
+    seen: Counter[str] = Counter()
+    for r in rows:
+        if seen[r["task_type"]] < n:
+            seen[r["task_type"]] += 1
+            kept.append(r)
+    path = workload.tasks.with_name("task_small.csv")
+    _write_csv(path, kept)
+    return Workload(path, workload.images, dict(seen), workload.source, 0, workload.notes)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,448 @@
+"""``python -m runner doctor``: is this machine ready for a run? One line per check.
+
+    ok    key: DASHSCOPE_API_KEY is set
+    FAIL  base URL: https://dashscope.aliyuncs.com/api/v1 unreachable (timeout after 3 s)
+          -> check the network / proxy, or set DASHSCOPE_HTTP_BASE_URL
+
+Checks: the API key (present or not, never shown: not even its length or tail), the base URL
+(one cheap GET with a short timeout; offline it says "unreachable", it never hangs), the
+settings, the face-swap models folder, onnxruntime's providers, and free disk under --out.
+Exit status: 0 when nothing is red, 1 when any check FAILs.
+
+Wiring (``runner/cli.py``): ``_extra_commands()`` returns ``{"doctor": doctor.command}`` and
+``build_parser`` adds ``doctor.add_arguments(sub.add_parser("doctor", help=...))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from .errors import SettingsError
+from .settings import DEFAULT_BASE_URL, Settings, load_settings
+
+Level = Literal["ok", "warn", "FAIL"]
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DISK_FAIL_BYTES = 200 * MiB  # a few hundred results at most
+DISK_WARN_BYTES = 2 * GiB  # a full task list with candidates and the zip
+PROBE_TIMEOUT_S = 3.0
+_ORT_DISTS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+)
+
+
+@dataclass
+class Check:
+    """One line of the report: what was checked, the verdict, and what to do when not ok."""
+
+    name: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.level != "FAIL"
+
+    def line(self) -> str:
+        text = f"{self.level:<5} {self.name}: {self.detail}"
+        if self.fix and self.level != "ok":
+            text += f" -> {self.fix}"
+        return text
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def check_key(settings: Settings) -> Check:
+    """Present or not, and where from. The key itself is never part of the line."""
+    try:
+        key = settings.key()
+    except SettingsError as exc:
+        return Check("key", "FAIL", str(exc), "fix api_key_file, or set DASHSCOPE_API_KEY")
+    if key is None:
+        return Check(
+            "key",
+            "warn",
+            "not set: runs use the embedded emulator (placeholder images, nothing real)",
+            "export DASHSCOPE_API_KEY=... (or name a file in the settings' api_key_file)",
+        )
+    has_env = settings.api_key is not None and bool(settings.api_key.get_secret_value().strip())
+    where = "DASHSCOPE_API_KEY" if has_env else f"api_key_file {settings.api_key_file}"
+    if any(ch.isspace() for ch in key) or not key.isprintable():
+        return Check(
+            "key",
+            "FAIL",
+            f"set ({where}) but it contains spaces or control characters",
+            "paste the key again, exactly as the console shows it",
+        )
+    return Check("key", "ok", f"set ({where})")
+
+
+async def _probe(url: str, key: str | None, timeout_s: float) -> tuple[int | None, str]:
+    """(HTTP status, code of the error body) of one GET, or (None, why) when unreachable."""
+    import aiohttp
+
+    headers = {"Accept": "application/json", "User-Agent": "runner-doctor"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, headers=headers, allow_redirects=False) as resp,
+        ):
+            code = ""
+            if resp.status >= 400:
+                try:
+                    body = await resp.json(content_type=None)
+                    if isinstance(body, dict):
+                        code = str(body.get("code") or "")
+                except Exception:
+                    code = ""
+            return resp.status, code
+    except TimeoutError:
+        return None, f"no answer within {timeout_s:g} s"
+    except aiohttp.ClientError as exc:
+        # Only the exception's type: its text may repeat the URL, never the key, but keep
+        # the line short.
+        return None, type(exc).__name__
+
+
+def check_base_url(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> Check:
+    """One GET of an unknown task: any HTTP answer proves the host is there; with a key,
+    401 InvalidApiKey says the key is refused. Never hangs longer than ``timeout_s``."""
+    base = (settings.base_url or "").strip().rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return Check(
+            "base URL",
+            "FAIL",
+            f"{base!r} is not an http(s) URL",
+            f"set DASHSCOPE_HTTP_BASE_URL to e.g. {DEFAULT_BASE_URL}",
+        )
+    try:
+        key = settings.key()
+    except SettingsError:
+        key = None
+    url = f"{base}/tasks/doctor-{uuid.uuid4().hex[:12]}"
+    try:
+        status, code = asyncio.run(
+            asyncio.wait_for(_probe(url, key, timeout_s), timeout_s + 1.0)
+        )
+    except TimeoutError:
+        status, code = None, f"no answer within {timeout_s:g} s"
+    except Exception as exc:  # a broken resolver and the like: still one line
+        status, code = None, type(exc).__name__
+    needed = key is not None
+    if status is None:
+        return Check(
+            "base URL",
+            "FAIL" if needed else "warn",
+            f"{base} unreachable ({code})"
+            + ("" if needed else "; not needed now: without a key the emulator runs"),
+            "check the network or proxy, or set DASHSCOPE_HTTP_BASE_URL "
+            "(international: https://dashscope-intl.aliyuncs.com/api/v1)",
+        )
+    if key is not None and (status == 401 or code == "InvalidApiKey"):
+        return Check(
+            "base URL",
+            "FAIL",
+            f"{base} reachable, but it refuses the key (HTTP {status} {code})".rstrip(),
+            "check DASHSCOPE_API_KEY; a mainland key needs the mainland URL, an international "
+            "key the -intl one",
+        )
+    if key is not None and code == "Arrearage":
+        return Check(
+            "base URL",
+            "FAIL",
+            f"{base} reachable, but the account is in arrears (Arrearage)",
+            "top up the Alibaba Cloud account",
+        )
+    what = "key accepted" if key is not None and status < 400 else f"HTTP {status}"
+    return Check("base URL", "ok", f"{base} reachable ({what})")
+
+
+def check_settings(
+    settings: Settings | None, problem: str | None = None, files: list[Path] | None = None
+) -> Check:
+    if settings is None:
+        return Check(
+            "settings",
+            "FAIL",
+            problem or "cannot be read",
+            "fix the file or variable named (see settings.toml for every key)",
+        )
+    notes: list[str] = []
+    level: Level = "ok"
+    if settings.faceswap.backend not in ("auto", "inswapper", "classic"):
+        return Check(
+            "settings",
+            "FAIL",
+            f"faceswap.backend {settings.faceswap.backend!r} is not auto, inswapper or classic",
+            "set [faceswap] backend = \"auto\"",
+        )
+    if settings.poll_qps > 20:
+        level = "warn"
+        notes.append(f"poll_qps {settings.poll_qps:g} is over the account's 20 task queries/s")
+    for task_type, models in settings.models.items():
+        for model in models:
+            if model not in settings.quotas:
+                notes.append(f"{model} ({task_type}) has no quota entry: its limit is learned")
+    if settings.max_attempts < 2:
+        level = "warn"
+        notes.append("max_attempts 1: a single 5xx fails a row")
+    used = ", ".join(str(f) for f in files) if files else "built-in defaults and environment"
+    detail = f"valid (from {used})"
+    if notes:
+        detail += "; " + "; ".join(notes)
+    return Check(
+        "settings",
+        level,
+        detail,
+        "see settings.toml: poll_qps at most 20, max_attempts 3 or more" if level != "ok" else "",
+    )
+
+
+def check_models(settings: Settings) -> Check:
+    """What the inswapper backend finds under models_dir, and what the classic one has."""
+    models_dir = Path(settings.faceswap.models_dir).expanduser()
+    backend = settings.faceswap.backend
+    try:
+        from .faceswap.models import dlib_model_dir, find_models
+    except Exception as exc:  # the face-swap stack is optional
+        return Check(
+            "models",
+            "warn",
+            f"face swap unavailable ({type(exc).__name__}: {exc})",
+            "pip install -e . (insightface, onnxruntime, dlib-bin, face-recognition-models)",
+        )
+    found = find_models(models_dir)
+    dlib_dir = dlib_model_dir()
+    classic = "classic (dlib) ready" if dlib_dir is not None else "classic (dlib) models missing"
+    if found.inswapper_ready:
+        extra = f", enhancer {found.enhancer.name}" if found.enhancer is not None else ""
+        return Check(
+            "models",
+            "ok",
+            f"inswapper ready in {models_dir} (buffalo_l in {found.buffalo_dir}{extra}); {classic}",
+        )
+    fix = "put those files there (insightface's buffalo_l.zip and inswapper_128.onnx)"
+    if backend == "inswapper":
+        return Check("models", "FAIL", f"backend inswapper, but {found.missing_text()}", fix)
+    if dlib_dir is None:
+        return Check(
+            "models",
+            "FAIL" if backend == "classic" else "warn",
+            f"{found.missing_text()}; and {classic}: deepfake rows will fail",
+            fix + "; or pip install face-recognition-models dlib-bin for the classic backend",
+        )
+    return Check(
+        "models",
+        "warn",
+        f"{found.missing_text()}: deepfake rows use the weaker classic (dlib) backend",
+        fix,
+    )
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_onnxruntime() -> Check:
+    dists = {d: v for d in _ORT_DISTS if (v := _installed(d)) is not None}
+    if len(dists) > 1:
+        names = ", ".join(f"{d} {v}" for d, v in dists.items())
+        return Check(
+            "onnxruntime",
+            "warn",
+            f"{names} are all installed: they overwrite one another's module",
+            "pip uninstall -y " + " ".join(dists) + " && pip install onnxruntime-gpu "
+            "(on a GPU machine; onnxruntime otherwise)",
+        )
+    if importlib.util.find_spec("onnxruntime") is None:
+        return Check(
+            "onnxruntime",
+            "warn",
+            "not installed: the inswapper backend cannot run",
+            "pip install onnxruntime (or onnxruntime-gpu with CUDA)",
+        )
+    try:
+        import onnxruntime
+
+        providers = list(onnxruntime.get_available_providers())
+    except Exception as exc:
+        return Check(
+            "onnxruntime",
+            "FAIL",
+            f"installed but broken ({type(exc).__name__}: {exc})",
+            "pip install --force-reinstall onnxruntime",
+        )
+    version = getattr(onnxruntime, "__version__", "?")
+    gpu = [p for p in providers if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    detail = f"{version}, providers {', '.join(providers) or 'none'}"
+    if not providers:
+        return Check("onnxruntime", "FAIL", detail, "pip install --force-reinstall onnxruntime")
+    if not gpu:
+        return Check("onnxruntime", "ok", detail + " (CPU only: face swap is slower)")
+    return Check("onnxruntime", "ok", detail)
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_disk(out_dir: Path) -> Check:
+    where = _existing_parent(Path(out_dir))
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError as exc:
+        return Check("disk", "FAIL", f"cannot read free space of {where}: {exc.strerror}", "")
+    free = usage.free
+    text = f"{free / GiB:.1f} GiB free under {out_dir}"
+    if not os.access(where, os.W_OK):
+        return Check(
+            "disk", "FAIL", f"{where} is not writable ({text})", "choose another --out folder"
+        )
+    if free < DISK_FAIL_BYTES:
+        return Check(
+            "disk", "FAIL", text, "free some space or choose --out on another disk (1 GiB+)"
+        )
+    if free < DISK_WARN_BYTES:
+        return Check("disk", "warn", text, "a full run may need 1-2 GiB: free some space")
+    return Check("disk", "ok", text)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_doctor(
+    settings: Settings,
+    out_dir: Path,
+    *,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    settings_files: list[Path] | None = None,
+) -> list[Check]:
+    """Every check, in report order. Blocking (it runs its own short event loop for the
+    base-URL probe): call it from a thread inside a running loop."""
+    return [
+        check_key(settings),
+        check_base_url(settings, timeout_s),
+        check_settings(settings, files=settings_files),
+        check_models(settings),
+        check_onnxruntime(),
+        check_disk(Path(out_dir)),
+    ]
+
+
+def _defaults() -> Settings:
+    """Settings without any file, for the checks that still make sense when the files are
+    broken (the environment's key and base URL are kept)."""
+    key = os.environ.get("DASHSCOPE_API_KEY")
+    base = os.environ.get("DASHSCOPE_HTTP_BASE_URL", DEFAULT_BASE_URL)
+    return Settings.model_construct(
+        api_key=SecretStr(key) if key and key.strip() else None, base_url=base
+    )
+
+
+def diagnose(
+    settings_file: Path | None, out_dir: Path, *, timeout_s: float = PROBE_TIMEOUT_S
+) -> list[Check]:
+    """Load the settings as a run would, then run every check."""
+    files = [p for p in (settings_file, Path("settings.toml")) if p is not None and p.is_file()]
+    try:
+        settings = load_settings(settings_file)
+    except SettingsError as exc:
+        broken = check_settings(None, str(exc))
+        fallback = _defaults()
+        return [
+            check_key(fallback),
+            check_base_url(fallback, timeout_s),
+            broken,
+            check_models(fallback),
+            check_onnxruntime(),
+            check_disk(Path(out_dir)),
+        ]
+    return run_doctor(settings, out_dir, timeout_s=timeout_s, settings_files=files)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The doctor's options (the CLI's ``doctor`` sub-parser)."""
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs"), help="output folder to check (free disk)"
+    )
+    parser.add_argument("--settings", type=Path, help="a settings TOML file over ./settings.toml")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=PROBE_TIMEOUT_S,
+        help=f"seconds to wait for the base URL (default {PROBE_TIMEOUT_S:g})",
+    )
+
+
+def command(args: argparse.Namespace, console: Any) -> int:
+    """The CLI handler: ``handler(args, console) -> exit status`` (0: nothing red, 1: a FAIL).
+
+    ``console`` is a rich Console (anything with ``print`` works)."""
+    checks = diagnose(
+        getattr(args, "settings", None),
+        Path(getattr(args, "out", None) or "outputs"),
+        timeout_s=float(getattr(args, "timeout", None) or PROBE_TIMEOUT_S),
+    )
+    styles = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
+    for check in checks:
+        line = check.line()
+        try:
+            console.print(line, style=styles[check.level], highlight=False, markup=False)
+        except TypeError:  # a plain printer
+            console.print(line)
+    failed = [c for c in checks if not c.ok]
+    summary = (
+        f"{len(failed)} check(s) FAILED: fix those first" if failed else "ready to run"
+    )
+    try:
+        console.print(summary, highlight=False, markup=False)
+    except TypeError:
+        console.print(summary)
+    return 1 if failed else 0
+
+
+class _Plain:
+    def print(self, text: str, **_: Any) -> None:
+        print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runner.doctor [--out DIR] [--settings FILE] [--timeout S]``."""
+    parser = argparse.ArgumentParser(prog="python -m runner doctor", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return command(args, _Plain())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""The VIEScore judge: against the emulator's judge (real HTTP through DashScopeClient), strict
+parsing with stub clients, budget, rate limit, and rejudge on a planted output folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import make_image, write_tasks
+from PIL import Image, ImageFilter
+from pydantic import SecretStr
+
+from runner.dashscope import ClientConfig, DashScopeClient
+from runner.emulator import Emulator, EmulatorConfig
+from runner.errors import Fatal, RateLimited, ServerError
+from runner.journal import JOURNAL_NAME, Journal, replay
+from runner.judge import (
+    AnswerError,
+    Judge,
+    JudgeBudgetExhausted,
+    JudgeScore,
+    overall,
+    parse_answer,
+    pick,
+    rejudge,
+)
+from runner.settings import JudgeSettings, Settings
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def pics(tmp_path: Path) -> dict[str, Path]:
+    """sharp (textured), blurred and flat versions of one picture, and an edit of it."""
+    sharp = make_image(tmp_path / "pics" / "sharp.png", (400, 300))
+    img = Image.open(sharp).convert("RGB")
+    blurred = tmp_path / "pics" / "blurred.png"
+    img.filter(ImageFilter.GaussianBlur(6)).save(blurred)
+    flat = tmp_path / "pics" / "flat.png"
+    Image.new("RGB", img.size, (128, 128, 128)).save(flat)
+    arr = np.asarray(img).copy()
+    arr[60:160, 60:260] = 255 - arr[60:160, 60:260]  # about 17 % changed
+    edited = tmp_path / "pics" / "edited.png"
+    Image.fromarray(arr).save(edited)
+    return {"sharp": sharp, "blurred": blurred, "flat": flat, "edited": edited}
+
+
+@pytest.fixture
+async def emu_client() -> AsyncIterator[tuple[Emulator, DashScopeClient]]:
+    async with Emulator(EmulatorConfig(time_scale=0.0)) as emu:
+        cfg = ClientConfig(base_url=emu.base_url, api_key=SecretStr("sk-test"))
+        async with DashScopeClient(cfg) as client:
+            yield emu, client
+
+
+class StubClient:
+    """Answers chat calls from a list (str answers or exceptions; the last one repeats), or
+    with None a well-formed answer of the right length (5s), recording each call."""
+
+    def __init__(self, answers: list[Any] | None = None, clock: Any = None) -> None:
+        self.answers = list(answers or [])
+        self.calls: list[list[dict[str, Any]]] = []
+        self.times: list[float] = []
+        self.clock = clock or time.monotonic
+
+    async def chat(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> str:
+        self.calls.append(messages)
+        self.times.append(self.clock())
+        if not self.answers:
+            text = json.dumps(messages)
+            two = "naturalness" in text or text.count('"type": "image_url"') >= 2
+            return good(5, 5) if two else good(5)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+def good(*scores: float) -> str:
+    return json.dumps({"score": list(scores), "reasoning": "ok"})
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def test_overall_is_sqrt_of_minimums() -> None:
+    assert overall([8], [9, 4]) == pytest.approx(math.sqrt(8 * 4), abs=1e-3)
+    assert overall([10, 3], [10, 10]) == pytest.approx(math.sqrt(30), abs=1e-3)
+    assert overall([0], [10, 10]) == 0
+
+
+def test_pick_best_scored() -> None:
+    def s(value: float | None, error: str | None = None) -> JudgeScore:
+        return JudgeScore(sc=[1], pq=[1, 1], overall=value, judge_model="m", error=error)
+
+    assert pick([]) is None
+    assert pick([s(None, "bad answer"), s(None, "bad")]) is None
+    assert pick([s(3.0), s(7.5), s(7.5), s(9.0, "unscored")]) == 1  # first of a tie
+    assert Judge.pick([s(None, "x"), s(0.0)]) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Sure! {"score": [7], "reasoning": "x"}',
+        '{"score": 7, "reasoning": "x"}',
+        '{"score": [7, 8], "reasoning": "x"}',
+        '{"score": [11], "reasoning": "x"}',
+        '{"score": [-1], "reasoning": "x"}',
+        '{"score": ["7"], "reasoning": "x"}',
+        '{"score": [true], "reasoning": "x"}',
+        '{"score": [NaN], "reasoning": "x"}',
+        '{"score": [7], "reasoning": 5}',
+        '["score", 7]',
+        "",
+        '```python\n{"score": [7]}\n```',
+    ],
+)
+def test_parse_answer_rejects(text: str) -> None:
+    with pytest.raises(AnswerError):
+        parse_answer(text, 1)
+
+
+def test_parse_answer_accepts_plain_and_fenced() -> None:
+    assert parse_answer('{"score": [7, 8.5], "reasoning": " fine "}', 2) == ([7.0, 8.5], "fine")
+    assert parse_answer('```json\n{"score": [3], "reasoning": "r"}\n```', 1) == ([3.0], "r")
+    assert parse_answer('```\n{"score": [0]}\n```', 1) == ([0.0], "")
+
+
+# ----------------------------------------------------------------------------- emulator
+
+
+async def test_t2i_against_emulator(
+    emu_client: tuple[Emulator, DashScopeClient], pics: dict[str, Path]
+) -> None:
+    emu, client = emu_client
+    judge = Judge(client, JudgeSettings(), emulated=True)
+    sharp = await judge.score("t2i", "a textured scene", pics["sharp"])
+    blurred = await judge.score("t2i", "a textured scene", pics["blurred"])
+    flat = await judge.score("t2i", "a textured scene", pics["flat"])
+    for s in (sharp, blurred, flat):
+        assert s.scored and s.error is None and s.emulated
+        assert s.sc is not None and len(s.sc) == 1
+        assert s.pq is not None and len(s.pq) == 2
+        assert s.overall == pytest.approx(math.sqrt(min(s.sc) * min(s.pq)), abs=1e-3)
+        assert s.judge_model == "qwen-vl-max" and "SC:" in s.reasoning and "PQ:" in s.reasoning
+    assert sharp.overall is not None and blurred.overall is not None and flat.overall is not None
+    assert sharp.overall > blurred.overall > flat.overall
+    assert pick([flat, blurred, sharp]) == 2
+    assert emu.stats.judge_calls["qwen-vl-max"] == judge.calls == 6
+
+
+async def test_edits_against_emulator(
+    emu_client: tuple[Emulator, DashScopeClient], pics: dict[str, Path]
+) -> None:
+    _, client = emu_client
+    judge = Judge(client, JudgeSettings(), emulated=True)
+    for task_type in ("tie", "vttie"):
+        done = await judge.score(task_type, "invert a box", pics["edited"], source=pics["sharp"])
+        same = await judge.score(task_type, "invert a box", pics["sharp"], source=pics["sharp"])
+        assert done.sc is not None and len(done.sc) == 2 and min(done.sc) >= 8
+        assert same.sc is not None and same.sc[0] <= 1  # nothing edited: edit failed
+        assert same.scored and same.overall is not None and same.overall <= 3.2
+        assert done.pq is not None
+        assert done.overall == pytest.approx(math.sqrt(min(done.sc) * min(done.pq)), abs=1e-3)
+        assert pick([same, done]) == 1
+    missing = await judge.score("tie", "x", pics["edited"])
+    assert not missing.scored and "source" in (missing.error or "")
+
+
+async def test_deepfake_against_emulator(
+    emu_client: tuple[Emulator, DashScopeClient], pics: dict[str, Path]
+) -> None:
+    _, client = emu_client
+    judge = Judge(client, JudgeSettings(), emulated=True)
+    s = await judge.score("deepfake", "", pics["sharp"], identity=0.6)
+    assert s.sc is None and s.pq is not None and s.identity == 0.6
+    assert s.overall == pytest.approx(math.sqrt(10 * 0.6 * min(s.pq)), abs=1e-3)
+    negative = await judge.score("deepfake", "", pics["sharp"], identity=-0.2)
+    assert negative.scored and negative.overall == 0
+    calls = judge.calls
+    assert calls == 2  # one PQ call each
+    unknown = await judge.score("deepfake", "", pics["sharp"], identity=None)
+    assert not unknown.scored and unknown.overall is None and judge.calls == calls
+
+
+async def test_unreadable_image_unscored(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    judge = Judge(StubClient([good(9)]), JudgeSettings(), emulated=False)
+    s = await judge.score("t2i", "x", junk)
+    assert not s.scored and s.overall is None and "cannot read" in (s.error or "")
+
+
+async def test_images_sent_shrunk_as_jpeg_data_uris(tmp_path: Path) -> None:
+    big = make_image(tmp_path / "big.jpg", (1600, 900), fmt="JPEG")
+    src = make_image(tmp_path / "src.png", (320, 240))
+    stub = StubClient([good(8, 9), good(7, 6)])
+    judge = Judge(stub, JudgeSettings(max_side=512), emulated=False)
+    s = await judge.score("tie", "make it red", big, source=src)
+    assert s.sc == [8, 9] and s.pq == [7, 6]
+    sc_parts = stub.calls[0][-1]["content"]
+    urls = [p["image_url"]["url"] for p in sc_parts if p["type"] == "image_url"]
+    assert len(urls) == 2 and all(u.startswith("data:image/jpeg;base64,") for u in urls)
+    import base64
+    import io
+
+    shown = Image.open(io.BytesIO(base64.b64decode(urls[1].split(",", 1)[1])))
+    assert max(shown.size) == 512
+    text = " ".join(p["text"] for p in sc_parts if p["type"] == "text")
+    assert "make it red" in text
+    pq_parts = stub.calls[1][-1]["content"]
+    assert sum(p["type"] == "image_url" for p in pq_parts) == 1  # PQ: the result alone
+
+
+# ----------------------------------------------------------------------------- strict parsing
+
+
+async def test_malformed_answer_retried_once_then_unscored(pics: dict[str, Path]) -> None:
+    stub = StubClient(["I'd rate it 8/10, looks great!"])
+    judge = Judge(stub, JudgeSettings(), emulated=False)
+    s = await judge.score("t2i", "a fox", pics["sharp"])
+    assert not s.scored
+    assert s.overall is None and s.sc is None and s.pq is None  # never a made-up number
+    assert s.error and "SC" in s.error and "not JSON" in s.error
+    assert len(stub.calls) == 2  # the first answer and one retry; PQ not asked
+    assert "Answer again" in json.dumps(stub.calls[1][-1])
+
+
+async def test_bad_then_good_answer_scores(pics: dict[str, Path]) -> None:
+    stub = StubClient(['{"score": [12]}', good(7), "```json\n" + good(8, 6) + "\n```"])
+    judge = Judge(stub, JudgeSettings(), emulated=False)
+    s = await judge.score("t2i", "a fox", pics["sharp"])
+    assert s.scored and s.sc == [7] and s.pq == [8, 6]
+    assert s.overall == pytest.approx(math.sqrt(42), abs=1e-3)
+    assert judge.calls == 3
+
+
+async def test_bad_pq_keeps_sc_but_unscored(pics: dict[str, Path]) -> None:
+    stub = StubClient([good(7), good(8), good(8)])  # PQ wants two numbers
+    judge = Judge(stub, JudgeSettings(), emulated=False)
+    s = await judge.score("t2i", "a fox", pics["sharp"])
+    assert not s.scored and s.sc == [7] and s.pq is None and s.overall is None
+    assert s.error and s.error.startswith("PQ") and "1 value(s), 2 expected" in s.error
+
+
+# ----------------------------------------------------------------------------- errors, budget, pace
+
+
+async def test_transport_errors_backed_off_fatal_raised(pics: dict[str, Path]) -> None:
+    slept: list[float] = []
+
+    async def record(d: float) -> None:
+        slept.append(d)
+
+    stub = StubClient(
+        [ServerError("boom"), RateLimited("slow down", retry_after=2.0), good(9), good(9, 9)]
+    )
+    judge = Judge(stub, JudgeSettings(), emulated=False, sleep=record)
+    s = await judge.score("t2i", "x", pics["sharp"])
+    assert s.scored and s.overall == 9
+    assert judge.retries == 2 and judge.throttled == 1
+    assert 2.0 in slept  # Retry-After honoured
+    assert judge.calls == 3  # the 429 is not counted against the budget
+
+    down = StubClient([ServerError("down")])
+    judge = Judge(down, JudgeSettings(), emulated=False, sleep=no_sleep)
+    s = await judge.score("t2i", "x", pics["sharp"])
+    assert not s.scored and "failed" in (s.error or "") and len(down.calls) == 5
+
+    with pytest.raises(Fatal):
+        await Judge(StubClient([Fatal("bad key")]), JudgeSettings(), emulated=False).score(
+            "t2i", "x", pics["sharp"]
+        )
+
+
+async def test_budget_exhausted(pics: dict[str, Path]) -> None:
+    stub = StubClient()
+    judge = Judge(stub, JudgeSettings(budget=3), emulated=False)
+    assert (await judge.score("t2i", "x", pics["sharp"])).scored
+    with pytest.raises(JudgeBudgetExhausted):
+        await judge.score("t2i", "x", pics["sharp"])  # needs 2, 1 left: nothing spent
+    assert judge.calls == 2 and judge.remaining == 1
+    assert (await judge.score("deepfake", "", pics["sharp"], identity=0.5)).scored
+    with pytest.raises(JudgeBudgetExhausted):
+        await judge.score("deepfake", "", pics["sharp"], identity=0.5)
+    assert len(stub.calls) == 3
+
+
+async def test_rate_limit_spacing_fake_clock(pics: dict[str, Path]) -> None:
+    now = [100.0]
+
+    async def advance(d: float) -> None:
+        now[0] += d
+
+    stub = StubClient(clock=lambda: now[0])
+    judge = Judge(
+        stub,
+        JudgeSettings(requests_per_minute=30),
+        emulated=False,
+        clock=lambda: now[0],
+        sleep=advance,
+    )
+    await asyncio.gather(*(judge.score("t2i", "x", pics["sharp"]) for _ in range(3)))
+    gaps = np.diff(sorted(stub.times))
+    assert len(stub.times) == 6
+    assert all(g >= 2.0 - 1e-9 for g in gaps)  # 30 a minute: one every 2 s
+
+
+async def test_rate_limit_spacing_real_time(pics: dict[str, Path]) -> None:
+    stub = StubClient()
+    judge = Judge(stub, JudgeSettings(requests_per_minute=1200), emulated=False)  # 50 ms
+    await asyncio.gather(*(judge.score("t2i", "x", pics["sharp"]) for _ in range(3)))
+    gaps = np.diff(sorted(stub.times))
+    assert all(g >= 0.045 for g in gaps), gaps
+
+
+# ----------------------------------------------------------------------------- rejudge
+
+
+async def test_rejudge_picks_the_better_candidate(
+    tmp_path: Path,
+    pics: dict[str, Path],
+    emu_client: tuple[Emulator, DashScopeClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    _, client = emu_client
+    images = tmp_path / "inputs"
+    make_image(images / "src.png", (400, 300))
+    make_image(images / "face_a.png", (200, 200))
+    make_image(images / "face_b.png", (200, 200))
+    tasks = write_tasks(
+        tmp_path / "task.csv",
+        [
+            ("1", "t2i", "a textured scene", "", ""),
+            ("2", "tie", "invert a box", "src.png", ""),
+            ("3", "deepfake", "", "face_a.png", "face_b.png"),
+            ("4", "t2i", "never made", "", ""),
+        ],
+    )
+    out = tmp_path / "out"
+    (out / "imgs").mkdir(parents=True)
+    (out / "candidates" / "1").mkdir(parents=True)
+
+    def jpeg(src: Path, dst: Path) -> None:
+        Image.open(src).convert("RGB").save(dst, "JPEG", quality=92)
+
+    jpeg(pics["blurred"], out / "candidates" / "1" / "0.jpg")
+    jpeg(pics["sharp"], out / "candidates" / "1" / "1.jpg")
+    (out / "imgs" / "1.jpg").write_bytes((out / "candidates" / "1" / "0.jpg").read_bytes())
+    src_arr = np.asarray(Image.open(images / "src.png").convert("RGB")).copy()
+    src_arr[60:160, 60:260] = 255 - src_arr[60:160, 60:260]
+    Image.fromarray(src_arr).save(out / "imgs" / "2.jpg", "JPEG", quality=92)
+    jpeg(pics["sharp"], out / "imgs" / "3.jpg")
+
+    journal = Journal(out)
+    cands = [
+        {"file": "candidates/1/0.jpg", "model": "wanx2.1-t2i-turbo"},
+        {"file": "candidates/1/1.jpg", "model": "wanx2.1-t2i-plus"},
+    ]
+    journal.write_sync("done", index="1", file="imgs/1.jpg", model="m", candidates=cands)
+    journal.write_sync("done", index="2", file="imgs/2.jpg", model="wanx2.1-imageedit")
+    journal.write_sync(
+        "done", index="3", file="imgs/3.jpg", model="faceswap:classic", identity_target=0.5
+    )
+    journal.write_sync("failed", index="4", reason="every model refused the row")
+    journal.close()
+
+    settings = Settings()
+    summary = await rejudge(out, tasks, images, settings, client)
+    assert summary.rows == 3 and summary.files == 4 and summary.scored == 4
+    assert summary.changed == 1 and not summary.budget_exhausted
+    assert summary.calls == 2 + 2 + 2 + 1
+    # the sharp candidate is now the chosen output; every candidate file is kept
+    assert (out / "imgs" / "1.jpg").read_bytes() == (out / "candidates/1/1.jpg").read_bytes()
+    assert (out / "candidates/1/0.jpg").is_file()
+
+    state = replay(out / JOURNAL_NAME)
+    judged = state.rows["1"].judged
+    assert set(judged) == {"candidates/1/0.jpg", "candidates/1/1.jpg"}
+    assert judged["candidates/1/1.jpg"]["overall"] > judged["candidates/1/0.jpg"]["overall"]
+    for key in ("sc", "pq", "overall", "identity", "judge_model", "reasoning", "error"):
+        assert key in judged["candidates/1/1.jpg"]
+    rec3 = state.rows["3"].judged["imgs/3.jpg"]
+    assert rec3["identity"] == 0.5
+    assert rec3["overall"] == pytest.approx(math.sqrt(10 * 0.5 * min(rec3["pq"])), abs=1e-3)
+    assert state.rows["4"].judged == {}
+    lines = [json.loads(x) for x in (out / JOURNAL_NAME).read_text().splitlines()]
+    chosen = {r["index"]: r["file"] for r in lines if r["ev"] == "chosen"}
+    assert chosen == {"1": "candidates/1/1.jpg", "2": "imgs/2.jpg", "3": "imgs/3.jpg"}
+    assert summary.by_type["t2i"].mean_overall == judged["candidates/1/1.jpg"]["overall"]
+    assert summary.by_type["deepfake"].mean_identity == 0.5
+
+    again = await rejudge(out, tasks, images, settings, client)
+    assert again.changed == 0 and again.scored == 4
+
+
+async def test_rejudge_stops_at_budget(
+    tmp_path: Path, pics: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    tasks = write_tasks(
+        tmp_path / "task.csv", [(str(i), "t2i", "scene", "", "") for i in range(1, 4)]
+    )
+    out = tmp_path / "out"
+    (out / "imgs").mkdir(parents=True)
+    journal = Journal(out)
+    for i in range(1, 4):
+        Image.open(pics["sharp"]).convert("RGB").save(out / "imgs" / f"{i}.jpg", "JPEG")
+        journal.write_sync("done", index=str(i), file=f"imgs/{i}.jpg", model="m")
+    journal.close()
+    settings = Settings(judge=JudgeSettings(budget=3))
+    stub = StubClient()
+    summary = await rejudge(out, tasks, tmp_path / "imgs", settings, stub, concurrency=1)
+    assert summary.budget_exhausted and summary.scored == 1 and summary.calls == 2

@@ -1,0 +1,193 @@
+"""Crashes: the runner is killed with SIGKILL at random moments, ten times, then run again.
+
+The emulator runs in its own process (it outlives every kill), the runner is the real CLI in a
+subprocess pointed at it with DASHSCOPE_API_KEY + DASHSCOPE_HTTP_BASE_URL. In the end: every
+row done, no stray temp file, the journal readable, no row's API task submitted again while its
+task id was journaled and still open, and no more lost (unjournaled) task ids than kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from runner.journal import replay
+from runner.store import TEMP_MARK
+
+KILLS = 10
+KEY = "sk-killtrial0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def emulator_port() -> Iterator[int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner.emulator", "--port", str(port), "--time-scale", "0.03"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            _stats(port)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the emulator did not start")
+            time.sleep(0.1)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _rows() -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for i in range(1, 61):
+        rows.append((str(i), "t2i", f"a red fox number {i} in the snow", "", ""))
+    for i in range(61, 73):
+        rows.append((str(i), "tie", "make the sky purple", f"src{i}.png", ""))
+    for i in range(73, 81):
+        rows.append((str(i), "vttie", "change the word OPEN to SHUT", f"src{i}.png", ""))
+    return rows
+
+
+def _journal_lines(out: Path) -> tuple[list[dict[str, Any]], int]:
+    """(records in order, lines that do not parse)."""
+    records: list[dict[str, Any]] = []
+    damaged = 0
+    for line in (out / "journal.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            damaged += 1
+    return records, damaged
+
+
+def resubmits_of_open_ids(records: list[dict[str, Any]]) -> list[str]:
+    """Rows submitted again while a journaled task id of theirs was still open (neither
+    closed nor the row done): each such submit paid for a task the journal could fetch."""
+    open_ids: dict[str, set[str]] = {}
+    bad: list[str] = []
+    for rec in records:
+        ev, index = rec.get("ev"), rec.get("index")
+        if index is None:
+            continue
+        ids = open_ids.setdefault(str(index), set())
+        if ev == "submitted":
+            if ids:
+                bad.append(f"row {index}: new task {rec['task_id']} while {sorted(ids)} open")
+            ids.add(rec["task_id"])
+        elif ev == "task_closed":
+            ids.discard(rec.get("task_id"))
+        elif ev == "done":
+            ids.clear()
+    return bad
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_rerun(job, tmp_path: Path, emulator_port: int) -> None:
+    seed = int(os.environ.get("KILL_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    rows = _rows()
+    tasks = job(rows, img_size=(520, 520))
+    out = tmp_path / "out"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")},
+        "DASHSCOPE_API_KEY": KEY,
+        "DASHSCOPE_HTTP_BASE_URL": f"http://127.0.0.1:{emulator_port}/api/v1",
+        "RUNNER_POLL_FIRST_S": "0.05",
+        "RUNNER_BACKOFF_MAX_S": "0.5",
+        "RUNNER_JUDGE__ENABLED": "false",
+        "RUNNER_SIZE": "512*512",  # the emulator renders every result: keep them small  # the judge's pacing would only make this slower
+    }
+    cmd = [sys.executable, "-m", "runner", "--tasks", str(tasks), "--out", str(out), "-q"]
+    kills = 0
+    moments: list[float] = []
+    for _ in range(KILLS):
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        moment = rng.uniform(1.0, 4.0)  # start-up takes about 1 s
+        time.sleep(moment)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+            moments.append(round(moment, 2))
+        proc.wait(10)
+    why = f"seed {seed}, kills at {moments}"
+    assert kills >= KILLS - 1, why  # a run must not finish 80 rows in under 4 s
+    done_before_final = sum(1 for r in replay(out / "journal.jsonl").rows.values() if r.done)
+    t_final = time.monotonic()
+    final = subprocess.run(
+        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    t_final = time.monotonic() - t_final
+    assert final.returncode == 0, f"{why}\n{final.stdout}\n{final.stderr}"
+    assert "Traceback" not in final.stdout + final.stderr
+
+    # every row done, each file a whole JPEG, nothing else in imgs/, no temp file anywhere
+    imgs = out / "imgs"
+    assert sorted(p.name for p in imgs.iterdir()) == sorted(f"{i}.jpg" for i in range(1, 81))
+    for p in imgs.iterdir():
+        with Image.open(p) as img:
+            img.load()
+            assert img.format == "JPEG", p
+    assert not [p for p in out.rglob("*") if TEMP_MARK in p.name], why
+
+    # the journal is readable: a kill may cut at most its own last line short
+    records, damaged = _journal_lines(out)
+    assert damaged <= kills, why
+    state = replay(out / "journal.jsonl")
+    assert state.runs >= 2  # the final run, and at least one killed run that got going
+    assert all(state.rows[str(i)].done for i in range(1, 81)), why
+
+    # no journaled, open task id was paid for again
+    assert resubmits_of_open_ids(records) == [], why
+    # every paid async task is in the journal, but for at most one lost id per kill
+    stats = _stats(emulator_port)
+    paid_async = sum(stats["submits"].values())
+    journaled = {r["task_id"] for r in records if r.get("ev") == "submitted"}
+    assert paid_async - len(journaled) <= kills, (paid_async, len(journaled), why)
+    # sync calls (qwen-image-edit) have no id to journal: at most its in-flight calls per kill
+    sync_done = sum(1 for r in records if r.get("ev") == "done" and r.get("model") == "qwen-image-edit")
+    paid_sync = sum(stats["sync_calls"].values())
+    assert paid_sync <= sync_done + 2 * kills, (paid_sync, sync_done, why)
+
+    # and a run after the end does nothing again
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    after = _stats(emulator_port)
+    assert sum(after["submits"].values()) == paid_async
+    assert sum(after["sync_calls"].values()) == paid_sync
+    print(f"KILL {kills} kills at {moments} (seed {seed}); {done_before_final}/80 rows done "
+          f"before the final run ({t_final:.1f} s); paid async {paid_async} for {len(journaled)} journaled ids, "
+          f"sync {paid_sync} for {sync_done} rows")
