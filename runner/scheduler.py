@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import structlog
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from .errors import (
     DiskFull,
@@ -35,67 +34,18 @@ from .errors import (
 from .images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
 from .journal import Journal, JournalState, PendingTask, RowState
 from .limits import LanePool, ModelLane, PollBudget, plan_poll_delay
+from .outcomes import RowResult, RunSummary
 from .prompts import PromptPlan, build_prompt
 from .retry import backoff_delay
 from .settings import SINGLE_IMAGE_MODELS, SYNC_MODELS, Settings
 from .store import write_atomic
 from .tasks import Task, TaskList
 
+__all__ = ["RowResult", "RunSummary", "Scheduler"]
+
 log = structlog.get_logger(__name__)
 
 MAX_N = 4  # images one wanx request may return
-
-Status = Literal["done", "skipped", "failed", "bad", "stopped"]
-
-
-class RowResult(BaseModel):
-    index: str
-    task_type: str
-    status: Status
-    reason: str | None = None
-    model: str | None = None
-    attempts: int = 0
-    file: str | None = None
-    emulated: bool = False
-    identity_target: float | None = None
-    identity_ori: float | None = None
-    score: float | None = None  # the judge's overall score of the chosen image
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("done", "skipped")
-
-
-class RunSummary(BaseModel):
-    rows: list[RowResult]
-    elapsed_s: float
-    emulated: bool
-    backend: str  # "emulator" or the base URL
-    retries: int = 0
-    throttled: int = 0
-    polls: int = 0
-    submits: int = 0
-    stopped_reason: str | None = None
-    models: list[dict[str, Any]] = Field(default_factory=list)
-    faceswap: str | None = None
-    report: str | None = None  # path of report.html
-
-    def by_type(self) -> dict[str, Counter[str]]:
-        out: dict[str, Counter[str]] = {}
-        for r in self.rows:
-            out.setdefault(r.task_type, Counter())[r.status] += 1
-        return out
-
-    @property
-    def failed(self) -> list[RowResult]:
-        return [r for r in self.rows if not r.ok]
-
-    @property
-    def exit_code(self) -> int:
-        if self.stopped_reason:
-            return 3
-        return 0 if not self.failed else 1
 
 
 class Swapper(Protocol):
