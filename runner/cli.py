@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub_p.add_argument(
         "--allow-emulated", action="store_true", help="pack emulator placeholders too"
     )
+    rep_p = sub.add_parser("report", help="write report.html for an output folder")
+    _common(rep_p)
+    rej_p = sub.add_parser("rejudge", help="score outputs and candidates again, re-pick the best")
+    _common(rej_p)
+    from .doctor import add_arguments as doctor_arguments
+
+    doctor_arguments(sub.add_parser("doctor", help="check key, service, settings, models, disk"))
     return parser
 
 
@@ -372,5 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _extra_commands() -> dict[str, Any]:
-    """Commands that live in their own modules (doctor, report, rejudge), when present."""
-    return {}
+    """Commands that live in their own modules."""
+    from .doctor import command as doctor
+
+    return {"doctor": doctor}

@@ -145,9 +145,7 @@ def check_base_url(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> Ch
         key = None
     url = f"{base}/tasks/doctor-{uuid.uuid4().hex[:12]}"
     try:
-        status, code = asyncio.run(
-            asyncio.wait_for(_probe(url, key, timeout_s), timeout_s + 1.0)
-        )
+        status, code = asyncio.run(asyncio.wait_for(_probe(url, key, timeout_s), timeout_s + 1.0))
     except TimeoutError:
         status, code = None, f"no answer within {timeout_s:g} s"
     except Exception as exc:  # a broken resolver and the like: still one line
@@ -198,7 +196,7 @@ def check_settings(
             "settings",
             "FAIL",
             f"faceswap.backend {settings.faceswap.backend!r} is not auto, inswapper or classic",
-            "set [faceswap] backend = \"auto\"",
+            'set [faceswap] backend = "auto"',
         )
     if settings.poll_qps > 20:
         level = "warn"
@@ -421,9 +419,7 @@ def command(args: argparse.Namespace, console: Any) -> int:
         except TypeError:  # a plain printer
             console.print(line)
     failed = [c for c in checks if not c.ok]
-    summary = (
-        f"{len(failed)} check(s) FAILED: fix those first" if failed else "ready to run"
-    )
+    summary = f"{len(failed)} check(s) FAILED: fix those first" if failed else "ready to run"
     try:
         console.print(summary, highlight=False, markup=False)
     except TypeError:

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 API_MIN_SIDE = 512
 API_MAX_SIDE = 4096
+# what every edit model takes: qwen-image-edit 384-3072 px a side, wanx2.1-imageedit 512-4096
+EDIT_MAX_SIDE = 3072
 MIN_USABLE_SIDE = 16  # below this a picture has nothing an edit could keep
 MAX_SOURCE_PIXELS = 200_000_000  # 10000x10000 sources are real; a decompression bomb is not
 DATA_URI_MAX_BYTES = 7 * 1024 * 1024
@@ -110,7 +112,7 @@ def prepare_source(path: Path, *, url: str | None = None, quality: int = 95) -> 
     """
     img = open_image(path)
     original = img.size
-    fitted, resized = fit_api_bounds(img)
+    fitted, resized = fit_api_bounds(img, hi=EDIT_MAX_SIDE)
     note = (
         f"resized {original[0]}x{original[1]} -> {fitted.width}x{fitted.height}" if resized else ""
     )

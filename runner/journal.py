@@ -9,6 +9,7 @@ and which must be submitted again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import threading
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from .errors import DiskFull
 
 JOURNAL_NAME = "journal.jsonl"
 TASK_ID_TTL_S = 24 * 3600 - 600  # a little under the service's 24 h, to be safe
@@ -148,12 +151,18 @@ class Journal:
         rec = {"ev": ev, "t": round(time.time(), 3), **fields}
         line = json.dumps(rec, ensure_ascii=False, default=str)
         with self._lock:
-            if self._needs_newline:  # a kill cut the last line short: start a fresh one
-                self._f.write("\n")
-                self._needs_newline = False
-            self._f.write(line + "\n")
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            try:
+                if self._needs_newline:  # a kill cut the last line short: start a fresh one
+                    self._f.write("\n")
+                    self._needs_newline = False
+                self._f.write(line + "\n")
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            except OSError as exc:
+                self._needs_newline = True  # part of the line may be on disk
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFull(f"no space left on the device writing {self.path}") from None
+                raise
 
     async def write(self, ev: str, **fields: Any) -> None:
         # fsync takes milliseconds: keep it off the event loop

@@ -91,7 +91,7 @@ def configure(
             handler.close()
     root.setLevel(logging.DEBUG)
     # third-party chatter (aiohttp access logs, the SDK) stays out of the console
-    for noisy in ("aiohttp.access", "asyncio", "urllib3", "dashscope"):
+    for noisy in ("aiohttp.access", "asyncio", "urllib3", "dashscope", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     foreign = [
         structlog.stdlib.add_log_level,

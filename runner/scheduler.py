@@ -232,8 +232,11 @@ class Scheduler:
                 res = await self._api_row(task, prior)
         except _RowStop as stop:
             res = stop.result
-            await self.journal.write("failed", index=task.index, reason=res.reason, kind="row")
             log.info("row_failed", index=task.index, type=task.task_type, reason=res.reason)
+            try:
+                await self.journal.write("failed", index=task.index, reason=res.reason, kind="row")
+            except DiskFull as exc:
+                self._stop(f"DiskFull: {exc}")
         except (Fatal, DiskFull) as exc:
             self._stop(f"{type(exc).__name__}: {exc}")
             res = RowResult(
@@ -469,7 +472,11 @@ class Scheduler:
                 raise ServerError(f"task {task_id} still running after {elapsed:.0f} s")
             await self.polls.wait(plan_poll_delay(lane, elapsed, polls, self.settings.poll_first_s))
             polls += 1
-            state = await self.client.fetch_task(task_id)
+            try:
+                state = await self.client.fetch_task(task_id)
+            except Retryable as exc:  # the task is still there: poll it again, never re-pay
+                log.info("poll_failed", index=index, task_id=task_id, error=str(exc))
+                continue
             if state.status == "SUCCEEDED":
                 lane.stats.observe(max(0.0, time.time() - submitted_at))
                 lane.stats.completed += 1

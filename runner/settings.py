@@ -8,6 +8,7 @@ a prefix because the official SDK reads those two names; everything else may be 
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -221,6 +222,16 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
     local = Path("settings.toml")
     if local.is_file() and (settings_file is None or local.resolve() != settings_file.resolve()):
         files.append(local)
+    for f in files:
+        try:
+            data = tomllib.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue  # reported below, in pydantic-settings' words
+        if "api_key" in data or "DASHSCOPE_API_KEY" in data:
+            raise SettingsError(
+                f"settings: {f} holds an API key; keep keys out of settings files: set "
+                "DASHSCOPE_API_KEY, or name a key file in api_key_file"
+            )
     global _toml_files
     _toml_files = files
     try:

@@ -42,12 +42,12 @@ async def write_atomic(path: Path, data: bytes) -> None:
             await asyncio.to_thread(os.fsync, f.fileno())
         await aiofiles.os.replace(tmp, path)
         await asyncio.to_thread(_fsync_dir, path.parent)
-    except OSError as exc:
+    except BaseException as exc:  # cancelled or interrupted too: never leave the temp file
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"no space left on the device writing {path}") from None
         raise
 
@@ -62,12 +62,12 @@ def write_atomic_sync(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:  # cancelled or interrupted too: never leave the temp file
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"no space left on the device writing {path}") from None
         raise
 

@@ -104,6 +104,11 @@ def load_tasks(path: Path, images_dir: Path | None = None) -> TaskList:
                 f"{path}: not a CSV task file (header {rows[0]!r}); "
                 f"expected columns {','.join(REQUIRED_COLUMNS)}"
             )
+        if header[0].isdigit():
+            raise TaskFileError(
+                f"{path}: no header line (missing column(s) {', '.join(missing)}); the first "
+                f"line must be {','.join(REQUIRED_COLUMNS)}"
+            )
         raise TaskFileError(f"{path}: missing column(s) {', '.join(missing)}")
     col = {name: header.index(name) for name in REQUIRED_COLUMNS}
     body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
@@ -123,10 +128,10 @@ def load_tasks(path: Path, images_dir: Path | None = None) -> TaskList:
         prompt = "".join(ch for ch in prompt if ch.isprintable() or ch in "\n\t").strip()
         if not index:
             raise TaskFileError(f"{path}: line {lineno} has an empty index")
-        if not index.isdigit():
+        if not (index.isascii() and index.isdigit()) or len(index.lstrip("0")) > 18:
             raise TaskFileError(
-                f"{path}: line {lineno}: index {index!r} is not a whole number; indexes name "
-                f"the output files"
+                f"{path}: line {lineno}: index {index[:30]!r} is not a whole number (ASCII "
+                f"digits, at most 18); indexes name the output files"
             )
         index = str(int(index))
         if index in seen:

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from runner import run_all
-from runner.emulator import Emulator, EmulatorConfig
 from runner.journal import replay
 from runner.settings import load_settings
 from runner.store import TEMP_MARK

@@ -172,9 +172,14 @@ async def test_transient_faults_are_survived(
     assert stats.faults_injected.get(kind, 0) >= 1, stats.faults_injected
     assert summary.exit_code == 0, [(r.index, r.reason) for r in summary.failed]
     assert_all_done(out, [str(i) for i in range(1, 7)])
-    assert summary.retries >= 1 or summary.throttled >= 1 or kind in (
-        "truncated_download",  # retried inside the client (an idempotent GET)
-        "connection_reset",  # idem when it hit a poll or a download
+    assert (
+        summary.retries >= 1
+        or summary.throttled >= 1
+        or kind
+        in (
+            "truncated_download",  # retried inside the client (an idempotent GET)
+            "connection_reset",  # idem when it hit a poll or a download
+        )
     )
     evs = events(out)
     if kind in ("task_unknown", "task_failed", "url_not_found", "corrupt_image", "html_body"):
@@ -271,9 +276,7 @@ async def test_unknown_model_is_rerouted(job, tmp_path: Path) -> None:
     assert {r.model for r in summary.rows} == {"wanx2.1-t2i-turbo"}
 
 
-async def test_moderation_on_every_model_fails_the_row_with_its_reason(
-    job, tmp_path: Path
-) -> None:
+async def test_moderation_on_every_model_fails_the_row_with_its_reason(job, tmp_path: Path) -> None:
     tasks = job(
         [("1", "t2i", "a quiet harbour", "", ""), ("2", "t2i", "a FORBIDDEN harbour", "", "")]
     )
@@ -328,8 +331,9 @@ async def test_account_errors_stop_the_run_cleanly(
     out = tmp_path / "out"
     indexes = [str(i) for i in range(1, 17)]
     async with emulator(**faults) as emu:
-        settings = settings_for(emu, quotas={m: {"submits_per_second": 20, "in_flight": 2}
-                                             for m in ALL_MODELS})
+        settings = settings_for(
+            emu, quotas={m: {"submits_per_second": 20, "in_flight": 2} for m in ALL_MODELS}
+        )
         summary = await run_all(tasks, out=out, settings=settings)
         assert summary.exit_code == 3
         assert code in (summary.stopped_reason or "")
@@ -340,8 +344,11 @@ async def test_account_errors_stop_the_run_cleanly(
         assert json.loads((out / "summary.json").read_text())["stopped_reason"]
         before = replay(out / "journal.jsonl")
         done_before = {i for i, r in before.rows.items() if r.done}
-        open_ids = {i: [p.task_id for p in r.pending] for i, r in before.rows.items()
-                    if r.pending and not r.done}
+        open_ids = {
+            i: [p.task_id for p in r.pending]
+            for i, r in before.rows.items()
+            if r.pending and not r.done
+        }
         # the account is fixed; the same command goes on where it stopped
         emu.set_faults()
         emu.restore_keys()
@@ -354,7 +361,7 @@ async def test_account_errors_stop_the_run_cleanly(
     # rows whose task id was journaled were fetched, not paid again
     evs = events(out)
     run_starts = [k for k, e in enumerate(evs) if e["ev"] == "run_start"]
-    second = evs[run_starts[-1]:]
+    second = evs[run_starts[-1] :]
     resubmitted = {e["index"] for e in second if e["ev"] == "submitted"}
     assert not resubmitted & set(open_ids), (resubmitted, open_ids)
     assert new_submits == len(resubmitted) <= 16 - len(done_before) - len(open_ids)
@@ -413,11 +420,6 @@ async def test_disk_full_writing_a_result_stops_cleanly(
     assert_all_done(out, [str(i) for i in range(1, 11)])
 
 
-@pytest.mark.xfail(
-    reason="bug: write_atomic cleans its temp file up on OSError only; a row cancelled "
-    "mid-write (the run stopped by DiskFull/Fatal, Ctrl-C) leaves .N.jpg.part-* behind",
-    strict=True,
-)
 async def test_cancelled_write_leaves_no_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -438,14 +440,9 @@ async def test_cancelled_write_leaves_no_temp_file(
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.4)  # the fsync thread finishes
-    assert [p.name for p in tmp_path.iterdir()] == []
+    assert [p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir()))] == []
 
 
-@pytest.mark.xfail(
-    reason="bug: an ENOSPC while appending to the journal is an OSError, not DiskFull: the run "
-    "is not stopped (exit 1, every row 'not finished: OSError') - fix in runner/journal.py",
-    strict=True,
-)
 async def test_disk_full_writing_the_journal_stops_cleanly(
     job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -454,10 +451,20 @@ async def test_disk_full_writing_the_journal_stops_cleanly(
     real = Journal.write_sync
     budget = {"left": 4}  # run_start and a few records, then the disk is full
 
-    def full(self: Journal, ev: str, **fields: Any) -> None:
-        if budget["left"] <= 0:
+    class FullFile:
+        def __init__(self, f: Any) -> None:
+            self._f = f
+
+        def write(self, text: str) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+    def full(self: Journal, ev: str, **fields: Any) -> None:
         budget["left"] -= 1
+        if budget["left"] < 0 and not isinstance(self._f, FullFile):
+            self._f = FullFile(self._f)  # the journal's own file now fails like a full disk
         real(self, ev, **fields)
 
     monkeypatch.setattr(Journal, "write_sync", full)
@@ -473,7 +480,6 @@ async def test_disk_full_writing_the_journal_stops_cleanly(
     assert_all_done(out, [str(i) for i in range(1, 9)])
 
 
-@pytest.mark.xfail(reason="bug: Journal.write_sync lets ENOSPC out as OSError", strict=True)
 def test_journal_raises_diskfull_when_the_disk_is_full(tmp_path: Path, monkeypatch) -> None:
     """The unit half of the above: what the journal raises when the disk is full."""
     import os
@@ -626,7 +632,7 @@ async def test_exact_connection_reset_and_timeout_on_poll(job, tmp_path: Path) -
     with MockHTTP() as m:
         m.post(T2I_URL, payload=_submitted("t-1"))
         m.get(f"{BASE}/tasks/t-1", exception=aiohttp.ServerDisconnectedError())
-        m.get(f"{BASE}/tasks/t-1", exception=asyncio.TimeoutError())
+        m.get(f"{BASE}/tasks/t-1", exception=TimeoutError())
         m.get(f"{BASE}/tasks/t-1", status=503, payload={"code": "ModelUnavailable"})
         m.get(f"{BASE}/tasks/t-1", payload=_succeeded("t-1", {"url": RESULT.format(1)}))
         m.get(RESULT.format(1), body=png_bytes(), content_type="image/png")
@@ -634,3 +640,21 @@ async def test_exact_connection_reset_and_timeout_on_poll(job, tmp_path: Path) -
     assert summary.exit_code == 0
     # polls are idempotent: retried on the same task, nothing submitted twice
     assert sum(1 for e in events(tmp_path / "o") if e["ev"] == "submitted") == 1
+
+
+@needs_mock
+async def test_exact_poll_outage_polls_the_same_task_again(job, tmp_path: Path) -> None:
+    tasks = job([("1", "t2i", "a cat", "", "")])
+    with MockHTTP() as m:
+        m.post(T2I_URL, payload=_submitted("t-1"))
+        m.post(T2I_URL, payload=_submitted("t-2"))
+        for _ in range(6):  # more than the client's own retries of one poll
+            m.get(f"{BASE}/tasks/t-1", status=500, payload={"code": "InternalError"})
+        m.get(f"{BASE}/tasks/t-1", payload=_succeeded("t-1", {"url": RESULT.format(1)}))
+        m.get(f"{BASE}/tasks/t-2", payload=_succeeded("t-2", {"url": RESULT.format(2)}))
+        m.get(RESULT.format(1), body=png_bytes(), content_type="image/png")
+        m.get(RESULT.format(2), body=png_bytes(), content_type="image/png")
+        summary = await run_all(tasks, out=tmp_path / "o", settings=_exact_settings())
+    assert summary.exit_code == 0
+    submitted = [e["task_id"] for e in events(tmp_path / "o") if e["ev"] == "submitted"]
+    assert submitted == ["t-1"]

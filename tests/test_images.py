@@ -23,7 +23,7 @@ def _decode_uri(uri: str) -> Image.Image:
     ("size", "mode", "fmt", "expect"),
     [
         ((300, 200), "RGB", "PNG", (768, 512)),  # below 512: scaled up
-        ((5000, 3300), "RGB", "JPEG", (4096, 2703)),  # above 4096: scaled down (row 527)
+        ((5000, 3300), "RGB", "JPEG", (3072, 2028)),  # above 3072: scaled down (row 527)
         ((800, 600), "RGBA", "PNG", (800, 600)),
         ((800, 600), "CMYK", "JPEG", (800, 600)),
         ((700, 700), "P", "PNG", (700, 700)),
@@ -73,7 +73,7 @@ def test_unusable_sources_say_why(tmp_path: Path, maker, message: str) -> None:
 def test_huge_source_is_scaled(tmp_path: Path) -> None:
     path = make_image(tmp_path / "big.jpg", (10000, 10000), fmt="JPEG")
     src = prepare_source(path)
-    assert (src.width, src.height) == (4096, 4096) and src.resized
+    assert (src.width, src.height) == (3072, 3072) and src.resized
 
 
 def test_url_used_when_no_change_needed(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ observer at 250 and at 1000 finished rows.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys

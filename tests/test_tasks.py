@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import HEADER, make_image, write_tasks
 
 from runner.errors import TaskFileError
 from runner.tasks import load_tasks
-
-from conftest import HEADER, make_image, write_tasks
 
 
 def test_good_file_in_order(job) -> None:
@@ -36,7 +35,7 @@ def test_good_file_in_order(job) -> None:
         (b"", "empty file"),
         (b"index,task_type,prompt,ori_image\n1,t2i,x,\n", "missing column(s) target_image"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "not a CSV"),
-        ("index,task_type,prompt,ori_image,target_image\n".encode(), "no task rows"),
+        (b"index,task_type,prompt,ori_image,target_image\n", "no task rows"),
         (
             "index,task_type,prompt,ori_image,target_image\n1,t2i,一只猫在窗台上睡觉,,\n".encode(
                 "gbk"
