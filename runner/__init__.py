@@ -4,8 +4,26 @@ In a notebook: ``summary = await runner.run_all("task.csv", concurrency=32)``.
 In a script: ``runner.run("task.csv")``.
 """
 
-from .run import run, run_all
-from .scheduler import RowResult, RunSummary
-from .settings import Settings, load_settings
+from __future__ import annotations
 
-__all__ = ["RowResult", "RunSummary", "Settings", "load_settings", "run", "run_all"]
+from importlib import import_module
+from typing import Any
+
+# Loaded on first use: face-swap worker processes import runner.faceswap and should not
+# pay for the whole job stack (aiohttp, the client, the scheduler) at start-up.
+_LAZY = {
+    "run": "runner.run",
+    "run_all": "runner.run",
+    "RowResult": "runner.outcomes",
+    "RunSummary": "runner.outcomes",
+    "Settings": "runner.settings",
+    "load_settings": "runner.settings",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")

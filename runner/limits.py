@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import json
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -38,12 +40,17 @@ from .settings import Quota
 
 log = structlog.get_logger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 LEARNED_NAME = "learned_quotas.json"  # under --out: what a run learned, for the next one
 
-_SUBMIT_MARGIN = 1.5  # submits spaced 1.5/rate: request sizes and processing vary, windows are exact
+_SUBMIT_MARGIN = (
+    1.5  # submits spaced 1.5/rate: request sizes and processing vary, windows are exact
+)
 _QUIET_TURNS = 2  # a quiet spell: this many completions per slot with no 429
-_PROBE_BACKOFF = 4  # each probe that draws a 429 makes the next spell this much longer
-_MAX_SPELL_FACTOR = 4**4
+_PROBE_BACKOFF = 8  # each probe that draws a 429 makes the next spell this much longer
+_MAX_SPELL_FACTOR = _PROBE_BACKOFF**3
 _KEEP_LATENCIES = 2000
 
 
@@ -95,6 +102,8 @@ class ModelLane:
         self._quiet_s = quiet_s  # optional wall-clock floor on a quiet spell
         self._spell_factor = 1
         self._probed = False  # the current limit came from a probe not yet confirmed
+        self._floor = 0  # the highest limit that held a whole quiet spell (proven)
+        self._strike: int | None = None  # stats.completed at a 429 forgiven at a proven level
         self._mark_completed = 0  # stats.completed when the limit last changed / 429'd
         self._mark_time = time.monotonic()
         self.raises = 0
@@ -129,12 +138,28 @@ class ModelLane:
         For a learned quota the slots the server accepted are the ones in flight but this
         one, so the limit drops to that (multiplicative enough: a burst of 429s converges
         on the true limit, not below it). A probe that failed makes the next one wait
-        longer. Known quotas keep their limit. Either way new submits pause one interval.
+        longer. At a proven limit (one that held a whole quiet spell) a lone 429 is more
+        likely the submit rate (request sizes make arrivals uneven) than the slots: it is
+        forgiven once per spell. Known quotas keep their limit. Either way new submits
+        pause one interval.
         """
         self.stats.throttled += 1
         if self.quota.learn:
             old = self.limit
+            forgive = (
+                self.limit <= self._floor
+                and not self._probed
+                and (
+                    self._strike is None or self.stats.completed - self._strike >= self.spell_needed
+                )
+            )
+            if forgive:
+                self._strike = self.stats.completed
+                log.info("quota_429_forgiven", model=self.name, limit=self.limit)
+                self._pause()
+                return
             self.limit = max(1, min(self.limit, self.in_flight - 1))
+            self._floor = min(self._floor, self.limit)
             if self._probed:
                 self._spell_factor = min(self._spell_factor * _PROBE_BACKOFF, _MAX_SPELL_FACTOR)
                 self._probed = False
@@ -149,6 +174,9 @@ class ModelLane:
                 )
         self._mark_completed = self.stats.completed
         self._mark_time = time.monotonic()
+        self._pause()
+
+    def _pause(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside a loop (tests): nothing to pace
@@ -171,8 +199,9 @@ class ModelLane:
             return False
         if self._quiet_s and time.monotonic() - self._mark_time < self._quiet_s:
             return False
-        if self._probed:  # the last probe held a whole spell: it is the new floor
+        if self._probed:  # the last probe held a whole spell
             self._spell_factor = max(1, self._spell_factor // _PROBE_BACKOFF)
+        self._floor = max(self._floor, self.limit)  # this limit held a whole spell
         self.limit += 1
         self.raises += 1
         self._probed = True
@@ -560,3 +589,52 @@ def expected_finish(lane: ModelLane, submitted_at: float) -> float | None:
     """When a task of this model is expected to end (submitted_at + median), or None."""
     p50 = lane.stats.quantile(0.5)
     return None if p50 is None else submitted_at + p50
+
+
+# --------------------------------------------------------------------------- CPU work
+
+BACKGROUND_NICE = 10  # image work yields the CPU to the event loop (and to the emulator)
+
+
+def _lower_priority() -> None:
+    """Thread initializer: lower this thread's CPU priority (Linux nice is per thread)."""
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)
+        )
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+        pass
+
+
+class CpuPool:
+    """Threads for blocking CPU work (decoding, resizing, encoding images) at a lower CPU
+    priority than the event loop's thread.
+
+    With image work on asyncio's default executor, six busy threads share two cores with
+    the loop thread: the loop then runs late (polls and submits after a slot frees are
+    late, and slots idle). Here the work yields the CPU to the loop whenever the loop has
+    something to do. Use what releases the GIL (OpenCV, Pillow decoders) inside.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+        self.workers = workers or max(1, cores)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _get(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.workers,
+                thread_name_prefix="cpu",
+                initializer=_lower_priority,
+            )
+        return self._executor
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._get(), functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

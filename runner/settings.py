@@ -39,7 +39,7 @@ class Quota(BaseModel):
 class FaceSwapSettings(BaseModel):
     backend: str = "auto"  # "inswapper", "classic" or "auto" (inswapper when its weights exist)
     models_dir: Path = Path("models")
-    workers: int = Field(0, ge=0)  # 0: one per two cores, at least one
+    workers: int = Field(0, ge=0)  # 0: chosen from the cores and the backend
     candidates: int = Field(1, ge=1)
 
 

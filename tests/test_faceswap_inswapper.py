@@ -8,13 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faceswap_models import FACE_CELL, face_card, make_models_dir
 from PIL import Image
 
 from runner.faceswap import FaceSwapError, FaceSwapPool
 from runner.faceswap.models import find_models
 from runner.faceswap.worker import Engine, SwapJob, WorkerConfig
 from runner.settings import FaceSwapSettings
+
+try:  # tests/ on sys.path (pytest's default rootdir-less import) or tests as a package
+    from faceswap_models import FACE_CELL, face_card, make_models_dir
+except ImportError:  # pragma: no cover
+    from tests.faceswap_models import FACE_CELL, face_card, make_models_dir
 
 pytest.importorskip("insightface")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faceswap_models import face_card, make_models_dir
 from PIL import Image
 
 from runner.errors import SettingsError
 from runner.faceswap import FaceSwapError, FaceSwapPool, SwapResult, worker
 from runner.settings import FaceSwapSettings
+
+try:  # tests/ on sys.path (pytest's default rootdir-less import) or tests as a package
+    from faceswap_models import face_card, make_models_dir
+except ImportError:  # pragma: no cover
+    from tests.faceswap_models import face_card, make_models_dir
 
 insightface = pytest.importorskip("insightface")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -145,3 +149,20 @@ async def test_poison_row_fails_alone_and_its_neighbours_succeed(
         assert pool.crashes == 2  # the first crash, and the poison row's lone retry
     finally:
         await pool.close()
+
+
+def test_models_that_fail_to_load_fail_rows_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initializer never raises (the pool would take that for a crash on every row)."""
+
+    def broken() -> None:
+        raise RuntimeError("shape_predictor_68_face_landmarks.dat is truncated")
+
+    monkeypatch.setattr(worker, "load_dlib", broken)
+    # Registered first, so both globals are put back after the test.
+    monkeypatch.setattr(worker, "_ENGINE", None)
+    monkeypatch.setattr(worker, "_LOAD_ERROR", None)
+    worker.init_worker(worker.WorkerConfig(backend="classic"))
+    assert "truncated" in worker.ping()["load_error"]
+    with pytest.raises(FaceSwapError, match="could not be loaded: RuntimeError: shape_pred"):
+        worker.run_job(worker.SwapJob("1", "ori.jpg", "target.jpg"))

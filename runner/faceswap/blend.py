@@ -36,6 +36,16 @@ def skin_mask(shape: tuple[int, ...], outline: np.ndarray, points: np.ndarray,
     return mask
 
 
+def skin_likelihood(img: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """0..1: how much each pixel looks like the skin under ``weight`` (per-channel z-scores
+    in Lab; lightness loosely, since shading moves it; full up to 3 sigma, none past 5)."""
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mean, std = _masked_stats(lab, weight)
+    std = np.maximum(std, [6.0, 3.0, 3.0]) * np.array([2.0, 1.0, 1.0])
+    z = np.sqrt((((lab - mean.astype(np.float32)) / std.astype(np.float32)) ** 2).sum(axis=2))
+    return np.clip((5.0 - z) / 2.0, 0.0, 1.0).astype(np.float32)
+
+
 def soft_mask(binary: np.ndarray, size: float, erode: float, feather: float) -> np.ndarray:
     """Erode by ``erode * size`` then Gaussian-feather with sigma ``feather * size``.
 

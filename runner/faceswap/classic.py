@@ -235,16 +235,25 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     src_all = np.vstack([t_pts, src_fh, src_ring])
     warped = piecewise_warp(target, src_all, dst_all, roi.shape[:2], inv_align)
 
+    # Skin statistics from below the brows only: above them ori may have a fringe or a cap.
+    skin_src = blend.skin_mask(roi.shape, dst[np.r_[JAW, BROWS]], dst, size)
+    skin_ref = blend.skin_mask(roi.shape, o_pts[np.r_[JAW, BROWS]], o_pts, size)
+
     binary = blend.hull_mask(roi.shape, np.vstack([dst[JAW], dst_fh]))
     # The mask also stays inside ori's own outline: ori's hair and ears are kept.
     own = np.vstack([o_pts[JAW], forehead_points(o_pts, variant.forehead)])
     binary *= blend.hull_mask(roi.shape, own)
+    # Above the brows the landmarks know nothing: target's cap or fringe must not be pasted
+    # there, nor ori's own cap or fringe painted over. Only skin-coloured pixels (in both
+    # pictures) of that band are swapped.
+    band = binary * (1.0 - blend.hull_mask(roi.shape, dst[np.r_[JAW, BROWS]]))
+    if band.any():
+        skin = blend.skin_likelihood(warped, skin_src) * blend.skin_likelihood(roi, skin_ref)
+        skin = cv2.GaussianBlur(skin, (0, 0), 0.02 * size + 0.5)
+        binary = binary * (1.0 - band * (1.0 - skin))
     alpha = blend.soft_mask(binary, size, variant.erode, variant.feather)
     core = blend.soft_mask(binary, size, variant.erode + 0.05, 0.01)
 
-    # Skin statistics from below the brows only: above them ori may have a fringe or a cap.
-    skin_src = blend.skin_mask(roi.shape, dst[np.r_[JAW, BROWS]], dst, size)
-    skin_ref = blend.skin_mask(roi.shape, o_pts[np.r_[JAW, BROWS]], o_pts, size)
     face = blend.transfer_colour(warped, roi, skin_src, skin_ref, variant.colour)
     if variant.lowfreq > 0:
         face = blend.lowfreq_correct(face, roi, skin_src, skin_ref, variant.lowfreq * size)

@@ -76,7 +76,7 @@ def find_models(models_dir: Path) -> ModelPaths:
             break
     if found.buffalo_dir is None:
         found.missing.append(
-            f"{' and '.join(BUFFALO_REQUIRED)} (insightface buffalo_l.zip) in {canonical_buffalo}/"
+            f"{' and '.join(BUFFALO_REQUIRED)} (insightface buffalo_l.zip) in {root}/buffalo_l/"
         )
     for path in (root / INSWAPPER_FILE, root / "models" / INSWAPPER_FILE):
         if path.is_file():

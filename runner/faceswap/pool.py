@@ -156,7 +156,7 @@ class FaceSwapPool:
         )
         if self._backend == "classic" and self.paths.missing:
             lead = "INSWAPPER UNAVAILABLE, using classic" if self.fallback_reason else (
-                "for inswapper put")
+                "inswapper off")
             parts.append(f"{lead}: {self.paths.missing_text()}")
         loaded = {i.get("load_error") for i in self.worker_info if i.get("load_error")}
         parts.extend(sorted(e for e in loaded if e))
@@ -297,6 +297,9 @@ class FaceSwapPool:
             executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        # asyncio primitives belong to one loop: a later run (a new notebook cell's loop,
+        # another asyncio.run) gets fresh ones.
+        self._lock = self._slots = self._retry_lock = None
 
     async def __aenter__(self) -> FaceSwapPool:
         await self.start()

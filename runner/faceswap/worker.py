@@ -277,17 +277,25 @@ def _r(v: float | None) -> float | None:
 
 # --- process-pool entry points ---------------------------------------------------------------
 _ENGINE: Engine | None = None
+_LOAD_ERROR: str | None = None
 
 
 def init_worker(config: WorkerConfig) -> None:
-    """The pool initializer: load the models once into this process's global."""
-    global _ENGINE
-    _ENGINE = Engine(config)
+    """The pool initializer: load the models once into this process's global.
+
+    It never raises: an initializer that raises kills the worker, which the pool would take
+    for a crash and rebuild for every row. The rows fail with the reason instead.
+    """
+    global _ENGINE, _LOAD_ERROR
+    try:
+        _ENGINE = Engine(config)
+    except Exception as exc:
+        _ENGINE, _LOAD_ERROR = None, f"{type(exc).__name__}: {exc}"
 
 
 def run_job(job: SwapJob) -> SwapResult:
     if _ENGINE is None:
-        raise FaceSwapError("face-swap worker has no models loaded")
+        raise FaceSwapError(f"face-swap models could not be loaded: {_LOAD_ERROR or 'no models'}")
     return _ENGINE.swap(job)
 
 
@@ -299,7 +307,8 @@ def ping(delay: float = 0.0) -> dict[str, Any]:
     if delay:
         time.sleep(delay)
     if _ENGINE is None:
-        return {"pid": os.getpid(), "backend": None, "load_error": "no models loaded"}
+        return {"pid": os.getpid(), "backend": None,
+                "load_error": f"models could not be loaded: {_LOAD_ERROR or 'no models'}"}
     return _ENGINE.info()
 
 
