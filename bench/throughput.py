@@ -27,6 +27,7 @@ from .common import (
     SCALE,
     T2I_MODELS,
     EmulatorProcess,
+    MachineLoad,
     Workload,
     build_workload,
     busy_share,
@@ -35,6 +36,7 @@ from .common import (
     emulator_config,
     eprint,
     faceswap_available,
+    loadavg,
     lower_bound,
     now,
     peak_rss_mb,
@@ -86,12 +88,15 @@ def scaled_settings(
 
 
 def summarize_emulator(
-    stats: dict[str, Any], config: EmulatorConfig, makespan: float
+    stats: dict[str, Any], config: EmulatorConfig, makespan: float, start: float = 0.0
 ) -> dict[str, Any]:
-    """The emulator's side of a run: 429s, polls, submits, slots in use, the lower bound."""
+    """The emulator's side of a run: 429s, polls, submits, slots in use, the lower bound.
+    ``start``: when the run began on the emulator's clock (its timeline is shifted so that
+    the run starts at 0)."""
     lb = lower_bound(stats, config)
     models = [*T2I_MODELS, *EDIT_MODELS]
-    series = timeline_series(stats["timeline"], models)
+    shifted = [(t - start, m, v) for t, m, v in stats["timeline"]]
+    series = timeline_series(shifted, models)
     busy = {
         m: round(busy_share(series[m], config.models[m].max_in_flight or 1, makespan), 3)
         for m in models
@@ -117,6 +122,52 @@ def summarize_emulator(
     }
 
 
+class Probe:
+    """Observer of ``run_all``: samples the runner's own slots and the event loop's lag."""
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.every_s = every_s
+        self.scheduler: Any = None
+        self.lags: list[float] = []
+        self.timeline: dict[str, list[tuple[float, int]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.t0 = 0.0
+
+    def started(self, tasks: Any, scheduler: Any, banner: list[str]) -> None:
+        self.scheduler = scheduler
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    def row(self, result: Any) -> None:
+        pass
+
+    def finished(self, summary: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _sample(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.t0 = loop.time()
+        last: dict[str, int] = {}
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.every_s)
+            now_ = loop.time()
+            self.lags.append(now_ - before - self.every_s)
+            for name, lane in self.scheduler.lanes.items():
+                if last.get(name) != lane.in_flight:
+                    last[name] = lane.in_flight
+                    self.timeline.setdefault(name, [(0.0, 0)]).append(
+                        (round(now_ - self.t0, 4), lane.in_flight)
+                    )
+
+    def lag_ms(self) -> dict[str, float]:
+        if not self.lags:
+            return {}
+        lags = sorted(self.lags)
+        pick = lambda q: round(1000 * lags[min(len(lags) - 1, int(q * len(lags)))], 2)  # noqa: E731
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": pick(1.0)}
+
+
 async def bench_runner(
     mode: str, workload: Workload, out_dir: Path, scale: float = SCALE
 ) -> dict[str, Any]:
@@ -125,16 +176,21 @@ async def bench_runner(
         settings = scaled_settings(emu.base_url, config, mode, scale)
         shutil.rmtree(out_dir, ignore_errors=True)
         emu.reset_stats()
+        t_reset = now()
+        load0, machine = loadavg(), MachineLoad()
         cpu0, kids0, ecpu0, t0 = cpu_s(), children_cpu_s(), emu.cpu_s(), now()
+        probe = Probe()
         summary = await run_all(
             workload.tasks,
             images=workload.images,
             out=out_dir,
             settings=settings,
+            observer=probe,
             configure_logging=True,
         )
         wall = now() - t0
         cpu, kids, ecpu = cpu_s() - cpu0, children_cpu_s() - kids0, emu.cpu_s() - ecpu0
+        busy = machine.busy_cores()
         stats = emu.stats()
     rows = summary.rows
     done = sum(1 for r in rows if r.ok)
@@ -161,6 +217,12 @@ async def bench_runner(
         "children_cpu_s": round(kids, 2),
         "emulator_cpu_s": round(ecpu, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "loadavg_before": load0,
+        "machine_busy_cores": round(busy, 2),
+        "others_busy_cores": round(max(0.0, busy - (cpu + kids + ecpu) / wall), 2),
+        "loop_lag_ms": probe.lag_ms(),
+        "runner_timeline": probe.timeline,  # the run's clock (0 = start)
+        "start_offset_s": round(probe.t0 - t_reset, 4),  # the run's start, emulator's clock
         "runner_polls": summary.polls,
         "runner_submits": summary.submits,
         "runner_throttled": summary.throttled,
@@ -169,7 +231,7 @@ async def bench_runner(
         "faceswap": summary.faceswap,
         "groups": {k: list(v) for k, v in GROUPS.items()},
     }
-    result.update(summarize_emulator(stats, config, makespan))
+    result.update(summarize_emulator(stats, config, makespan, probe.t0 - t_reset))
     return result
 
 

@@ -49,7 +49,7 @@ def test_missing_inswapper_weights_named_and_classic_used(tmp_path: Path) -> Non
     line = pool.describe()
     for name in ("inswapper_128.onnx", "det_10g.onnx", "w600k_r50.onnx"):
         assert name in line
-    assert str(tmp_path / "models" / "buffalo_l") in line
+    assert str(tmp_path / "buffalo_l") in line
     assert "classic" in line and "INSWAPPER UNAVAILABLE" in line
     # "auto" picks the offline backend quietly but still says what inswapper would need.
     auto = FaceSwapPool(FaceSwapSettings(backend="auto", models_dir=tmp_path))
