@@ -73,6 +73,7 @@ def configure(
     global _redactor
     _redactor = Redactor(secrets)
     shared: list[Any] = [
+        structlog.stdlib.filter_by_level,  # a disabled level costs nothing past this
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -89,7 +90,7 @@ def configure(
         if getattr(handler, "_runner", False):
             root.removeHandler(handler)
             handler.close()
-    root.setLevel(logging.DEBUG)
+    root.setLevel(logging.INFO)
     # third-party chatter (aiohttp access logs, the SDK) stays out of the console
     for noisy in ("aiohttp.access", "asyncio", "urllib3", "dashscope", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -112,7 +113,7 @@ def configure(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file, encoding="utf-8")
-        fh.setLevel(logging.DEBUG)
+        fh.setLevel(logging.INFO)
         fh.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 processor=structlog.processors.JSONRenderer(ensure_ascii=False),

@@ -33,7 +33,18 @@ from .errors import (
 )
 from .images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
 from .journal import Journal, JournalState, PendingTask, RowState
-from .limits import LanePool, ModelLane, PollBudget, plan_poll_delay
+from .limits import (
+    LEARNED_NAME,
+    CpuPool,
+    LanePool,
+    ModelLane,
+    PollBudget,
+    apply_learned,
+    load_learned,
+    plan_poll_delay,
+    poll_urgency,
+    save_learned,
+)
 from .outcomes import RowResult, RunSummary
 from .prompts import PromptPlan, build_prompt
 from .retry import backoff_delay
@@ -97,6 +108,12 @@ class _Attempt:
         self.count = 0
         self.throttled = 0
         self.refused: dict[str, str] = {}
+        self.on_slot: Callable[[], None] | None = None  # once, when a slot is first held
+
+    def slot_taken(self) -> None:
+        if self.on_slot is not None:
+            self.on_slot, call = None, self.on_slot
+            call()
 
 
 def pick_best(scores: list[Any]) -> int | None:
@@ -145,14 +162,31 @@ class Scheduler:
         self.lanes = {m: ModelLane(m, settings.quota(m)) for m in sorted(names)}
         self.pool = LanePool(self.lanes, total_cap=settings.concurrency)
         self.polls = PollBudget(settings.poll_qps)
+        # result decoding/encoding, below the loop's priority (a source to prepare is on the
+        # way to a slot: it stays on the default executor, at normal priority)
+        self.cpu = CpuPool()
+        # Edit rows prepare their source before they wait for a slot (a slot never waits on
+        # a decode); this bounds how many prepared sources wait for a slot, per task type,
+        # so that memory stays flat and one type's queue never holds up another's.
+        self._ahead = {
+            kind: asyncio.Semaphore(2 * sum(self._max_slots(m) for m in models) + 2)
+            for kind, models in settings.models.items()
+            if kind != "t2i"
+        }
         self.retries = 0
         self._stop_reason: str | None = None
         self._tasks: list[asyncio.Task[RowResult]] = []
+
+    def _max_slots(self, model: str) -> int:
+        quota = self.settings.quota(model)
+        return quota.max_in_flight if quota.learn else quota.in_flight
 
     # --- the run -------------------------------------------------------------
     async def run(self, tasklist: TaskList, state: JournalState) -> RunSummary:
         started = time.monotonic()
         self.imgs_dir.mkdir(parents=True, exist_ok=True)
+        learned_path = self.out_dir / LEARNED_NAME
+        apply_learned(self.lanes, await asyncio.to_thread(load_learned, learned_path))
         results: list[RowResult] = []
         for bad in tasklist.bad:
             res = RowResult(
@@ -183,6 +217,11 @@ class Scheduler:
                 )
         order = {idx: i for i, idx in enumerate(tasklist.order)}
         results.sort(key=lambda r: order.get(r.index, len(order)))
+        self.cpu.close()
+        try:
+            await asyncio.to_thread(save_learned, self.lanes, learned_path)
+        except OSError as exc:
+            log.warning("learned_quotas_not_saved", error=str(exc))
         return RunSummary(
             rows=results,
             elapsed_s=time.monotonic() - started,
@@ -304,14 +343,28 @@ class Scheduler:
         for pending in prior.pending:
             got.extend(await self._resume(task, pending))
         attempt = _Attempt()
-        source: list[PreparedSource] = []  # prepared once, on first need
-        while len(got) < want:
-            try:
-                got.extend(await self._generate_once(task, plan, want - len(got), source, attempt))
-            except _RowStop:
-                if not got:  # what was made so far still counts
-                    raise
-                break
+        source: list[PreparedSource] = []  # prepared once, before the row waits for a slot
+        ahead = self._ahead.get(task.task_type)
+        if ahead is not None and len(got) < want:
+            await ahead.acquire()
+            attempt.on_slot = ahead.release  # called once the row holds a slot
+        try:
+            if task.task_type != "t2i" and len(got) < want:
+                try:
+                    source.append(await self._prepare(task))
+                except RowFailed as exc:
+                    raise self._fail(task, str(exc)) from None
+            while len(got) < want:
+                try:
+                    got.extend(
+                        await self._generate_once(task, plan, want - len(got), source, attempt)
+                    )
+                except _RowStop:
+                    if not got:  # what was made so far still counts
+                        raise
+                    break
+        finally:
+            attempt.slot_taken()
         return await self._finish(task, plan, got[:want], attempt.count + 1)
 
     async def _generate_once(
@@ -331,6 +384,7 @@ class Scheduler:
                     task, f"every model refused the row ({why})", attempts=attempt.count
                 )
             lane = await self.pool.acquire(models)
+            attempt.slot_taken()  # a prepared source no longer waits: let the next one in
             delay = 0.0
             held = True
             try:
@@ -461,6 +515,7 @@ class Scheduler:
         """Poll until the task ends; SUCCEEDED returns its state, anything else raises."""
         assert self.client is not None
         polls = 0
+        last = 0.0  # elapsed at the previous poll
         while True:
             elapsed = time.time() - submitted_at
             if elapsed > self.settings.task_timeout_s:
@@ -470,8 +525,12 @@ class Scheduler:
                     pass
                 await self._close_task(index, task_id, "timed out")
                 raise ServerError(f"task {task_id} still running after {elapsed:.0f} s")
-            await self.polls.wait(plan_poll_delay(lane, elapsed, polls, self.settings.poll_first_s))
+            await self.polls.wait(
+                plan_poll_delay(lane, elapsed, polls, self.settings.poll_first_s),
+                poll_urgency(lane, submitted_at, last),
+            )
             polls += 1
+            last = time.time() - submitted_at
             try:
                 state = await self.client.fetch_task(task_id)
             except Retryable as exc:  # the task is still there: poll it again, never re-pay
@@ -537,7 +596,7 @@ class Scheduler:
         for url in urls:
             try:
                 body = await self.client.download(url)
-                jpeg, w, h = await asyncio.to_thread(
+                jpeg, w, h = await self.cpu.run(
                     result_to_jpeg, body, self.settings.jpeg_quality
                 )
             except ImageProblem as exc:

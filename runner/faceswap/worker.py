@@ -287,6 +287,10 @@ def init_worker(config: WorkerConfig) -> None:
     for a crash and rebuild for every row. The rows fail with the reason instead.
     """
     global _ENGINE, _LOAD_ERROR
+    try:  # CPU-bound: let the runner's event loop (and its polls and submits) go first
+        os.nice(10)
+    except (AttributeError, OSError):
+        pass
     try:
         _ENGINE = Engine(config)
     except Exception as exc:
