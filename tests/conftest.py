@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-from collections.abc import Callable, Iterable
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,3 +89,41 @@ def job(tmp_path: Path) -> Callable[..., Path]:
         return write_tasks(tmp_path / "task.csv", rows)
 
     return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def emulator_get(port: int, path: str = "/_emulator/stats") -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def emulator_process(*args: str, program: list[str] | None = None) -> Iterator[int]:
+    """The emulator in a process of its own (so it outlives a killed runner); yields its
+    port. ``program`` replaces ``-m runner.emulator`` (e.g. ``-c`` with a patched main)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, *(program or ["-m", "runner.emulator"]), "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            emulator_get(port)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the emulator did not start")
+            time.sleep(0.1)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,7 +13,6 @@ from PIL import Image
 from runner import run_all
 from runner.journal import replay
 from runner.settings import load_settings
-from runner.store import TEMP_MARK
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,92 +69,8 @@ async def test_emulated_run_then_rerun(job, tmp_path: Path, fast, monkeypatch) -
     assert sum(r.status == "skipped" for r in again.rows) == 12 and again.submits == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stats(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=5) as r:
-        return json.loads(r.read())
-
-
-@pytest.fixture
-def emulator_proc(tmp_path: Path):
-    """The emulator in its own process, so it outlives a killed runner."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.emulator", "--port", str(port), "--time-scale", "0.03"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            _stats(port)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("emulator did not start")
-    yield port
-    proc.terminate()
-    proc.wait(10)
-
-
 def _runner_cmd(tasks: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "runner", "--tasks", str(tasks), "--out", str(out), "-q"]
-
-
-@pytest.mark.slow
-def test_kill_at_random_moments_then_rerun(job, tmp_path: Path, emulator_proc: int) -> None:
-    """kill -9 three times mid-run; the reruns finish every row, pay for no journaled id twice."""
-    tasks = job(_mixed_rows(14, 5, 5), img_size=(400, 300))
-    out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "DASHSCOPE_API_KEY": "sk-killtest0000",
-        "DASHSCOPE_HTTP_BASE_URL": f"http://127.0.0.1:{emulator_proc}/api/v1",
-        "RUNNER_POLL_FIRST_S": "0.05",
-    }
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(3):
-        proc = subprocess.Popen(
-            _runner_cmd(tasks, out),
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(1.0, 3.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(10)
-    final = subprocess.run(
-        _runner_cmd(tasks, out), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-    )
-    assert final.returncode == 0, final.stdout + final.stderr
-    imgs = out / "imgs"
-    assert sorted(p.name for p in imgs.iterdir()) == sorted(f"{i}.jpg" for i in range(1, 25))
-    assert not [p for p in imgs.iterdir() if TEMP_MARK in p.name]
-    assert all(_valid_jpeg(p) for p in imgs.iterdir())
-    journal_lines = (out / "journal.jsonl").read_text().splitlines()
-    submitted = [json.loads(x) for x in journal_lines if '"submitted"' in x]
-    stats = _stats(emulator_proc)
-    paid = sum(stats["submits"].values()) + sum(stats["sync_calls"].values())
-    # every paid async task is journaled, but for at most one lost id per kill; sync calls
-    # (qwen-image-edit) have no id and may be repeated once per kill
-    async_paid = sum(stats["submits"].values())
-    assert async_paid - len({s["task_id"] for s in submitted}) <= kills
-    # no journaled id was submitted again: each row's ids are distinct, and the rows that
-    # were done needed at most one extra task per kill
-    assert paid <= 24 + 2 * kills, (paid, kills)
-    assert "sk-killtest0000" not in (out / "journal.jsonl").read_text()
-    assert "sk-killtest0000" not in (out / "run.log").read_text()
 
 
 def test_cli_bad_task_file_is_one_line(tmp_path: Path) -> None:

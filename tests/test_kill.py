@@ -12,16 +12,15 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import emulator_get, emulator_process
 from PIL import Image
 
 from runner.journal import replay
@@ -32,40 +31,10 @@ ROWS = 100
 KEY = "sk-killtrial0123456789abcdef"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stats(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=5) as r:
-        return json.loads(r.read())
-
-
 @pytest.fixture
 def emulator_port() -> Iterator[int]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner.emulator", "--port", str(port), "--time-scale", "0.03"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            _stats(port)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the emulator did not start")
-            time.sleep(0.1)
-    try:
+    with emulator_process("--time-scale", "0.03") as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _rows() -> list[tuple[str, ...]]:
@@ -188,7 +157,7 @@ def test_sigkill_at_random_moments_then_rerun(job, tmp_path: Path, emulator_port
     # no journaled, open task id was paid for again
     assert resubmits_of_open_ids(records) == [], why
     # every paid async task is in the journal, but for at most one lost id per kill
-    stats = _stats(emulator_port)
+    stats = emulator_get(emulator_port)
     paid_async = sum(stats["submits"].values())
     journaled = {r["task_id"] for r in records if r.get("ev") == "submitted"}
     assert paid_async - len(journaled) <= kills, (paid_async, len(journaled), why)
@@ -202,7 +171,7 @@ def test_sigkill_at_random_moments_then_rerun(job, tmp_path: Path, emulator_port
     # and a run after the end does nothing again
     again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0
-    after = _stats(emulator_port)
+    after = emulator_get(emulator_port)
     assert sum(after["submits"].values()) == paid_async
     assert sum(after["sync_calls"].values()) == paid_sync
     print(

@@ -15,10 +15,8 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
-import time
 import traceback
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_image, write_tasks
+from conftest import emulator_process, make_image, write_tasks
 
 from runner import run_all
 from runner.dashscope import ClientConfig, DashScopeClient
@@ -89,12 +87,6 @@ def test_the_scanner_finds_what_it_looks_for(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a real process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _admin(port: int, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
@@ -115,37 +107,8 @@ def key() -> str:
 @pytest.fixture
 def emulator_port(key: str) -> Iterator[int]:
     """An emulator process that accepts only ``key``."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner.emulator",
-            "--port",
-            str(port),
-            "--time-scale",
-            "0.01",
-            "--api-key",
-            key,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            _admin(port, "stats")
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the emulator did not start")
-            time.sleep(0.1)
-    try:
+    with emulator_process("--time-scale", "0.01", "--api-key", key) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.slow

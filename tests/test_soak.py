@@ -9,18 +9,14 @@ observer at 250 and at 1000 finished rows.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_image, write_tasks
+from conftest import emulator_get, emulator_process, make_image, write_tasks
 from PIL import Image
 
 import runner.scheduler as scheduler_mod
@@ -55,17 +51,6 @@ def rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(port: int, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return json.loads(r.read())
-
-
 # The emulator as `python -m runner.emulator` runs it, but with a cheap picture renderer: its
 # textured placeholders cost ~80 ms of CPU each, 1000 of them would blow the time budget.
 # Everything else (protocol, faults, signed URLs, corrupt/truncated bodies) is the real code.
@@ -92,40 +77,9 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture
 def faulty_emulator() -> Iterator[int]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _FAST_EMULATOR,
-            "--port",
-            str(port),
-            "--time-scale",
-            "0",
-            "--no-quotas",
-            "--faults",
-            str(FAULT_SHARE),
-            "--seed",
-            "11",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            _get(port, "/_emulator/stats")
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the emulator did not start")
-            time.sleep(0.1)
-    try:
+    args = ("--time-scale", "0", "--no-quotas", "--faults", str(FAULT_SHARE), "--seed", "11")
+    with emulator_process(*args, program=["-c", _FAST_EMULATOR]) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 class Sampler:
@@ -192,7 +146,7 @@ async def test_soak_1000_rows_with_20_percent_faults(
     t0 = time.monotonic()
     summary = await run_all(tasks, out=out, settings=settings, observer=sampler)
     took = time.monotonic() - t0
-    stats = _get(port, "/_emulator/stats")
+    stats = emulator_get(port)
     injected = sum(stats["faults_injected"].values())
 
     # every row done
