@@ -53,6 +53,17 @@ from .throughput import summarize_emulator
 MAX_TRIES = 200  # 429s one row may take before a baseline gives it up
 
 
+def _async_input(prompt: str, image: str | None) -> tuple[str, dict[str, Any]]:
+    """The endpoint and ``input`` of an async submit, as the public baselines send them."""
+    if image is None:
+        return "text2image", {"prompt": prompt}
+    return "image2image", {
+        "prompt": prompt,
+        "function": "description_edit",
+        "base_image_url": image,
+    }
+
+
 def first_models() -> dict[str, str]:
     models = Settings().models
     return {kind: names[0] for kind, names in models.items()}
@@ -115,16 +126,7 @@ def run_sequential(
             else:
                 tally.add(f"http_{r.status_code}")
         else:
-            path, inp = "text2image", {"prompt": task.prompt}
-            if image is not None:
-                path, inp = (
-                    "image2image",
-                    {
-                        "prompt": task.prompt,
-                        "function": "description_edit",
-                        "base_image_url": image,
-                    },
-                )
+            path, inp = _async_input(task.prompt, image)
             r = session.post(
                 f"{base}/services/aigc/{path}/image-synthesis",
                 json={"model": model, "input": inp, "parameters": {"n": 1}},
@@ -273,16 +275,7 @@ async def run_naive(tasks: list[Task], base: str, out: Path, scale: float, tally
                             break
                         status = r.status
                 else:
-                    path, inp = "text2image", {"prompt": task.prompt}
-                    if image is not None:
-                        path, inp = (
-                            "image2image",
-                            {
-                                "prompt": task.prompt,
-                                "function": "description_edit",
-                                "base_image_url": image,
-                            },
-                        )
+                    path, inp = _async_input(task.prompt, image)
                     async with session.post(
                         f"{base}/services/aigc/{path}/image-synthesis",
                         json={"model": model, "input": inp, "parameters": {"n": 1}},
