@@ -61,6 +61,18 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
         yield emu.base_url, "emulator-key", True
 
 
+def _client_config(settings: Settings, base_url: str, api_key: str) -> ClientConfig:
+    return ClientConfig(
+        base_url=base_url,
+        api_key=SecretStr(api_key),
+        timeout_s=settings.request_timeout_s,
+        sync_timeout_s=settings.sync_timeout_s,
+        backoff_max_s=settings.backoff_max_s,
+        retry_after_cap_s=settings.retry_after_cap_s,
+        download_max_bytes=settings.download_max_bytes,
+    )
+
+
 def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
     if not any(t.task_type == "deepfake" for t in tasks.tasks):
         return None, None
@@ -153,16 +165,7 @@ async def run_all(
                 tasks=str(tasklist.path),
                 rows=len(tasklist.order),
             )
-            cfg = ClientConfig(
-                base_url=base_url,
-                api_key=SecretStr(api_key),
-                timeout_s=settings.request_timeout_s,
-                sync_timeout_s=settings.sync_timeout_s,
-                backoff_max_s=settings.backoff_max_s,
-                retry_after_cap_s=settings.retry_after_cap_s,
-                download_max_bytes=settings.download_max_bytes,
-            )
-            async with DashScopeClient(cfg) as client:
+            async with DashScopeClient(_client_config(settings, base_url, api_key)) as client:
                 if swapper is not None:
                     await swapper.start()
                 scheduler = Scheduler(
@@ -188,24 +191,22 @@ async def run_all(
             await swapper.close()
         journal.close()
     await journal_end(out_dir, summary)
-    summary.report = await _report(out_dir, tasklist, summary)
+    summary.report = await _report(
+        out_dir, tasklist.path, tasklist.images_dir, json.loads(summary.model_dump_json())
+    )
     if observer:
         observer.finished(summary)
     return summary
 
 
-async def _report(out_dir: Path, tasklist: TaskList, summary: RunSummary) -> str | None:
+async def _report(
+    out_dir: Path, tasks: Path, images: Path | None, summary: dict[str, Any] | None = None
+) -> str | None:
     """report.html for a person to look at; a failure here never fails the run."""
     from .report import write_report
 
     try:
-        path = await asyncio.to_thread(
-            write_report,
-            out_dir,
-            tasklist.path,
-            tasklist.images_dir,
-            json.loads(summary.model_dump_json()),
-        )
+        path = await asyncio.to_thread(write_report, out_dir, tasks, images, summary)
     except Exception as exc:  # the images are safe; say why the page is missing
         log.error("report_failed", error=str(exc))
         return None
@@ -245,23 +246,12 @@ async def rejudge_all(
     out_dir = Path(out)
     logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=None)
     async with _backend(settings) as (base_url, api_key, _emulated):
-        cfg = ClientConfig(base_url=base_url, api_key=SecretStr(api_key))
-        async with DashScopeClient(cfg) as client:
+        async with DashScopeClient(_client_config(settings, base_url, api_key)) as client:
             result = await rejudge(
                 out_dir, Path(tasks), Path(images) if images else None, settings, client
             )
-    tasklist = await asyncio.to_thread(load_tasks, Path(tasks), Path(images) if images else None)
-    await asyncio.to_thread(_write_report_quiet, out_dir, tasklist)
+    await _report(out_dir, Path(tasks), Path(images) if images else None)
     return result
-
-
-def _write_report_quiet(out_dir: Path, tasklist: TaskList) -> None:
-    from .report import write_report
-
-    try:
-        write_report(out_dir, tasklist.path, tasklist.images_dir)
-    except Exception as exc:
-        log.error("report_failed", error=str(exc))
 
 
 def run(tasks: str | os.PathLike[str] = "task.csv", **kwargs: Any) -> RunSummary:

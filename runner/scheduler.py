@@ -33,6 +33,7 @@ from .errors import (
 )
 from .images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
 from .journal import Journal, JournalState, PendingTask, RowState
+from .judge import pick
 from .limits import (
     LEARNED_NAME,
     CpuPool,
@@ -114,14 +115,6 @@ class _Attempt:
         if self.on_slot is not None:
             self.on_slot, call = None, self.on_slot
             call()
-
-
-def pick_best(scores: list[Any]) -> int | None:
-    """Index of the best-scored candidate; None when none has a score."""
-    scored = [
-        (s.overall, -i) for i, s in enumerate(scores) if s.overall is not None and not s.error
-    ]
-    return -max(scored)[1] if scored else None
 
 
 class _RowStop(Exception):
@@ -596,9 +589,7 @@ class Scheduler:
         for url in urls:
             try:
                 body = await self.client.download(url)
-                jpeg, w, h = await self.cpu.run(
-                    result_to_jpeg, body, self.settings.jpeg_quality
-                )
+                jpeg, w, h = await self.cpu.run(result_to_jpeg, body, self.settings.jpeg_quality)
             except ImageProblem as exc:
                 last = DownloadError(str(exc), model=model)
                 continue
@@ -637,7 +628,7 @@ class Scheduler:
             await write_atomic(path, got[0].jpeg)
             files.append((path, got[0]))
         scores = await self._judge_all(task, [p for p, _ in files])
-        chosen = pick_best(scores) if scores else None
+        chosen = pick(scores) if scores else None
         chosen = 0 if chosen is None else chosen
         best = files[chosen][1]
         if len(got) > 1:

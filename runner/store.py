@@ -32,6 +32,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
+    """Remove a failed write's temp file; a full disk becomes DiskFull."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFull(f"no space left on the device writing {path}") from None
+
+
 async def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that the file is either absent, old, or whole and new."""
     tmp = _temp_name(path)
@@ -43,12 +53,7 @@ async def write_atomic(path: Path, data: bytes) -> None:
         await aiofiles.os.replace(tmp, path)
         await asyncio.to_thread(_fsync_dir, path.parent)
     except BaseException as exc:  # cancelled or interrupted too: never leave the temp file
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left on the device writing {path}") from None
+        _discard(tmp, path, exc)
         raise
 
 
@@ -63,12 +68,7 @@ def write_atomic_sync(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as exc:  # cancelled or interrupted too: never leave the temp file
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"no space left on the device writing {path}") from None
+        _discard(tmp, path, exc)
         raise
 
 
