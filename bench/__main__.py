@@ -1,22 +1,21 @@
-"""``python -m bench`` (``make bench``): every benchmark, then BENCHMARKS.md and the plot.
+"""``python -m bench`` (``make bench``): the benchmarks, then BENCHMARKS.md and the plot.
 
 Each configuration runs in a process of its own (its CPU time and peak memory are its own)
 against an emulator in another process:
 
-1. this runner, known quotas, then learned quotas (all rows, face swap in the same run);
-2. the three baselines on the API rows, side by side (they are light on CPU: they wait);
-   the sequential loop stops at a time cap and its makespan is projected;
-3. the overhead benchmark (zero latency, no quotas), output on disk and on tmpfs;
+1. the latency profiles (``bench.profiles``): uniform 2-3 s, uniform 5-15 s, lognormal
+   (median 8 s, p99 60 s), t2i at 60-180 s, each with and without the service's
+   timestamps, on a t2i-bound and an edit-bound workload, the runner at its default
+   settings; only the emulator's latencies are time-scaled;
+2. this runner on the real 1000-row workload, known then learned quotas (face swap in the
+   same run), latencies at 1/5;
+3. with ``--all``: the three baselines on the API rows, side by side, and the overhead
+   benchmark (zero latency, no quotas); without it BENCHMARKS.md keeps their last tables;
 4. the slots plot, BENCHMARKS.md; then ``python -m bench.faceswap`` when it exists, whose
    ``bench/faceswap_results.md`` goes into BENCHMARKS.md.
 
-The runner runs at 1/5 of real time: its CPU work per row (image decoding and encoding,
-face swap) does not scale, and faster it would measure the CPU. The baselines run at 1/20:
-they do little work per row and wait most of the time, and at 1/5 they would take half an
-hour; the comparison is in real-time equivalents (makespan / scale).
-
-Options: ``--scale``, ``--baseline-scale``, ``--skip`` parts, ``--seq-cap-s``,
-``--overhead-rows``.
+Options: ``--scale``, ``--baseline-scale``, ``--skip`` parts, ``--all``, ``--seq-cap-s``,
+``--overhead-rows``, ``--profile-rows``.
 """
 
 from __future__ import annotations
@@ -41,7 +40,34 @@ from .common import (
 from .plot import plot_slots
 from .report import write
 
-PARTS = ("runner", "baselines", "overhead", "faceswap")
+PARTS = ("profiles", "runner", "baselines", "overhead", "faceswap")
+
+# Latency profiles (real seconds) and the time scale each runs at: the emulator's latency is
+# scaled, its quota windows and the runner's settings are not (bench.common.emulator_config).
+PROFILES: tuple[tuple[str, float, tuple[str, ...]], ...] = (
+    ("uniform:2:3", 1.0, ("t2i", "edit")),
+    ("uniform:5:15", 0.5, ("t2i", "edit")),
+    ("lognormal:8:60", 0.5, ("t2i", "edit")),
+    ("uniform:60:180", 0.05, ("t2i",)),  # t2i as documented: 1-3 minutes
+)
+LEARNED_PROFILES = ("uniform:5:15", "lognormal:8:60")  # t2i, hidden flash quota learned
+
+
+def profile_runs(rows: int) -> list[tuple[str, list[str]]]:
+    """(result name, arguments of ``bench.profiles``) of every profile configuration."""
+    runs: list[tuple[str, list[str]]] = []
+    for profile, scale, kinds in PROFILES:
+        for kind in kinds:
+            for stamps in (True, False):
+                name = f"{profile}-{kind}-{'ts' if stamps else 'nots'}-known"
+                args = ["--profile", profile, "--workload", kind, "--rows", str(rows)]
+                args += ["--scale", str(scale)] + ([] if stamps else ["--no-timestamps"])
+                runs.append((name, args))
+        if profile in LEARNED_PROFILES:
+            name = f"{profile}-t2i-ts-learned"
+            args = ["--profile", profile, "--workload", "t2i", "--rows", str(2 * rows)]
+            runs.append((name, [*args, "--scale", str(scale), "--mode", "learned"]))
+    return runs
 
 
 def _py(module: str, *args: str, wait: bool = True, timeout: float | None = None) -> Any:
@@ -63,9 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         help=f"time scale of the baselines (default {BASELINE_SCALE:g})",
     )
     p.add_argument("--skip", action="append", default=[], choices=PARTS)
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also the baselines and the overhead benchmark (about 10 minutes more); "
+        "without it BENCHMARKS.md keeps their previous tables",
+    )
     p.add_argument("--seq-cap-s", type=float, default=0.0, help="sequential baseline cap")
     p.add_argument("--overhead-rows", type=int, default=3000)
+    p.add_argument("--profile-rows", type=int, default=72, help="rows of each profile run")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write BENCHMARKS.md from the results of the last runs (bench/out/results)",
+    )
     args = p.parse_args(argv)
+    if args.report_only:
+        return _report_only(args)
+    if not args.all:
+        args.skip += ["baselines", "overhead"]
     started = time.time()
     scale = args.scale
     res = OUT / "results"
@@ -81,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"source": workload.source, "rows": workload.rows, "notes": workload.notes},
     }
     s = str(scale)
+
+    if "profiles" not in args.skip:
+        results["profiles"] = []
+        for name, extra in profile_runs(args.profile_rows):
+            path = res / f"profile-{name.replace(':', '-')}.json"
+            path.unlink(missing_ok=True)
+            _py("bench.profiles", *extra, "--json", str(path))
+            if path.is_file():
+                results["profiles"].append(read_json(path))
 
     if "runner" not in args.skip:
         for mode in ("known", "learned"):
@@ -152,6 +203,33 @@ def main(argv: list[str] | None = None) -> int:
     results["bench_minutes"] = (time.time() - started) / 60
     path = write(results)
     eprint(f"wrote {path} ({results['bench_minutes']:.1f} min)")
+    return 0
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    """BENCHMARKS.md from the JSON files the last runs left (a run re-done on its own)."""
+    res = OUT / "results"
+    workload = build_workload(deepfake=faceswap_available()[0])
+    results: dict[str, Any] = {
+        "scale": args.scale,
+        "baseline_scale": args.baseline_scale,
+        "started": min((p.stat().st_mtime for p in res.glob("*.json")), default=time.time()),
+        "workload": {"source": workload.source, "rows": workload.rows, "notes": workload.notes},
+    }
+    results["profiles"] = [
+        read_json(path)
+        for name, _ in profile_runs(args.profile_rows)
+        if (path := res / f"profile-{name.replace(':', '-')}.json").is_file()
+    ]
+    for mode in ("known", "learned"):
+        if (res / f"runner-{mode}.json").is_file():
+            results[mode] = read_json(res / f"runner-{mode}.json")
+    if "known" in results:
+        plot_slots([results["known"]], ROOT / "bench" / "slots.png")
+    stamps = [p.stat().st_mtime for p in res.glob("*.json")]
+    results["bench_minutes"] = (max(stamps) - min(stamps)) / 60 if stamps else 0.0
+    path = write(results)
+    eprint(f"wrote {path} from {res}")
     return 0
 
 

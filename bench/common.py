@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.emulator import EmulatorConfig
+from runner.settings import JudgeSettings, Quota, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -41,25 +42,43 @@ BENCH_KEY = "sk-bench-emulator"
 T2I_MODELS = ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wan2.2-t2i-flash")
 EDIT_MODELS = ("wanx2.1-imageedit", "qwen-image-edit")
 GROUPS: dict[str, tuple[str, ...]] = {"t2i": T2I_MODELS, "tie+vttie": EDIT_MODELS}
+# A quota the emulator keeps to itself (not the published 2): "learned" runs start from the
+# runner's 2 and must find it from 429s; "known" runs are told it.
+HIDDEN_QUOTAS: dict[str, int] = {"wan2.2-t2i-flash": 3}
 
 
 # --------------------------------------------------------------------------- the emulator
 
 
 def emulator_config(
-    scale: float = SCALE, *, seed: int = SEED, quotas: bool = True, latency: bool = True
+    scale: float = SCALE,
+    *,
+    seed: int = SEED,
+    quotas: bool = True,
+    latency: bool = True,
+    profile: str | None = None,
+    timestamps: bool = True,
 ) -> EmulatorConfig:
-    """The published quotas (and the emulator's hidden ones for the unpublished models),
-    latencies uniform in 5-15 s, everything (latency and quota windows) x ``scale``."""
+    """The emulator's quotas, latencies uniform in 5-15 s (or ``profile``, e.g.
+    ``lognormal:8:60``, for every model) x ``scale``; ``timestamps``: whether poll answers
+    carry the service's own times. Quota windows stay real seconds (2 submits in any
+    second, 20 polls in any second): the runner runs with its default settings, so a
+    scaled world is one where tasks are shorter, and its budgets relatively scarcer."""
     base = EmulatorConfig(
         time_scale=scale if latency else 0.0,
         seed=seed,
         quotas_enabled=quotas,
-        scale_windows=latency,
+        scale_windows=False,
+        latency=profile,
+        timestamps=timestamps,
     )
     models = dict(base.models)
     for name in (*T2I_MODELS, *EDIT_MODELS):
         models[name] = models[name].model_copy(update={"latency_s": LATENCY_S})
+    for name, slots in HIDDEN_QUOTAS.items():
+        models[name] = models[name].model_copy(
+            update={"max_in_flight": slots, "quota_published": False}
+        )
     return base.model_copy(update={"models": models})
 
 
@@ -87,7 +106,29 @@ def _fast_render(tiny: bool = False) -> None:
     state.render_edit = edit  # type: ignore[assignment]
 
 
-def _serve(config_json: str, render: str, conn: Connection) -> None:
+def _record_endings() -> dict[str, list[Any]]:
+    """In the emulator's process: for every task, when the first answer saying SUCCEEDED
+    left, against when the task really ended: the detection delay, on the service's side,
+    whether or not the answers carry timestamps. {task_id: [model, duration_s, delay_s]}."""
+    import runner.emulator.routes_tasks as routes
+
+    original = routes.task_output
+    seen: dict[str, list[Any]] = {}
+
+    def task_output(task: Any, timestamps: bool = True) -> Any:
+        if task.status == "SUCCEEDED" and task.end_wall is not None and task.task_id not in seen:
+            seen[task.task_id] = [
+                task.model,
+                round(task.end_wall - task.submit_wall, 4),
+                round(time.time() - task.end_wall, 4),
+            ]
+        return original(task, timestamps)
+
+    routes.task_output = task_output  # type: ignore[assignment]
+    return seen
+
+
+def _serve(config_json: str, render: str, conn: Connection, record: str = "") -> None:
     import logging
 
     import structlog
@@ -97,6 +138,7 @@ def _serve(config_json: str, render: str, conn: Connection) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if render != "real":
         _fast_render(tiny=render == "tiny")
+    endings = _record_endings() if record else None
     config = EmulatorConfig.model_validate_json(config_json)
 
     async def main() -> None:
@@ -108,14 +150,19 @@ def _serve(config_json: str, render: str, conn: Connection) -> None:
             await stop.wait()
 
     asyncio.run(main())
+    if endings is not None:
+        Path(record).write_text(json.dumps(endings))
 
 
 class EmulatorProcess:
     """The emulator in a process of its own (its CPU is not the runner's); ``with``."""
 
-    def __init__(self, config: EmulatorConfig, *, render: str = "cached") -> None:
+    def __init__(
+        self, config: EmulatorConfig, *, render: str = "cached", record: Path | None = None
+    ) -> None:
         self.config = config
         self.render = render  # "real", "cached" (one PNG per size) or "tiny" (64x64)
+        self.record = record  # where the emulator writes each task's ending (_record_endings)
         self.port = 0
         self._proc: Any = None
         self._conn: Connection | None = None
@@ -125,7 +172,7 @@ class EmulatorProcess:
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(
             target=_serve,
-            args=(self.config.model_dump_json(), self.render, child),
+            args=(self.config.model_dump_json(), self.render, child, str(self.record or "")),
             daemon=True,
             name="bench-emulator",
         )
@@ -167,6 +214,12 @@ class EmulatorProcess:
 
     def reset_stats(self) -> None:
         self._admin("stats/reset", "POST")
+
+    def endings(self) -> dict[str, list[Any]]:
+        """After the ``with``: {task_id: [model, duration_s, detection_delay_s]}."""
+        if self.record is None or not self.record.is_file():
+            return {}
+        return dict(json.loads(self.record.read_text()))
 
     def cpu_s(self) -> float:
         """CPU seconds the emulator process used (from /proc)."""
@@ -320,12 +373,15 @@ def faceswap_available() -> tuple[bool, str]:
 
 def drawn_latencies(config: EmulatorConfig, model: str, count: int) -> list[float]:
     """The latencies (scaled seconds) the emulator drew for a model's first ``count``
-    admitted tasks: it draws them from ``Random(f"{seed}:{model}:{seq}")``."""
+    admitted tasks: it draws them from ``Random(f"{seed}:{model}:{seq}")``, from the
+    configured profile or else the model's own uniform range."""
     span = config.models[model].latency_s
+    profile = config.latency_profile(model)
     out = []
     for seq in range(count):
         rng = random.Random(f"{config.seed}:{model}:{seq}")
-        out.append(rng.uniform(*span) * config.time_scale)
+        raw = profile.draw(rng) if profile is not None else rng.uniform(*span)
+        out.append(raw * config.time_scale)
     return out
 
 
@@ -334,29 +390,110 @@ def lower_bound(
     config: EmulatorConfig,
     groups: dict[str, tuple[str, ...]] = GROUPS,
 ) -> dict[str, Any]:
-    """The quota-bound makespan floor of what the emulator actually ran: per group of models
-    a task type may use, total task time over the group's slots, and tasks over the group's
-    submit rate; the largest of all. Seconds on the emulator's (scaled) clock."""
+    """The quota-bound makespan floor of what the emulator actually ran, seconds on its
+    (scaled) clock. Per group of models a task type may use: its tasks over the group's
+    best steady pace, each model giving min(submit rate, slots / its mean task time) (a
+    model with no in-flight limit: its submit rate); and no run ends before its longest
+    task. The largest of all. Ramp-up and the tail are ignored: 1.00 is out of reach."""
     window = config.time_scale if config.scale_windows else 1.0
     parts: dict[str, Any] = {}
     best = 0.0
     for name, models in groups.items():
         count = {m: stats["submits"].get(m, 0) + stats["sync_calls"].get(m, 0) for m in models}
-        work = sum(sum(drawn_latencies(config, m, count[m])) for m in models)
-        slots = sum(config.models[m].max_in_flight or 0 for m in models)
-        rate = sum((config.models[m].submits_per_s or 0) / window for m in models)
         n = sum(count.values())
-        slot_bound = work / slots if slots else 0.0
-        submit_bound = n / rate if rate else 0.0
+        pace = 0.0
+        work = 0.0
+        longest = 0.0
+        for m in models:
+            spec = config.models[m]
+            drawn = drawn_latencies(config, m, max(count[m], 1))
+            mean = sum(drawn) / len(drawn)
+            if count[m]:
+                work += sum(drawn)
+                longest = max(longest, max(drawn))
+            rate = (spec.submits_per_s or 0) / window
+            slots = spec.max_in_flight
+            by_slots = slots / mean if slots and mean > 0 else float("inf")
+            pace += min(rate or float("inf"), by_slots)
+        pace_bound = n / pace if pace and pace != float("inf") else 0.0
         parts[name] = {
             "tasks": n,
             "task_time_s": round(work, 3),
-            "slots": slots,
-            "slot_bound_s": round(slot_bound, 3),
-            "submit_bound_s": round(submit_bound, 3),
+            "tasks_per_s": round(pace, 4) if pace != float("inf") else None,
+            "pace_bound_s": round(pace_bound, 3),
+            "longest_task_s": round(longest, 3),
         }
-        best = max(best, slot_bound, submit_bound)
+        best = max(best, pace_bound, longest)
     return {"bound_s": round(best, 3), "groups": parts}
+
+
+def make_quota(
+    submits_per_second: float,
+    in_flight: int | None,
+    *,
+    learn: bool = False,
+    max_in_flight: int = 8,
+) -> Quota:
+    """A runner quota; ``in_flight`` None (no in-flight limit) is built unchecked while
+    ``runner.settings.Quota`` does not accept it yet."""
+    try:
+        return Quota(
+            submits_per_second=submits_per_second,
+            in_flight=in_flight,  # type: ignore[arg-type]
+            learn=learn,
+            max_in_flight=max_in_flight,
+        )
+    except ValueError:
+        return Quota.model_construct(
+            submits_per_second=submits_per_second,
+            in_flight=in_flight,
+            learn=learn,
+            max_in_flight=max_in_flight,
+        )
+
+
+def runner_settings(
+    base_url: str, config: EmulatorConfig, mode: str, scale: float, **extra: Any
+) -> Settings:
+    """The runner's default settings against ``config``; if its quota windows are scaled,
+    every rate x 1/scale and every wait x scale with them (nothing else changed).
+
+    ``known``: every quota as the emulator enforces it (sync qwen-image-edit: no in-flight
+    limit). ``learned``: the published ones; the emulator's hidden ones (``HIDDEN_QUOTAS``)
+    start from the runner's default for an unpublished model and are learned from 429s.
+    """
+    defaults = Settings()
+    window = scale if config.scale_windows else 1.0
+    waits = window
+    quotas: dict[str, Quota] = {}
+    for name in (*T2I_MODELS, *EDIT_MODELS):
+        spec = config.models[name]
+        rate = (spec.submits_per_s or 2.0) / window
+        if mode == "known" or spec.quota_published:
+            quotas[name] = make_quota(rate, spec.max_in_flight)
+        else:  # what the runner assumes of a model whose quota is not published
+            d = defaults.default_quota
+            quotas[name] = make_quota(
+                rate, d.in_flight or 2, learn=True, max_in_flight=d.max_in_flight
+            )
+    values: dict[str, Any] = {
+        "api_key": BENCH_KEY,
+        "base_url": base_url,
+        "quotas": quotas,
+        "poll_qps": defaults.poll_qps / window,
+        "poll_first_s": defaults.poll_first_s * waits,
+        "backoff_max_s": defaults.backoff_max_s * waits,
+        "retry_after_cap_s": defaults.retry_after_cap_s * waits,
+        "task_timeout_s": defaults.task_timeout_s * waits,
+        "sync_timeout_s": defaults.sync_timeout_s * waits,
+        # The VIEScore judge is a quality add-on, not part of the generation pipeline the
+        # issue measures (submit, poll, download, write): off here, see BENCHMARKS.md.
+        "judge": JudgeSettings(
+            enabled=False, requests_per_minute=defaults.judge.requests_per_minute / window
+        ),
+    }
+    values.update(extra)
+    return Settings(**values)
 
 
 # --------------------------------------------------------------------------- measurements

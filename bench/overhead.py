@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.emulator import EmulatorConfig
-from runner.run import run_all
+from runner.job import run_all
 from runner.settings import JudgeSettings, Quota, Settings
 
 from .common import (

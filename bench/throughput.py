@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.emulator import EmulatorConfig
-from runner.run import run_all
-from runner.settings import JudgeSettings, Quota, Settings
+from runner.job import run_all
 
 from .common import (
-    BENCH_KEY,
     EDIT_MODELS,
     GROUPS,
     OUT,
@@ -40,51 +38,10 @@ from .common import (
     lower_bound,
     now,
     peak_rss_mb,
+    runner_settings,
     timeline_series,
     write_json,
 )
-
-
-def scaled_settings(
-    base_url: str, config: EmulatorConfig, mode: str, scale: float, **extra: Any
-) -> Settings:
-    """The runner's settings in the scaled world: every rate x 1/scale, every wait x scale.
-
-    ``known``: every quota as the emulator enforces it (the unpublished ones too).
-    ``learned``: the published quotas; the unpublished ones start from the default setting
-    (2 in flight) and are learned from 429s.
-    """
-    defaults = Settings()
-    quotas: dict[str, Quota] = {}
-    for name in (*T2I_MODELS, *EDIT_MODELS):
-        spec = config.models[name]
-        rate = (spec.submits_per_s or 2.0) / scale
-        if mode == "known" or spec.quota_published:
-            quotas[name] = Quota(submits_per_second=rate, in_flight=spec.max_in_flight or 2)
-        else:
-            d = defaults.quota(name)
-            quotas[name] = Quota(
-                submits_per_second=rate,
-                in_flight=d.in_flight,
-                learn=True,
-                max_in_flight=d.max_in_flight,
-            )
-    values: dict[str, Any] = {
-        "api_key": BENCH_KEY,
-        "base_url": base_url,
-        "quotas": quotas,
-        "poll_qps": defaults.poll_qps / scale,
-        "poll_first_s": defaults.poll_first_s * scale,
-        "backoff_max_s": defaults.backoff_max_s * scale,
-        "task_timeout_s": defaults.task_timeout_s * scale,
-        # The VIEScore judge is a quality add-on, not part of the generation pipeline the
-        # issue measures (submit, poll, download, write): off here, see BENCHMARKS.md.
-        "judge": JudgeSettings(
-            enabled=False, requests_per_minute=defaults.judge.requests_per_minute / scale
-        ),
-    }
-    values.update(extra)
-    return Settings(**values)
 
 
 def summarize_emulator(
@@ -173,7 +130,7 @@ async def bench_runner(
 ) -> dict[str, Any]:
     config = emulator_config(scale)
     with EmulatorProcess(config) as emu:
-        settings = scaled_settings(emu.base_url, config, mode, scale)
+        settings = runner_settings(emu.base_url, config, mode, scale)
         shutil.rmtree(out_dir, ignore_errors=True)
         emu.reset_stats()
         t_reset = now()

@@ -1,122 +1,117 @@
-"""The command line: the only part of runner that talks to the terminal.
+"""The command line: the only part of runner that prints to the terminal.
 
     python -m runner --tasks T.csv [--images DIR] [--out DIR] [--concurrency 32]
-    python -m runner submit --tasks T.csv --out DIR --team NAME [--strict] [--allow-emulated]
+                     [--dry-run] [--budget AMOUNT]
+    python -m runner submit --out DIR --team NAME [--tasks T.csv] [--strict] [--allow-emulated]
     python -m runner doctor | report | rejudge   (see --help)
 
-Exit status: 0 every row done; 1 some rows failed; 2 bad input (task file, settings,
-arguments); 3 the run was stopped (bad key, exhausted account, disk full); 130 interrupted.
+Exit status (run): 0 every row done; 1 some rows not done; 2 bad input (task file, settings,
+arguments); 3 the run was stopped (bad key, exhausted account, disk full, service
+unreachable, folder in use); 130 Ctrl-C; 143 SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
+import os
+import signal
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
 from rich.table import Table
 
 from . import logs
 from .errors import RunnerError, SettingsError, TaskFileError
-from .scheduler import RowResult, RunSummary, Scheduler
-from .tasks import TaskList
+from .outcomes import RowResult, RunSummary
+from .progress import ProgressObserver, duration
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143
 SUBCOMMANDS = ("run", "submit", "doctor", "report", "rejudge")
+TYPE_ORDER = ("t2i", "tie", "vttie", "deepfake")
 
 
-class ConsoleObserver:
-    """Progress bar with per-model slots on a terminal; a line every few seconds elsewhere."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a run's own handler (start-up, submit, report): like Ctrl-C."""
 
-    def __init__(self, console: Console, quiet: bool = False) -> None:
-        self.console = console
-        self.quiet = quiet
-        self.counts: Counter[str] = Counter()
-        self.total = 0
-        self.scheduler: Scheduler | None = None
-        self.live: Live | None = None
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
+
+# --------------------------------------------------------------------------- the summary
+
+
+def _row_line(r: RowResult) -> str:
+    label = "bad input" if r.status == "bad" else r.status
+    return f"  row {r.index} ({r.task_type}, {label}): {r.reason}"
+
+
+def _money(amount: float | None, currency: str) -> str:
+    return "price unknown" if amount is None else f"{amount:,.2f} {currency}".strip()
+
+
+def _print_cost(console: Console, summary: RunSummary) -> None:
+    billed = [b for b in summary.billed if b.get("images")]
+    if not billed:
+        return
+    ct = Table(title="Images billed (all runs in this folder, at list prices)")
+    for col in ("model", "images", "price / image", "est. cost"):
+        ct.add_column(col, justify="left" if col == "model" else "right")
+    currency = ""
+    for b in billed:
+        currency = b.get("currency") or currency
+        price = b.get("price")
+        ct.add_row(
+            str(b["model"]),
+            str(b["images"]),
+            "–" if price is None else f"{price:g}",
+            _money(b.get("cost"), b.get("currency", "")),
         )
-        self.bar = self.progress.add_task("rows", total=1, status="")
-        self._last_line = 0.0
+    console.print(ct)
+    known = [b["cost"] for b in billed if b.get("cost") is not None]
+    unknown = [str(b["model"]) for b in billed if b.get("cost") is None]
+    line = f"estimated cost {_money(sum(known), currency)}" if known else "estimated cost unknown"
+    if unknown and known:
+        line += f" (+ {', '.join(unknown)}: no price in settings)"
+    if summary.emulated:
+        line += "; the emulator bills nothing: this is what the real run would cost"
+    console.print(line, highlight=False)
 
-    def started(self, tasks: TaskList, scheduler: Scheduler, banner: list[str]) -> None:
-        self.scheduler = scheduler
-        self.total = len(tasks.order)
-        self.progress.update(self.bar, total=self.total)
-        for line in banner:
-            style = "bold yellow" if "EMULATOR" in line else ""
-            self.console.print(line, style=style, highlight=False)
-        if self.console.is_terminal and not self.quiet:
-            self.live = Live(
-                get_renderable=self._renderable,
-                console=self.console,
-                refresh_per_second=4,
-                transient=True,
-            )
-            self.live.start()
 
-    def _status(self) -> str:
-        c = self.counts
-        ok = c["done"] + c["skipped"]
-        bad = c["failed"] + c["bad"] + c["stopped"]
-        return f"[green]{ok} ok[/] [red]{bad} failed[/]" if bad else f"[green]{ok} ok[/]"
+def _print_runs(console: Console, summary: RunSummary) -> None:
+    if len(summary.runs) < 2:
+        return
+    console.print(f"{len(summary.runs)} runs in this folder:", highlight=False)
+    for i, run in enumerate(summary.runs, 1):
+        console.print(f"  {i}. {run_line(run)}", highlight=False)
 
-    def _models_table(self) -> Table:
-        table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
-        for col in ("model", "slots", "done", "429", "p50 s", "p90 s"):
-            table.add_column(col)
-        if self.scheduler is not None:
-            for v in self.scheduler.pool.views():
-                if not (v["submits"] or v["in_flight"]):
-                    continue
-                learned = "~" if v["learned"] else ""
-                table.add_row(
-                    str(v["model"]),
-                    f"{v['in_flight']}/{learned}{v['limit']}",
-                    str(v["completed"]),
-                    str(v["throttled"]),
-                    str(v["p50_s"] or "-"),
-                    str(v["p90_s"] or "-"),
-                )
-        return table
 
-    def _renderable(self) -> Group:
-        return Group(self.progress.get_renderable(), self._models_table())
-
-    def row(self, result: RowResult) -> None:
-        self.counts[result.status] += 1
-        self.progress.update(self.bar, advance=1, status=self._status())
-        if result.status in ("failed", "bad"):
-            self.console.print(
-                f"[red]row {result.index}[/] ({result.task_type}): {result.reason}", highlight=False
-            )
-        if self.live is None and not self.quiet:
-            now = time.monotonic()
-            done = sum(self.counts.values())
-            if now - self._last_line > 5 or done == self.total:
-                self._last_line = now
-                self.console.print(f"progress: {done}/{self.total} rows", highlight=False)
-
-    def finished(self, summary: RunSummary) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-        print_summary(self.console, summary)
+def run_line(run: dict[str, Any]) -> str:
+    """One run of the folder: when, how long, submits, 429s (from its journal records)."""
+    when = run.get("t")
+    stamp = (
+        dt.datetime.fromtimestamp(float(when), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        if isinstance(when, int | float)
+        else "?"
+    )
+    if not run.get("ended"):
+        return f"{stamp}, ended without closing (killed?)"
+    parts = [
+        stamp,
+        duration(float(run.get("elapsed_s") or 0.0)),
+        f"{run.get('submits', 0)} submits",
+        f"{run.get('throttled', 0)} × 429",
+        f"{run.get('done', 0)} done",
+    ]
+    if run.get("failed"):
+        parts.append(f"{run['failed']} not done")
+    if run.get("emulated"):
+        parts.append("emulator")
+    if run.get("interrupted"):
+        parts.append(f"interrupted ({run['interrupted']})")
+    return ", ".join(parts)
 
 
 def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = None) -> None:
@@ -124,13 +119,7 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
     for col in ("type", "done", "already done", "failed", "bad input", "stopped", "total"):
         table.add_column(col, justify="right" if col != "type" else "left")
     by_type = summary.by_type()
-    for ttype in (
-        "t2i",
-        "tie",
-        "vttie",
-        "deepfake",
-        *sorted(set(by_type) - {"t2i", "tie", "vttie", "deepfake"}),
-    ):
+    for ttype in (*TYPE_ORDER, *sorted(set(by_type) - set(TYPE_ORDER))):
         c = by_type.get(ttype)
         if not c:
             continue
@@ -146,7 +135,7 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
     console.print(table)
     used = [m for m in summary.models if m.get("submits")]
     if used:
-        mt = Table(title="Models", show_lines=False)
+        mt = Table(title="Models (this run)", show_lines=False)
         for col in ("model", "limit", "submits", "429", "done", "p50 s", "p90 s"):
             mt.add_column(col)
         for m in used:
@@ -161,6 +150,7 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
                 str(m["p90_s"] or "-"),
             )
         console.print(mt)
+    _print_cost(console, summary)
     ids = [r.identity_target for r in summary.rows if r.identity_target is not None]
     if ids:
         ori = [r.identity_ori for r in summary.rows if r.identity_ori is not None]
@@ -171,41 +161,169 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
             highlight=False,
         )
     console.print(
-        f"time {summary.elapsed_s:.1f} s, submits {summary.submits}, retries {summary.retries}, "
-        f"429s {summary.throttled}, polls {summary.polls}, backend {summary.backend}",
+        f"this run: {summary.elapsed_s:.1f} s, submits {summary.submits}, retries "
+        f"{summary.retries}, 429s {summary.throttled}, polls {summary.polls}, "
+        f"backend {summary.backend}",
         highlight=False,
     )
-    if summary.emulated:
+    _print_runs(console, summary)
+    if any(r.emulated for r in summary.rows if r.ok):
         console.print(
             "These images are the EMULATOR's placeholders (no DASHSCOPE_API_KEY was set); "
             "set the key to generate real ones.",
             style="bold yellow",
         )
+    _print_closing(console, summary, out_dir)
+
+
+def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) -> None:
     failed = summary.failed
     if summary.stopped_reason:
+        # the service's messages end with a period of their own ("Invalid API-key provided.")
+        reason = summary.stopped_reason.rstrip(". ")
         console.print(
-            f"[bold red]Run stopped:[/] {summary.stopped_reason}. Everything done so far is kept; "
+            f"Run stopped: {reason}. Everything done so far is kept; "
             "fix the cause and run the same command again to go on.",
+            style="bold red",
+            highlight=False,
+            markup=False,
+        )
+    if summary.interrupted:
+        console.print(
+            f"Interrupted ({summary.interrupted}): everything done so far is kept.",
+            style="bold yellow",
             highlight=False,
         )
-    if failed:
-        where = f" (all in {out_dir / 'failed.csv'})" if out_dir else ""
-        console.print(f"[red]{len(failed)} row(s) not done{where}:[/]", highlight=False)
-        for r in failed[:15]:
-            console.print(
-                f"  row {r.index} ({r.task_type}, {r.status}): {r.reason}", highlight=False
-            )
-        if len(failed) > 15:
-            console.print(f"  ... and {len(failed) - 15} more", highlight=False)
+    if not failed:
+        if not summary.stopped_reason and not summary.interrupted:
+            console.print("Every row is done.", style="green")
+        return
+    # rows the stop or the interrupt cut short say what the line above says: count them
+    cut = bool(summary.stopped_reason or summary.interrupted)
+    listed = [r for r in failed if not (cut and r.status == "stopped")]
+    where = f"all in {out_dir / 'failed.csv'}" if out_dir else "all in failed.csv"
+    console.print(f"{len(failed)} row(s) not done ({where}):", style="red", highlight=False)
+    for r in listed[:15]:
+        console.print(_row_line(r), highlight=False)
+    if len(listed) > 15:
+        console.print(f"  ... and {len(listed) - 15} more", highlight=False)
+    if len(listed) < len(failed):
+        console.print(f"  {len(failed) - len(listed)} row(s) not finished", highlight=False)
+    held = [r for r in failed if summary.budget is not None and "budget" in (r.reason or "")]
+    held_ids = {r.index for r in held}
+    retry = [r for r in failed if r.status in ("failed", "stopped") and r.index not in held_ids]
+    bad = [r for r in failed if r.status == "bad"]
+    if held:
         console.print(
-            "Run the same command again to retry them (done rows are kept); "
-            "`make submit` fills any gap with a fallback and names it."
+            f"{len(held)} row(s) were not submitted: the budget {summary.budget:g} was reached; "
+            "run again with a larger --budget to do them (the spend so far counts).",
+            highlight=False,
         )
-    elif not summary.stopped_reason:
-        console.print("[green]Every row is done.[/]")
+    if retry:
+        console.print(
+            f"Run the same command again to retry the {len(retry)} failed or unfinished row(s) "
+            "(done rows are kept, journaled tasks are fetched, not paid again).",
+            highlight=False,
+        )
+    if bad:
+        console.print(
+            f"{len(bad)} row(s) have bad input (a missing or unreadable file, a bad field): "
+            "running again will not help; fix the task file or the images, then run again.",
+            highlight=False,
+        )
+    console.print(
+        "`python -m runner submit` fills any gap with a fallback and names it.", highlight=False
+    )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+# --------------------------------------------------------------------------- the dry run
+
+
+def _dry_run(console: Console, settings: Any, tasks: Path, images: Path | None) -> int:
+    """Validate the task file and the inputs, print what the run would bill and how long it
+    would take at best; no request is made."""
+    from .cost import check_budget, estimate_for, price_book
+    from .images import image_size
+    from .tasks import load_tasks
+
+    tasklist = load_tasks(tasks, images)
+    unreadable: list[tuple[str, str]] = []
+    seen: dict[Path, bool] = {}
+    for t in tasklist.tasks:
+        for path in (t.ori_image, t.target_image):
+            if path is None:
+                continue
+            if path not in seen:
+                seen[path] = image_size(path) is not None
+            if not seen[path]:
+                unreadable.append((t.index, f"{path.name} is not a readable image"))
+    emulated = settings.key() is None
+    unusable = {index for index, _ in unreadable}
+    counts: dict[str, int] = {}
+    for t in tasklist.tasks:
+        if t.index not in unusable:  # a row that would fail before any request bills nothing
+            counts[t.task_type] = counts.get(t.task_type, 0) + 1
+    est = estimate_for(settings, counts, emulated=emulated)
+    book = price_book(settings)
+    console.print(
+        f"dry run: {len(tasklist.order)} rows from {tasklist.path} "
+        f"({len(tasklist.bad) + len(unreadable)} unusable), images from {tasklist.images_dir}; "
+        "no request made",
+        highlight=False,
+    )
+    for b in tasklist.bad:
+        console.print(f"  row {b.index} ({b.task_type}, bad input): {b.reason}", highlight=False)
+    for index, why in unreadable:
+        console.print(f"  row {index} (bad input): {why}", highlight=False)
+    table = Table(title=f"Estimate ({book.region} list prices)")
+    for col in ("model", "rows", "images billed", "price / image", "est. cost"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for p in est.models:
+        price = book.price(p.model)
+        table.add_row(
+            p.model,
+            f"{p.rows:.0f}",
+            f"{p.images:.0f}",
+            "–" if price is None else f"{price:g}",
+            _money(p.cost, book.currency),
+        )
+    console.print(table)
+    if est.local_rows:
+        console.print(f"face swap (local): {est.local_rows} rows, nothing billed", highlight=False)
+    total, _complete = est.cost
+    images = sum(p.images for p in est.models)
+    missing = sorted(p.model for p in est.models if p.cost is None)
+    priced = len(missing) < len(est.models)
+    line = f"total: {images:.0f} images billed, estimated cost " + (
+        _money(total, book.currency) if priced else "unknown"
+    )
+    if missing:
+        line += (
+            f" ({'+ ' if priced else ''}{', '.join(missing)}: no price in [prices.{book.region}])"
+        )
+    console.print(line, highlight=False)
+    latency = settings.expected_task_s * (settings.emulator.time_scale if emulated else 1.0)
+    console.print(
+        f"expected duration: at least {duration(est.duration_s)} for the API rows (quota bound: "
+        f"the quotas in settings, {latency:g} s a task"
+        + (", on the emulator" if emulated else "")
+        + ")",
+        highlight=False,
+    )
+    if settings.budget is not None and not missing and total > settings.budget:
+        console.print(
+            f"the budget {_money(settings.budget, book.currency)} would stop the run "
+            "before every row is done",
+            highlight=False,
+        )
+    check_budget(settings, counts)  # the run would refuse: say so now
+    return EXIT_OK if not tasklist.bad and not unreadable else EXIT_FAILED_ROWS
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _common(p: argparse.ArgumentParser, *, sample: bool = True) -> None:
     p.add_argument(
         "--tasks", type=Path, help="task CSV (index,task_type,prompt,ori_image,target_image)"
     )
@@ -216,7 +334,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)"
     )
     p.add_argument("--settings", type=Path, help="a settings TOML file over ./settings.toml")
-    p.add_argument("--sample", action="store_true", help="use the bundled sample task list")
+    if sample:
+        p.add_argument("--sample", action="store_true", help="use the bundled sample task list")
+
+
+def _amount(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the budget must be a positive amount, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,19 +360,38 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--concurrency", type=int, help="most API tasks in flight at once (default 32)"
     )
+    run_p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the task file and inputs, print images billed, cost and duration; no request",
+    )
+    run_p.add_argument(
+        "--budget",
+        type=_amount,
+        metavar="AMOUNT",
+        help="stop submitting once the estimated spend (list prices) would pass AMOUNT",
+    )
+    run_p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the local models' workers as Ray actors on the cluster at ADDRESS "
+        "(without one: RAY_ADDRESS, else a cluster running here; 'local' starts one)",
+    )
     run_p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run_p.add_argument("-v", "--verbose", action="store_true", help="log info lines on the console")
     sub_p = sub.add_parser("submit", help="pack the competition zip")
-    _common(sub_p)
+    _common(sub_p, sample=False)
     sub_p.add_argument("--team", required=True, help="team name for <team>_图片生成_result.zip")
     sub_p.add_argument("--strict", action="store_true", help="refuse when a row has no result")
     sub_p.add_argument(
         "--allow-emulated", action="store_true", help="pack emulator placeholders too"
     )
     rep_p = sub.add_parser("report", help="write report.html for an output folder")
-    _common(rep_p)
+    _common(rep_p, sample=False)
     rej_p = sub.add_parser("rejudge", help="score outputs and candidates again, re-pick the best")
-    _common(rej_p)
+    _common(rej_p, sample=False)
     from .doctor import add_arguments as doctor_arguments
 
     doctor_arguments(sub.add_parser("doctor", help="check key, service, settings, models, disk"))
@@ -251,13 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tasks_path(args: argparse.Namespace, console: Console) -> tuple[Path, Path | None]:
-    if getattr(args, "command", None) in ("report", "rejudge") and args.tasks is None:
-        from .journal import last_tasks_path
-
-        found = last_tasks_path(args.out)
-        if found is not None:
-            return found, args.images
-    if args.sample:
+    """The task list (and images) a command works on: given, the sample, or for the commands
+    that work on a finished run (report, rejudge), the one its journal remembers."""
+    if args.command in ("report", "rejudge") and args.tasks is None:
+        run = _last_run(args.out)
+        if run is None or not run.get("tasks"):
+            raise TaskFileError(f"{args.out} holds no run that names its task list: give --tasks")
+        images = args.images or (Path(run["images"]) if run.get("images") else None)
+        return Path(run["tasks"]), images
+    if getattr(args, "sample", False):
         from .sample import write_sample
 
         folder = args.out / "sample"
@@ -269,14 +419,35 @@ def _tasks_path(args: argparse.Namespace, console: Console) -> tuple[Path, Path 
     return args.tasks, args.images
 
 
+def _last_run(out: Path) -> dict[str, Any] | None:
+    from .journal import JOURNAL_NAME, replay
+
+    return replay(out / JOURNAL_NAME).last_run
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def ray_address(given: str | None) -> str | None:
+    """``--ray``'s cluster: the address given, else RAY_ADDRESS (Ray's own variable), else
+    "auto" (a cluster running on this machine); None without ``--ray``."""
+    if given is None:
+        return None
+    return given.strip() or os.environ.get("RAY_ADDRESS", "").strip() or "auto"
+
+
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .run import run_all
+    from .job import run_all
     from .settings import load_settings
 
     if args.concurrency is not None and args.concurrency < 1:
         raise SettingsError("--concurrency must be at least 1")
-    settings = load_settings(args.settings, concurrency=args.concurrency)
+    settings = load_settings(
+        args.settings, concurrency=args.concurrency, budget=args.budget, ray=ray_address(args.ray)
+    )
     tasks, images = _tasks_path(args, console)
+    if args.dry_run:
+        return _dry_run(console, settings, tasks, images)
     key = settings.key()
     logs.configure(
         args.out / "run.log",
@@ -284,17 +455,26 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         console=sys.stderr,
         console_level=logging.INFO if args.verbose else logging.WARNING,
     )
-    observer = ConsoleObserver(console, quiet=args.quiet)
-    summary = asyncio.run(
-        run_all(
-            tasks,
-            images=images,
-            out=args.out,
-            settings=settings,
-            observer=observer,
-            configure_logging=False,
+
+    def notice(level: str, line: str) -> None:
+        style = "bold yellow" if "EMULATOR" in line else ("red" if line.startswith("row ") else "")
+        console.print(line, style=style, highlight=False, markup=False)
+
+    observer = ProgressObserver(console, notice, quiet=args.quiet)
+    try:
+        summary = asyncio.run(
+            run_all(
+                tasks,
+                images=images,
+                out=args.out,
+                settings=settings,
+                observer=observer,
+                configure_logging=False,
+            )
         )
-    )
+    finally:
+        observer.close()
+    print_summary(console, summary, args.out)
     console.print(f"outputs in {args.out}/imgs; log {args.out}/run.log", highlight=False)
     return summary.exit_code
 
@@ -302,20 +482,19 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _cmd_submit(args: argparse.Namespace, console: Console) -> int:
     from .submit import pack
 
-    tasks, images = _tasks_path(args, console)
     report = pack(
-        tasks,
         args.out,
         args.team,
-        images=images,
+        tasks=args.tasks,
+        images=args.images,
         strict=args.strict,
         allow_emulated=args.allow_emulated,
     )
     for index, what in report.fallbacks.items():
         console.print(f"row {index}: {what}", highlight=False)
     console.print(
-        f"wrote {report.zip_path}: {report.rows} rows, {report.generated} generated, "
-        f"{len(report.fallbacks)} fallback(s)"
+        f"wrote {report.zip_path}: {report.rows} rows of {report.tasks}, {report.generated} "
+        f"generated, {len(report.fallbacks)} fallback(s)"
         + (f", {len(report.emulated)} emulator placeholder(s)" if report.emulated else ""),
         highlight=False,
     )
@@ -326,28 +505,42 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     from .report import write_report
 
     tasks, images = _tasks_path(args, console)
+    logs.configure(args.out / "run.log", console=None)  # the command prints one line: its own
     path = write_report(args.out, tasks, images)
     console.print(f"wrote {path}", highlight=False)
     return EXIT_OK
 
 
 def _cmd_rejudge(args: argparse.Namespace, console: Console) -> int:
-    from .run import rejudge_all
+    from .job import rejudge_all
     from .settings import load_settings
 
     settings = load_settings(args.settings)
     tasks, images = _tasks_path(args, console)
     result = asyncio.run(rejudge_all(tasks, images=images, out=args.out, settings=settings))
-    console.print(str(result), highlight=False)
+    console.print(
+        f"rejudged {result.rows} rows: {result.scored} file(s) scored, {result.unscored} "
+        f"unscored, {result.changed} choice(s) changed, {result.calls} judge calls"
+        + ("; the judge budget ran out" if result.budget_exhausted else ""),
+        highlight=False,
+    )
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["run", *argv]
-    console = Console(stderr=False, highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # no markup: reasons and file names are shown as they are ("[x]" is not a style here)
+    console = Console(stderr=False, highlight=False, soft_wrap=True, markup=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
@@ -358,23 +551,28 @@ def main(argv: list[str] | None = None) -> int:
         "report": _cmd_report,
         "rejudge": _cmd_rejudge,
     }
-    extra = _extra_commands()
-    handlers.update(extra)
+    handlers.update(_extra_commands())
     if args.command not in handlers:
         err.print(f"error: '{args.command}' is not available in this build")
         return EXIT_BAD_INPUT
+    # A run installs its own handler (stop, then write the closing files); before and after
+    # it, and in the other commands, SIGTERM is an interrupt like Ctrl-C, not a silent kill.
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(handlers[args.command](args, console))
     except (TaskFileError, SettingsError) as exc:
         err.print(f"error: {exc}", highlight=False, markup=False)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         err.print("interrupted: everything done so far is kept; run the same command to go on")
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except RunnerError as exc:
+        from .submit import SubmitRefused
+
         err.print(f"error: {exc}", highlight=False, markup=False)
-        return EXIT_STOPPED
+        return EXIT_BAD_INPUT if isinstance(exc, SubmitRefused) else EXIT_STOPPED
     finally:
+        signal.signal(signal.SIGTERM, previous)
         logs.close()
 
 

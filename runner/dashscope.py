@@ -18,6 +18,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta, timezone
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Literal, TypeVar, get_args
@@ -27,6 +28,7 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from .breaker import CONNECT_ERRORS, HostBreaker
 from .errors import (
     DashScopeError,
     DownloadError,
@@ -36,8 +38,11 @@ from .errors import (
     Retryable,
     RowFailed,
     ServerError,
+    SubmitUncertain,
     classify,
 )
+from .logs import REDACTED, scrub_text
+from .models import caps
 from .retry import backoff_delay, parse_retry_after
 
 __all__ = [
@@ -64,7 +69,7 @@ T = TypeVar("T")
 _T2I_PATH = "/services/aigc/text2image/image-synthesis"
 _I2I_PATH = "/services/aigc/image2image/image-synthesis"
 _MULTIMODAL_PATH = "/services/aigc/multimodal-generation/generation"
-_PROMPT_MAX_CHARS = 800  # the server silently cuts longer prompts: worth a warning
+_BEIJING = timezone(timedelta(hours=8))  # the service's clock: Beijing time, no zone sent
 _CHUNK = 64 * 1024
 _ERROR_BODY_MAX = 64 * 1024  # error bodies are small; never buffer a huge one
 _CONNECTION_LIMIT = 64  # API host + OSS host together; quotas keep real use far lower
@@ -123,6 +128,10 @@ class ClientConfig(BaseModel):
     retry_after_cap_s: float = Field(120.0, gt=0)
     download_max_bytes: int = Field(40 * MiB, gt=0)
     compatible_base_url: str | None = None  # None: derived from base_url
+    connect_timeout_s: float = Field(10.0, gt=0)  # a connect slower than this is a failure
+    # Circuit breaker: this long of nothing but connection failures to a host stops the run.
+    breaker_window_s: float = Field(30.0, ge=0)
+    breaker_min_failures: int = Field(3, ge=1)
 
     @field_validator("base_url", "compatible_base_url")
     @classmethod
@@ -183,6 +192,11 @@ class TaskState(BaseModel):
     message: str | None = None
     actual_prompts: list[str] = Field(default_factory=list)  # when prompt_extend rewrote it
     request_id: str | None = None
+    # The service's own clock (epoch seconds): end_time - submit_time is the task's true
+    # duration, free of the poller's delay. None when the answer does not carry them.
+    submit_time: float | None = None
+    scheduled_time: float | None = None
+    end_time: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -209,6 +223,20 @@ def _safe_where(url: str) -> str:
     """scheme://host/path: result URLs carry pre-signed query strings, never log those."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def service_time(value: object) -> float | None:
+    """Epoch seconds of the service's "YYYY-MM-DD HH:MM:SS.fff" (Beijing time, UTC+8)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    for form in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S"):
+        try:
+            naive = datetime.strptime(text, form)
+        except ValueError:
+            continue
+        return naive.replace(tzinfo=_BEIJING).timestamp()
+    return None
 
 
 def _str_or_none(value: object) -> str | None:
@@ -275,6 +303,7 @@ class DashScopeClient:
         self._session = session
         self._owns_session = session is None
         self._on_event = on_event
+        self._breaker = HostBreaker(config.breaker_window_s, config.breaker_min_failures)
 
     def __repr__(self) -> str:
         return f"DashScopeClient(base_url={self._config.base_url!r})"
@@ -335,7 +364,7 @@ class DashScopeClient:
         watermark: bool = False,
     ) -> Submitted:
         """Submit a text-to-image task (async mode). Not retried here."""
-        self._check_n(n)
+        self._check_n(model, n)
         self._warn_long_prompt(model, prompt)
         input_: dict[str, Any] = {"prompt": prompt}
         if negative_prompt:
@@ -366,12 +395,41 @@ class DashScopeClient:
     ) -> Submitted:
         """Submit an image-edit task (wanx2.1-imageedit) on the image2image path.
         ``image`` is a URL or a ``data:`` URI. Not retried here."""
-        self._check_n(n)
+        self._check_n(model, n)
         self._warn_long_prompt(model, prompt)
         input_: dict[str, Any] = {"function": function, "prompt": prompt, "base_image_url": image}
         parameters: dict[str, Any] = {"n": n, "watermark": watermark}
         if function in ("description_edit", "stylization_all"):
             parameters["strength"] = strength  # only these functions take a strength
+        if seed is not None:
+            parameters["seed"] = seed
+        body = {"model": model, "input": input_, "parameters": parameters}
+        return await self._submit(_I2I_PATH, model, body)
+
+    async def submit_images_edit(
+        self,
+        model: str,
+        prompt: str,
+        images: list[str],
+        *,
+        n: int = 1,
+        size: str | None = None,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        watermark: bool = False,
+    ) -> Submitted:
+        """Submit an edit that names its sources as ``input.images`` (wan2.5-i2i-preview) on
+        the image2image path. Not retried here."""
+        self._check_n(model, n)
+        if not images:
+            raise ValueError("images is empty")
+        self._warn_long_prompt(model, prompt)
+        input_: dict[str, Any] = {"prompt": prompt, "images": list(images)}
+        if negative_prompt:
+            input_["negative_prompt"] = negative_prompt
+        parameters: dict[str, Any] = {"n": n, "watermark": watermark}
+        if size is not None:
+            parameters["size"] = size
         if seed is not None:
             parameters["seed"] = seed
         body = {"model": model, "input": input_, "parameters": parameters}
@@ -408,14 +466,22 @@ class DashScopeClient:
         negative_prompt: str | None = None,
         seed: int | None = None,
         watermark: bool = False,
+        size: str | None = None,
+        prompt_extend: bool | None = None,
     ) -> SyncResult:
-        """Sync multimodal-generation edit (qwen-image-edit). No async header, not retried."""
-        self._check_n(n)
+        """Sync multimodal-generation edit (the qwen-image-edit family; qwen-image-edit-plus
+        returns n = 1-6 images in one call). No async header, not retried."""
+        self._check_n(model, n)
+        self._warn_long_prompt(model, prompt)
         parameters: dict[str, Any] = {"n": n, "watermark": watermark}
         if negative_prompt:
             parameters["negative_prompt"] = negative_prompt
         if seed is not None:
             parameters["seed"] = seed
+        if size is not None:
+            parameters["size"] = size
+        if prompt_extend is not None:
+            parameters["prompt_extend"] = prompt_extend
         body = {
             "model": model,
             "input": {
@@ -513,11 +579,13 @@ class DashScopeClient:
         return headers
 
     def _redact(self, text: str) -> str:
-        """Belt and braces: a server echoing the key must not put it into our exceptions."""
+        """Belt and braces: a server echoing the key (ours or any ``sk-...``) must not put it
+        into our exceptions or logs."""
         key = self._config.api_key.get_secret_value()
         if key and key in text:
-            text = text.replace(key, "***")
-        text = re.sub(r"(?i)bearer\s+\S+", "Bearer ***", text)
+            text = text.replace(key, REDACTED)
+        text = scrub_text(text)  # any sk-... key, Bearer tokens, keys given to logging
+        text = re.sub(r"(?i)bearer\s+\S+", "Bearer " + REDACTED, text)
         # Pre-signed query strings (Signature=...) stay out of messages too.
         return re.sub(r"(https?://[^\s?'\"]+)\?[^\s'\"]*", r"\1?...", text)
 
@@ -540,8 +608,11 @@ class DashScopeClient:
         task_id = output.get("task_id") if isinstance(output, dict) else None
         request_id = _str_or_none(data.get("request_id"))
         if not isinstance(task_id, str) or not task_id:
-            raise ServerError(
-                "submit answer has no output.task_id", request_id=request_id, model=model
+            raise SubmitUncertain(
+                "submit: HTTP 200 answer has no output.task_id; the task MAY have been "
+                "accepted (and billed)",
+                request_id=request_id,
+                model=model,
             )
         log.debug("dashscope.submitted", model=model, task_id=task_id, request_id=request_id)
         return Submitted(task_id=task_id, request_id=request_id, model=model)
@@ -558,6 +629,8 @@ class DashScopeClient:
         async_task: bool = False,
     ) -> dict[str, Any]:
         """One attempt against the API host: the JSON object of a 2xx answer, or a typed error."""
+        host = urlsplit(url).netloc
+        self._breaker.check(host)
         self._emit("request", {"kind": kind, "model": model})
         session = self._get_session()
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -568,8 +641,9 @@ class DashScopeClient:
                 url,
                 data=data,
                 headers=self._api_headers(async_task=async_task),
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=self._timeout(timeout_s),
             ) as resp:
+                self._breaker.success(host)
                 status = resp.status
                 headers = resp.headers
                 raw = await resp.read()
@@ -577,7 +651,9 @@ class DashScopeClient:
             # Only the configured base URL can make this: nothing else will work either.
             raise Fatal(f"{kind}: invalid API URL {_safe_where(url)!r}", model=model) from None
         except _NETWORK_ERRORS as exc:
-            raise self._network_error(kind, exc, timeout_s, model) from None
+            raise self._connect_failure(host, exc) or self._network_error(
+                kind, exc, timeout_s, model
+            ) from None
         except aiohttp.ClientError as exc:
             raise ServerError(
                 self._redact(f"{kind}: {type(exc).__name__}: {exc}"), model=model
@@ -590,8 +666,12 @@ class DashScopeClient:
         try:
             parsed = json.loads(raw) if raw else {}
         except (ValueError, UnicodeDecodeError):
-            raise ServerError(
-                f"{kind}: HTTP {status} answer is not JSON: {self._redact(_snippet(raw))}",
+            # A submit or a sync call answered 2xx may have been carried out (and billed):
+            # say so, so that the caller does not take a retry for free.
+            kind_of = SubmitUncertain if kind in ("submit", "sync") else ServerError
+            maybe = "; it MAY have been accepted (and billed)" if kind_of is SubmitUncertain else ""
+            raise kind_of(
+                f"{kind}: HTTP {status} answer is not JSON{maybe}: {self._redact(_snippet(raw))}",
                 status=status,
                 model=model,
             ) from None
@@ -614,6 +694,8 @@ class DashScopeClient:
         return parsed
 
     async def _download_once(self, url: str) -> bytes:
+        host = urlsplit(url).netloc
+        self._breaker.check(host)
         self._emit("request", {"kind": "download", "model": None})
         session = self._get_session()
         where = _safe_where(url)
@@ -623,8 +705,9 @@ class DashScopeClient:
             async with session.get(
                 url,
                 headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
-                timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+                timeout=self._timeout(self._config.timeout_s),
             ) as resp:
+                self._breaker.success(host)
                 if resp.status >= 400:
                     raw = await resp.content.read(_ERROR_BODY_MAX)
                     raise self._download_error(resp.status, raw, resp.headers, where)
@@ -645,7 +728,9 @@ class DashScopeClient:
         except aiohttp.InvalidURL:
             raise RowFailed(f"download: invalid URL {where!r}") from None
         except _NETWORK_ERRORS as exc:
-            raise self._network_error("download", exc, self._config.timeout_s, None) from None
+            raise self._connect_failure(host, exc) or self._network_error(
+                "download", exc, self._config.timeout_s, None
+            ) from None
         except aiohttp.ClientError as exc:
             # str(exc) may quote the full pre-signed URL: the type name is enough.
             raise DownloadError(f"download: {type(exc).__name__} ({where})") from None
@@ -714,6 +799,19 @@ class DashScopeClient:
             )
         self._report_error("download", exc)
         return exc
+
+    def _timeout(self, total_s: float) -> aiohttp.ClientTimeout:
+        # A separate connect limit, so that a host that never answers the SYN is told apart
+        # from a slow answer (the circuit breaker counts only the former).
+        return aiohttp.ClientTimeout(
+            total=total_s, sock_connect=min(self._config.connect_timeout_s, total_s)
+        )
+
+    def _connect_failure(self, host: str, exc: BaseException) -> Fatal | None:
+        """The breaker's verdict on a network error: ServiceUnreachable once it opens."""
+        if not isinstance(exc, CONNECT_ERRORS):
+            return None
+        return self._breaker.failure(host, exc)
 
     def _network_error(
         self, kind: str, exc: BaseException, timeout_s: float, model: str | None
@@ -812,7 +910,12 @@ class DashScopeClient:
                 if isinstance(prompt, str) and prompt:
                     actual_prompts.append(prompt)
             elif item.get("code") or item.get("message"):
-                item_errors.append((str(item.get("code") or ""), str(item.get("message") or "")))
+                item_errors.append(
+                    (
+                        self._redact(str(item.get("code") or "")),
+                        self._redact(str(item.get("message") or "")),
+                    )
+                )
         if status == "SUCCEEDED" and not urls:
             # SUCCEEDED means at least one image: an answer without one is malformed.
             raise ServerError(
@@ -823,10 +926,15 @@ class DashScopeClient:
             status=status,
             urls=urls,
             item_errors=item_errors,
-            code=_str_or_none(output.get("code")),
-            message=_str_or_none(output.get("message")),
-            actual_prompts=actual_prompts,
+            # A FAILED task's words come from the network: scrubbed like an error answer's,
+            # since they become the row's reason (failed.csv, summary, console).
+            code=_str_or_none(self._redact(str(output.get("code") or ""))),
+            message=_str_or_none(self._redact(str(output.get("message") or ""))),
+            actual_prompts=[scrub_text(p) for p in actual_prompts],
             request_id=request_id,
+            submit_time=service_time(output.get("submit_time")),
+            scheduled_time=service_time(output.get("scheduled_time")),
+            end_time=service_time(output.get("end_time")),
         )
 
     def _emit(self, name: str, payload: dict[str, Any]) -> None:
@@ -838,16 +946,17 @@ class DashScopeClient:
             log.exception("dashscope.event_hook_failed", hook_event=name)
 
     @staticmethod
-    def _check_n(n: int) -> None:
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
+    def _check_n(model: str, n: int) -> None:
+        # A caller's mistake, not the service's: the capability table says what one request
+        # may return (qwen-image: 1, qwen-image-edit-plus: 6, wanx: 4).
+        n_max = caps(model).n_max
+        if not 1 <= n <= n_max:
+            raise ValueError(f"n must be 1 to {n_max} for {model}, got {n}")
 
     @staticmethod
     def _warn_long_prompt(model: str, prompt: str) -> None:
-        if len(prompt) > _PROMPT_MAX_CHARS:
+        limit = caps(model).prompt_limit
+        if len(prompt) > limit:
             log.warning(
-                "dashscope.prompt_truncated_by_server",
-                model=model,
-                chars=len(prompt),
-                limit=_PROMPT_MAX_CHARS,
+                "dashscope.prompt_truncated_by_server", model=model, chars=len(prompt), limit=limit
             )

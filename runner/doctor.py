@@ -5,8 +5,10 @@
           -> check the network / proxy, or set DASHSCOPE_HTTP_BASE_URL
 
 Checks: the API key (present or not, never shown: not even its length or tail), the base URL
-(one cheap GET with a short timeout; offline it says "unreachable", it never hangs), the
-settings, the face-swap models folder, onnxruntime's providers, and free disk under --out.
+(one cheap GET with a short timeout; offline it says "unreachable", it never hangs; an
+answer that is not DashScope's, such as a 404 page, is red), the region and whether it
+serves each configured model, the settings, the face-swap models folder, onnxruntime's
+providers, and free disk under --out.
 Exit status: 0 when nothing is red, 1 when any check FAILs.
 
 Wiring (``runner/cli.py``): ``_extra_commands()`` returns ``{"doctor": doctor.command}`` and
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from .errors import SettingsError
+from .models import BASE_URLS, caps, default_models, region_of_url
 from .settings import DEFAULT_BASE_URL, Settings, load_settings
 
 Level = Literal["ok", "warn", "FAIL"]
@@ -97,8 +100,9 @@ def check_key(settings: Settings) -> Check:
     return Check("key", "ok", f"set ({where})")
 
 
-async def _probe(url: str, key: str | None, timeout_s: float) -> tuple[int | None, str]:
-    """(HTTP status, code of the error body) of one GET, or (None, why) when unreachable."""
+async def _probe(url: str, key: str | None, timeout_s: float) -> tuple[int | None, str, bool]:
+    """(HTTP status, code of the error body, whether the answer is DashScope's) of one GET,
+    or (None, why, False) when unreachable."""
     import aiohttp
 
     headers = {"Accept": "application/json", "User-Agent": "runner-doctor"}
@@ -111,20 +115,24 @@ async def _probe(url: str, key: str | None, timeout_s: float) -> tuple[int | Non
             session.get(url, headers=headers, allow_redirects=False) as resp,
         ):
             code = ""
+            try:
+                body = await resp.json(content_type=None)
+            except Exception:
+                body = None
+            if not isinstance(body, dict):
+                return resp.status, "", False
             if resp.status >= 400:
-                try:
-                    body = await resp.json(content_type=None)
-                    if isinstance(body, dict):
-                        code = str(body.get("code") or "")
-                except Exception:
-                    code = ""
-            return resp.status, code
+                code = str(body.get("code") or "")
+            # A task query on an API root is answered {"output": ..., "request_id": ...}, or
+            # refused with {"code": ..., "request_id": ...}; a 404 page is neither.
+            shaped = resp.status != 404 and ("output" in body or bool(code))
+            return resp.status, code, shaped
     except TimeoutError:
-        return None, f"no answer within {timeout_s:g} s"
+        return None, f"no answer within {timeout_s:g} s", False
     except aiohttp.ClientError as exc:
         # Only the exception's type: its text may repeat the URL, never the key, but keep
         # the line short.
-        return None, type(exc).__name__
+        return None, type(exc).__name__, False
 
 
 def check_base_url(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> Check:
@@ -145,11 +153,13 @@ def check_base_url(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> Ch
         key = None
     url = f"{base}/tasks/doctor-{uuid.uuid4().hex[:12]}"
     try:
-        status, code = asyncio.run(asyncio.wait_for(_probe(url, key, timeout_s), timeout_s + 1.0))
+        status, code, shaped = asyncio.run(
+            asyncio.wait_for(_probe(url, key, timeout_s), timeout_s + 1.0)
+        )
     except TimeoutError:
-        status, code = None, f"no answer within {timeout_s:g} s"
+        status, code, shaped = None, f"no answer within {timeout_s:g} s", False
     except Exception as exc:  # a broken resolver and the like: still one line
-        status, code = None, type(exc).__name__
+        status, code, shaped = None, type(exc).__name__, False
     needed = key is not None
     if status is None:
         return Check(
@@ -175,8 +185,61 @@ def check_base_url(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> Ch
             f"{base} reachable, but the account is in arrears (Arrearage)",
             "top up the Alibaba Cloud account",
         )
+    if not shaped:
+        # Any HTTP answer used to count as "ok": a 404 page means requests go nowhere useful.
+        return Check(
+            "base URL",
+            "FAIL",
+            f"{base} answers a task query with HTTP {status}, not as DashScope does: "
+            "not a DashScope API root",
+            f"the base URL ends in /api/v1, e.g. {BASE_URLS['cn']} or {BASE_URLS['intl']}",
+        )
     what = "key accepted" if key is not None and status < 400 else f"HTTP {status}"
     return Check("base URL", "ok", f"{base} reachable ({what})")
+
+
+def check_region(settings: Settings) -> Check:
+    """The region, and for each configured model whether the region is documented to serve
+    it (runner.models): a model it does not serve answers "Model not exist."."""
+    base = (settings.base_url or "").strip()
+    by_url = region_of_url(base)
+    region = settings.region if settings.region in ("cn", "intl") else by_url
+    names = {"cn": "cn (Beijing)", "intl": "intl (Singapore)"}
+    models = settings.models or default_models(region)
+    served: list[str] = []
+    notes: list[str] = []
+    level: Level = "ok"
+    for task_type, listed in models.items():
+        usable = 0
+        for model in listed:
+            found = caps(model)
+            if found.endpoint == "local":
+                usable += 1
+                continue
+            if not found.documented:
+                notes.append(f"{model} ({task_type}) is not in the reference: served or not")
+                usable += 1
+            elif found.served_in(region):
+                served.append(model)
+                usable += 1
+            else:
+                level = "warn"
+                notes.append(f"{model} ({task_type}) is not served in {region}")
+        if not usable:
+            level = "FAIL"
+            notes.append(f"no {task_type} model is served in {region}")
+    host = urlsplit(base).netloc.lower()
+    if host.startswith(("dashscope.", "dashscope-intl.", "dashscope-us.")) and by_url != region:
+        level = "FAIL"
+        notes.append(f"the base URL {base} is in {by_url}")
+    detail = f"{names[region]}; served: {', '.join(dict.fromkeys(served)) or 'none'}"
+    if notes:
+        detail += "; " + "; ".join(notes)
+    fix = (
+        f"use the region's models (settings.toml lists both), or set region = "
+        f'"{"intl" if region == "cn" else "cn"}" with its base URL'
+    )
+    return Check("region", level, detail, fix if level != "ok" else "")
 
 
 def check_settings(
@@ -350,18 +413,31 @@ def run_doctor(
     return [
         check_key(settings),
         check_base_url(settings, timeout_s),
+        check_region(settings),
         check_settings(settings, files=settings_files),
         check_models(settings),
         check_onnxruntime(),
+        *check_local(settings),
         check_disk(Path(out_dir)),
     ]
+
+
+def check_local(settings: Settings) -> list[Check]:
+    """The devices local models would run on, and each local model's folder."""
+    from .local.checks import local_lines
+
+    return [Check(name, level, detail, fix) for level, name, detail, fix in local_lines(settings)]
 
 
 def _defaults() -> Settings:
     """Settings without any file, for the checks that still make sense when the files are
     broken (the environment's key and base URL are kept)."""
     key = os.environ.get("DASHSCOPE_API_KEY")
-    base = os.environ.get("DASHSCOPE_HTTP_BASE_URL", DEFAULT_BASE_URL)
+    base = (
+        os.environ.get("DASHSCOPE_HTTP_BASE_URL")
+        or os.environ.get("DASHSCOPE_BASE_URL")
+        or DEFAULT_BASE_URL
+    )
     return Settings.model_construct(
         api_key=SecretStr(key) if key and key.strip() else None, base_url=base
     )
@@ -380,6 +456,7 @@ def diagnose(
         return [
             check_key(fallback),
             check_base_url(fallback, timeout_s),
+            check_region(fallback),
             broken,
             check_models(fallback),
             check_onnxruntime(),
@@ -400,6 +477,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PROBE_TIMEOUT_S,
         help=f"seconds to wait for the base URL (default {PROBE_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="also list a Ray cluster's nodes and devices (RAY_ADDRESS when none is given)",
+    )
 
 
 def command(args: argparse.Namespace, console: Any) -> int:
@@ -411,6 +495,12 @@ def command(args: argparse.Namespace, console: Any) -> int:
         Path(getattr(args, "out", None) or "outputs"),
         timeout_s=float(getattr(args, "timeout", None) or PROBE_TIMEOUT_S),
     )
+    if getattr(args, "ray", None) is not None:  # only then is ray imported
+        from .cli import ray_address
+        from .local.checks import ray_lines
+
+        address = ray_address(args.ray) or "auto"
+        checks += [Check(n, lvl, d, f) for lvl, n, d, f in ray_lines(address)]
     styles = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
     for check in checks:
         line = check.line()

@@ -1,9 +1,12 @@
 """The typed error tree. Every layer raises these; the scheduler decides by type alone.
 
-- ``Retryable``: back off and try the same thing again (429 throttling, 5xx, timeouts, resets).
-- ``ModelRefused``: this model will not do this row; try the next model in the list.
+- ``Retryable``: back off and try the same thing again (429 throttling, 5xx, timeouts, resets);
+  ``TokensThrottled`` (a tokens-a-minute 429) always carries a ``retry_after`` pause.
+- ``ModelRefused``: this model will not do this row (moderation); try the next model.
+  ``ModelNotServed``: the model is not served here at all; set it aside for the whole run.
 - ``RowFailed``: the row itself is wrong (bad input, rejected prompt on every model); fail it.
 - ``Fatal``: nothing else can succeed either (bad key, no money, disk full); stop the run.
+  ``ServiceUnreachable``: every connection to the host failed for about 30 s.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ class DashScopeError(RunnerError):
     def __str__(self) -> str:
         parts = [p for p in (self.code, str(self.status) if self.status else "") if p]
         head = f"[{' '.join(parts)}] " if parts else ""
-        return f"{head}{self.args[0] if self.args else ''}"
+        # Without the server's closing period: callers end their sentence themselves
+        # ("Run stopped: ... provided." rather than "provided..").
+        text = str(self.args[0]) if self.args else ""
+        return f"{head}{text.rstrip().rstrip('.')}"
 
 
 class Retryable(DashScopeError):
@@ -57,13 +63,27 @@ class RateLimited(Retryable):
     """429 Throttling*: the model's quota (submits a second or tasks in flight) is full."""
 
 
+class TokensThrottled(RateLimited):
+    """429 Throttling.AllocationQuota / insufficient_quota: a tokens-per-minute throttle that
+    clears within about a minute. ``retry_after`` is always set (the server's, or ours)."""
+
+
 class ServerError(Retryable):
     """5xx, a connection reset, a stalled server: nothing wrong with the request."""
 
 
+class SubmitUncertain(ServerError):
+    """A submit was answered 200 but the answer could not be read: the task MAY exist (and be
+    paid for). Retrying submits it again; the caller decides whether that is acceptable."""
+
+
 class ModelRefused(DashScopeError):
-    """This model will not serve the row (access denied, no such model, quota exhausted,
-    content moderation); another model in the list may."""
+    """This model will not serve the row (content moderation); another model may."""
+
+
+class ModelNotServed(ModelRefused):
+    """This model is not served to this account here at all ("Model not exist." in this
+    region, access denied, not purchased, free tier used up): set it aside for the run."""
 
 
 class RowFailed(DashScopeError):
@@ -71,7 +91,20 @@ class RowFailed(DashScopeError):
 
 
 class Fatal(DashScopeError):
-    """The account or key is unusable (InvalidApiKey, Arrearage): stop the whole run."""
+    """The account or key is unusable (InvalidApiKey, Arrearage, overdue bills): stop the run."""
+
+
+class ServiceUnreachable(Fatal):
+    """Every connection to the host failed for a while (DNS, refused, TLS, connect timeouts),
+    with no success in between: stop once, naming the host and the error."""
+
+    def __init__(self, host: str, error: str, seconds: float) -> None:
+        super().__init__(
+            f"cannot reach {host} ({error}); every connection failed for {seconds:.0f} s",
+            code="ServiceUnreachable",
+        )
+        self.host = host
+        self.error = error
 
 
 class DownloadError(Retryable):
@@ -86,17 +119,32 @@ class DiskFull(RunnerError):
     """Writing a result failed for lack of space: stop, keep what is written."""
 
 
-# The error table of the protocol reference, by code first, then by HTTP status.
+# The reference's error table, by code (native and OpenAI-compatible names); the few codes
+# whose meaning depends on the message are refined in classify().
 _BY_CODE: dict[str, type[DashScopeError]] = {
     "InvalidApiKey": Fatal,
+    "invalid_api_key": Fatal,
     "Arrearage": Fatal,
+    "arrearage": Fatal,
+    "CommodityNotPurchased": Fatal,
+    "PrepaidBillOverdue": Fatal,
+    "PostpaidBillOverdue": Fatal,
     "Throttling": RateLimited,
     "Throttling.RateQuota": RateLimited,
-    "Throttling.AllocationQuota": ModelRefused,  # exhausted: not soon
-    "AccessDenied": ModelRefused,
-    "Model.AccessDenied": ModelRefused,
-    "ModelNotFound": ModelRefused,
+    "Throttling.BurstRate": RateLimited,
+    "limit_requests": RateLimited,
+    "limit_burst_rate": RateLimited,
+    "Throttling.AllocationQuota": TokensThrottled,
+    "insufficient_quota": TokensThrottled,
+    "AccessDenied": ModelNotServed,
+    "Model.AccessDenied": ModelNotServed,
+    "AccessDenied.Unpurchased": ModelNotServed,
+    "AllocationQuota.FreeTierOnly": ModelNotServed,
+    "ModelNotFound": ModelNotServed,
+    "model_not_found": ModelNotServed,
     "DataInspectionFailed": ModelRefused,  # moderation: another model may pass
+    "InvalidParameter.DataInspection": ModelRefused,
+    "data_inspection_failed": ModelRefused,
     "IPInfringementSuspect": ModelRefused,
     "InvalidParameter": RowFailed,
     "BadRequest.InputDownloadFailed": RowFailed,
@@ -106,7 +154,35 @@ _BY_CODE: dict[str, type[DashScopeError]] = {
     "InternalError.Timeout": ServerError,
     "SystemError": ServerError,
     "ModelUnavailable": ServerError,
+    "ModelServingError": ServerError,
 }
+
+# Seconds to pause on a tokens-a-minute 429 that carries no Retry-After: the window is a
+# minute, so a pause of a fraction of it lets part of the window pass before the next try.
+TOKENS_RETRY_AFTER_S = 20.0
+
+
+def _by_message(code: str, message: str) -> type[DashScopeError] | None:
+    folded = message.casefold()
+    if code == "InvalidParameter" and "model not exist" in folded:
+        return ModelNotServed  # the region does not serve the model: not the row's fault
+    if code in ("Throttling.AllocationQuota", "insufficient_quota") and (
+        "free allocated quota exceeded" in folded
+    ):
+        return ModelNotServed  # the free tier is used up: no pause brings it back
+    return None
+
+
+def _by_status(status: int) -> type[DashScopeError]:
+    if status == 429:
+        return RateLimited
+    if status in (408, 409) or status >= 500:
+        return ServerError
+    if status == 401:
+        return Fatal
+    if status in (403, 404):
+        return ModelNotServed
+    return RowFailed  # 400 and 415: the request (the row's input) is wrong
 
 
 def classify(
@@ -118,28 +194,22 @@ def classify(
     request_id: str | None = None,
     model: str | None = None,
 ) -> DashScopeError:
-    """Turn an error answer (or a FAILED task's code, status None) into its typed error."""
+    """Turn an error answer (or a FAILED task's code, status None) into its typed error:
+    by code AND message (the reference's table), then by HTTP status."""
     code = code or ""
-    kind: type[DashScopeError] | None = _BY_CODE.get(code)
+    kind: type[DashScopeError] | None = _by_message(code, message) or _BY_CODE.get(code)
     if kind is None and code.startswith("Throttling"):
         kind = RateLimited
     if kind is None and code.startswith(("InternalError", "SystemError")):
         kind = ServerError
     if kind is None and status is not None:
-        if status == 429:
-            kind = RateLimited
-        elif status in (408, 409) or status >= 500:
-            kind = ServerError
-        elif status == 401:
-            kind = Fatal
-        elif status in (403, 404):
-            kind = ModelRefused
-        else:
-            kind = RowFailed
+        kind = _by_status(status)
     if kind is None:
         kind = RowFailed
     msg = message or code or f"HTTP {status}"
     if issubclass(kind, Retryable):
+        if kind is TokensThrottled and retry_after is None:
+            retry_after = TOKENS_RETRY_AFTER_S
         return kind(
             msg,
             retry_after=retry_after,

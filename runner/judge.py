@@ -29,9 +29,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from PIL import Image
 from pydantic import BaseModel, Field
 
-from .errors import DashScopeError, Fatal, RateLimited, Retryable, RunnerError
+from .errors import (
+    TOKENS_RETRY_AFTER_S,
+    DashScopeError,
+    Fatal,
+    RateLimited,
+    Retryable,
+    RunnerError,
+    TokensThrottled,
+)
 from .images import ImageProblem, open_image
 from .journal import JOURNAL_NAME, Journal, RowState, replay
 from .retry import backoff_delay
@@ -60,6 +69,8 @@ _JPEG_QUALITY = 90
 _TRANSPORT_RETRIES = 4  # per call, for 429 / 5xx / timeouts
 _PARSE_ATTEMPTS = 2  # the first answer and one retry
 _MAX_TOKENS = 512
+_ECHO_CHARS = 1000  # an unusable answer goes back this long at most, on the re-ask
+_TOKENS_PAUSE_MAX_S = 900.0  # most one call waits out tokens-a-minute 429s before giving up
 _FENCE = re.compile(r"\A```(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.S)
 
 # --------------------------------------------------------------------------- prompt texts
@@ -249,7 +260,7 @@ def _snippet(text: str, limit: int = 120) -> str:
 
 def _data_uri(path: Path, max_side: int) -> str:
     """Blocking: the image shrunk to ``max_side`` as a JPEG data URI (judges need no more)."""
-    img = open_image(path)
+    img = open_image(path, max_side=max_side)  # decoded at a reduced scale where it can be
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), resample=3)  # 3 = BICUBIC, cheap and good enough
     buf = io.BytesIO()
@@ -265,25 +276,70 @@ def _image_part(uri: str) -> dict[str, Any]:
 
 
 class _Pacer:
-    """Spaces call starts by 60/rpm seconds (reserve the turn, then sleep)."""
+    """Paces call starts by requests AND tokens a minute (qwen-vl-max: 1,200 requests and
+    1,000,000 tokens; with images the tokens run out first). Each call reserves its turn:
+    60/rpm seconds after the last start, and its tokens' share of the minute after the
+    tokens already sent; then sleeps until then. ``pause`` holds every later call back
+    (a tokens-a-minute 429 clears within about a minute)."""
 
     def __init__(
         self,
         requests_per_minute: float,
+        tokens_per_minute: float,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> None:
         self.interval = 60.0 / requests_per_minute
+        self.seconds_per_token = 60.0 / tokens_per_minute
         self._clock = clock
         self._sleep = sleep
         self._next = -math.inf
+        self._tokens_clear = -math.inf  # when the tokens reserved so far are paid off
 
-    async def wait(self) -> None:
+    async def wait(self, tokens: int = 0) -> None:
         now = self._clock()
-        at = max(now, self._next)
+        at = max(now, self._next, self._tokens_clear)
         self._next = at + self.interval
+        self._tokens_clear = at + tokens * self.seconds_per_token
         if at > now:
             await self._sleep(at - now)
+
+    def pause(self, seconds: float) -> None:
+        until = self._clock() + seconds
+        self._next = max(self._next, until)
+
+
+# Qwen-VL counts one token per 28x28 patch (a 1024x1024 image: about 1.3k tokens); a text
+# token is about 2 characters of mixed Chinese and English; the answer is at most _MAX_TOKENS.
+_PATCH = 28
+_CHARS_PER_TOKEN = 2
+
+
+def _uri_tokens(uri: str) -> int:
+    """Tokens of one image data URI, from its pixel size (the header only is decoded)."""
+    try:
+        raw = base64.b64decode(uri.split(",", 1)[1])
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+    except Exception:  # an odd URI: assume the judge's largest image
+        width = height = 1024
+    return math.ceil(width / _PATCH) * math.ceil(height / _PATCH) + 2
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """What one chat request costs against the tokens-a-minute limit, input and output."""
+    tokens = _MAX_TOKENS
+    for message in messages:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "image_url":
+                tokens += _uri_tokens(str(part.get("image_url", {}).get("url", "")))
+            elif isinstance(part.get("text"), str):
+                tokens += len(part["text"]) // _CHARS_PER_TOKEN + 1
+    return tokens
 
 
 class Judge:
@@ -302,7 +358,7 @@ class Judge:
         self.client = client
         self.settings = settings
         self.emulated = emulated
-        self._pacer = _Pacer(settings.requests_per_minute, clock, sleep)
+        self._pacer = _Pacer(settings.requests_per_minute, settings.tokens_per_minute, clock, sleep)
         self._sleep = sleep
         self.calls = 0  # requests sent and not refused with a 429 (what the budget counts)
         self.throttled = 0
@@ -402,10 +458,16 @@ class Judge:
             {"role": "user", "content": parts},
         ]
         last: AnswerError | None = None
+        answer = ""
         for attempt in range(_PARSE_ATTEMPTS):
             if attempt:
-                # The answer itself is not echoed back: its words could change the question.
-                messages = [*messages, {"role": "user", "content": _REASK.format(n=n)}]
+                # Turns must alternate (user, assistant, user): the unusable answer goes back
+                # as the assistant's turn, shortened, before the request to answer again.
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": answer[:_ECHO_CHARS] or "(empty)"},
+                    {"role": "user", "content": _REASK.format(n=n)},
+                ]
             answer = await self._call(messages)
             try:
                 return parse_answer(answer, n)
@@ -418,10 +480,12 @@ class Judge:
     async def _call(self, messages: list[dict[str, Any]]) -> str:
         """One chat request under the rate limit and the budget; transport errors retried."""
         failures = 0
+        paused = 0.0
+        tokens = estimate_tokens(messages)
         while True:
             if self.calls >= self.settings.budget:
                 raise JudgeBudgetExhausted(f"judge budget of {self.settings.budget} calls is spent")
-            await self._pacer.wait()
+            await self._pacer.wait(tokens)
             self.calls += 1
             try:
                 return await self.client.chat(
@@ -429,6 +493,19 @@ class Judge:
                 )
             except Fatal:
                 raise
+            except TokensThrottled as exc:
+                # The tokens-a-minute throttle clears within a minute: pause every judge call
+                # and ask again; it never leaves a candidate unscored (up to a long bound).
+                self.throttled += 1
+                self.calls -= 1
+                delay = exc.retry_after or TOKENS_RETRY_AFTER_S
+                paused += delay
+                if paused > _TOKENS_PAUSE_MAX_S:
+                    raise _CallFailed(f"judge throttled for {paused:.0f} s: {exc}") from None
+                self.retries += 1
+                log.info("judge.tokens_throttled", delay_s=round(delay, 2))
+                self._pacer.pause(delay)
+                continue
             except Retryable as exc:
                 if isinstance(exc, RateLimited):
                     self.throttled += 1
@@ -473,8 +550,8 @@ class RejudgeSummary(BaseModel):
 
 
 def candidate_files(out_dir: Path, index: str, row: RowState) -> list[dict[str, Any]]:
-    """The outputs of one row, relative to ``out_dir``: the journal's candidates first, then
-    any others found under candidates/<index>/, else the single imgs/<index>.jpg.
+    """The outputs of one row, relative to ``out_dir``: the current result's candidates (and
+    any others under candidates/<index>/ when it had candidates), else imgs/<index>.jpg.
 
     Each entry: {"file", "model", "identity_target"} (the last two may be None).
     """
@@ -488,11 +565,14 @@ def candidate_files(out_dir: Path, index: str, row: RowState) -> list[dict[str, 
         seen.add(rel)
         out.append({"file": rel, "model": model, "identity_target": identity})
 
-    for c in row.result.get("candidates") or []:
+    listed = row.result.get("candidates") or []
+    for c in listed:
         if isinstance(c, dict) and isinstance(c.get("file"), str):
             add(c["file"], c.get("model"), c.get("identity_target"))
     folder = out_dir / "candidates" / index
-    if folder.is_dir():
+    # Only a result made with candidates owns the folder: files left there by an earlier
+    # result of the row are stale and must never replace the current image.
+    if listed and folder.is_dir():
         files = [p for p in folder.iterdir() if p.suffix.lower() == ".jpg" and p.is_file()]
         files.sort(
             key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name)
@@ -518,9 +598,30 @@ async def rejudge(
     concurrency: int = 8,
 ) -> RejudgeSummary:
     """Score every existing output and candidate again (no generation), journal "judged"
-    records, re-pick each row's best into imgs/<index>.jpg and journal "chosen"."""
+    records, re-pick each row's best into imgs/<index>.jpg and journal "chosen".
+
+    Holds the folder's lock: no run may write images or the journal meanwhile.
+    """
+    from .errors import TaskFileError
+    from .store import OutLock
+
     out_dir = Path(out_dir)
-    tasklist = await asyncio.to_thread(load_tasks, Path(tasks_path), images)
+    if not (out_dir / JOURNAL_NAME).is_file():
+        raise TaskFileError(f"{out_dir} holds no run (no {JOURNAL_NAME}): nothing to rejudge")
+    with OutLock(out_dir, "rejudge"):
+        return await _rejudge(out_dir, tasks_path, images, settings, client, concurrency)
+
+
+async def _rejudge(
+    out_dir: Path,
+    tasks_path: Path,
+    images: Path | None,
+    settings: Settings,
+    client: _Client,
+    concurrency: int,
+) -> RejudgeSummary:
+    # absolute: a relative path would be read against whatever folder the user is in
+    tasklist = await asyncio.to_thread(lambda: load_tasks(Path(tasks_path).resolve(), images))
     state = await asyncio.to_thread(replay, out_dir / JOURNAL_NAME)
     judge = Judge(client, settings.judge, emulated=settings.emulated)
     summary = RejudgeSummary()

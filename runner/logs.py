@@ -7,6 +7,7 @@ or ``run_all``) calls ``configure`` once with the file to write and the secrets 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -17,8 +18,55 @@ import structlog
 
 REDACTED = "[redacted]"
 _SENSITIVE_KEYS = re.compile(r"authorization|api[_-]?key|secret|token|password", re.I)
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.I)
-_SK = re.compile(r"\bsk-[A-Za-z0-9]{8,}\b")  # the shape of DashScope keys
+# "Bearer <token>" as written in headers, logs, URL-encoded or JSON-escaped text
+_BEARER = re.compile(r"(Bearer(?:\s|%20|\\[nrt])+)[A-Za-z0-9._~+/=\-]+", re.I)
+_SK = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")  # the shape of DashScope (and OpenAI) keys
+_MIN_SECRET = 4  # shorter "secrets" would redact ordinary words
+
+# Every key this process was given (configure, Settings.key): scrub_text removes them all.
+_known: set[str] = set()
+
+
+def add_secrets(*secrets: str | None) -> None:
+    """Register keys that scrub_text must remove, wherever they turn up."""
+    for secret in secrets:
+        if secret and len(secret.strip()) >= _MIN_SECRET:
+            _known.add(secret.strip())
+
+
+def _secrets() -> list[str]:
+    found = set(_known)
+    env = os.environ.get("DASHSCOPE_API_KEY", "").strip()
+    if len(env) >= _MIN_SECRET:
+        found.add(env)
+    return sorted(found, key=len, reverse=True)  # a longer secret before its prefix
+
+
+def scrub_text(text: str) -> str:
+    """``text`` without the configured key (and the environment's), anything shaped like an
+    ``sk-...`` key, or a ``Bearer ...`` token. For every text that came from the network
+    before it is logged, journaled or rendered."""
+    if not text:
+        return text
+    for secret in _secrets():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "sk-" in text:
+        text = _SK.sub(REDACTED, text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+    return text
+
+
+def scrub_value(value: Any) -> Any:
+    """scrub_text applied to every string inside a JSON-like value (dicts, lists, tuples)."""
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {k: scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(scrub_value(v) for v in value)
+    return value
 
 
 class Redactor:
@@ -26,13 +74,11 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = [s for s in secrets if s and len(s) >= 4]
+        add_secrets(*self.secrets)
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, REDACTED)
-            value = _BEARER.sub(r"\1" + REDACTED, value)
-            return _SK.sub(REDACTED, value)
+            return scrub_text(value)
         if isinstance(value, dict):
             return {
                 k: (
@@ -42,6 +88,10 @@ class Redactor:
             }
         if isinstance(value, list | tuple):
             return type(value)(self.scrub(v) for v in value)
+        if isinstance(value, BaseException):  # its text may carry a response body
+            text = str(value)
+            clean = scrub_text(text)
+            return value if clean == text else f"{type(value).__name__}: {clean}"
         return value
 
     def __call__(
@@ -50,6 +100,8 @@ class Redactor:
         for key in list(event_dict):
             if _SENSITIVE_KEYS.search(key) and key != "task_id":
                 event_dict[key] = REDACTED
+            elif key == "exc_info":  # the renderers need the exception itself
+                continue
             else:
                 event_dict[key] = self.scrub(event_dict[key])
         return event_dict

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Status = Literal["done", "skipped", "failed", "bad", "stopped"]
 
@@ -42,6 +46,12 @@ class RunSummary(BaseModel):
     models: list[dict[str, Any]] = Field(default_factory=list)
     faceswap: str | None = None
     report: str | None = None  # path of report.html
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM": the run was asked to stop
+    # per model: images billed (accepted), list price, estimated cost (None: price unknown)
+    billed: list[dict[str, Any]] = Field(default_factory=list)
+    budget: float | None = None
+    # every run in the output folder so far, this one last: when, how long, submits, 429s
+    runs: list[dict[str, Any]] = Field(default_factory=list)
 
     def by_type(self) -> dict[str, Counter[str]]:
         out: dict[str, Counter[str]] = {}
@@ -54,7 +64,73 @@ class RunSummary(BaseModel):
         return [r for r in self.rows if not r.ok]
 
     @property
+    def cost(self) -> float | None:
+        """Estimated spend of this run at list prices; None when no model had a price."""
+        known = [b["cost"] for b in self.billed if b.get("cost") is not None]
+        return sum(known) if known else None
+
+    @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            # the shell's convention: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM)
+            return 128 + int(getattr(signal, self.interrupted, signal.SIGINT))
         if self.stopped_reason:
             return 3
         return 0 if not self.failed else 1
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per task row (index, type, status, reason, model, ...), for pandas."""
+        import pandas as pd
+
+        cols = list(RowResult.model_fields)
+        return pd.DataFrame([r.model_dump() for r in self.rows], columns=cols)
+
+    def __repr__(self) -> str:
+        # A notebook shows this for a bare ``summary``: counts, not a thousand rows.
+        counts = Counter(r.status for r in self.rows)
+        parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+        where = "emulator" if self.emulated else self.backend
+        tail = f", stopped: {self.stopped_reason}" if self.stopped_reason else ""
+        if self.interrupted:
+            tail += f", interrupted ({self.interrupted})"
+        cost = self.cost
+        money = (
+            f", est. cost {cost:.2f} {self.billed[0].get('currency', '')}".rstrip()
+            if (cost is not None and self.billed)
+            else ""
+        )
+        return (
+            f"RunSummary({len(self.rows)} rows: {', '.join(parts) or 'none'}; "
+            f"{self.elapsed_s:.1f} s on {where}; submits {self.submits}, "
+            f"429s {self.throttled}{money}{tail}; exit {self.exit_code})"
+        )
+
+    __str__ = __repr__
+
+
+def runs_view(runs_info: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run of an output folder, from its journal's run_start / run_end records, oldest
+    first: when it started, and (when it closed) how long, submits, 429s, rows, billed."""
+    runs: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    for rec in runs_info:
+        if rec.get("ev") == "run_start":
+            run = {
+                "run": rec.get("run"),
+                "t": rec.get("t"),
+                "emulated": bool(rec.get("emulated")),
+                "tasks": rec.get("tasks"),
+                "ended": False,
+            }
+            runs.append(run)
+            if rec.get("run"):
+                by_id[str(rec["run"])] = run
+        elif rec.get("ev") == "run_end":
+            run = by_id.get(str(rec.get("run")))
+            if run is None:
+                continue
+            run["ended"] = True
+            for k, v in rec.items():
+                if k not in ("ev", "t", "run"):
+                    run[k] = v
+    return runs

@@ -25,9 +25,10 @@ from urllib.parse import quote
 import structlog
 from PIL import Image
 
-from .images import to_rgb
+from .images import ImageProblem, open_image
 from .journal import JOURNAL_NAME, JournalState, RowState, replay
-from .store import write_atomic_sync
+from .outcomes import runs_view
+from .store import TEMP_MARK, write_atomic_sync
 from .tasks import TASK_TYPES, BadRow, Task, TaskList, load_tasks
 
 log = structlog.get_logger(__name__)
@@ -36,7 +37,7 @@ REPORT_NAME = "report.html"
 THUMBS_DIR = "thumbs"
 THUMB_SIDE = 160
 THUMB_QUALITY = 75
-SUMMARY_NAME = "summary.json"  # written by runner.run at the end of a run
+SUMMARY_NAME = "summary.json"  # written by runner.job at the end of a run
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -55,22 +56,23 @@ def _make_thumb(src: Path, dst: Path) -> tuple[int, int] | None:
                 return img.size
     except OSError:
         pass
+    tmp = dst.with_name(f".{dst.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
     try:
-        with Image.open(src) as img:
-            img.draft("RGB", (THUMB_SIDE, THUMB_SIDE))  # JPEG: decode at 1/2..1/8 size
-            img.load()
-            rgb = to_rgb(img)
-        rgb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        # src may be an input nobody vetted: the guarded opener bounds its decode
+        rgb = open_image(src, max_side=THUMB_SIDE)
         buf = io.BytesIO()
         rgb.save(buf, "JPEG", quality=THUMB_QUALITY, optimize=True)
         dst.parent.mkdir(parents=True, exist_ok=True)
         # A cache that is rebuilt when missing: atomic (rename) but not fsynced, which would
-        # cost more than making the thumbnail.
-        tmp = dst.with_name(f".{dst.name}.part-{os.getpid()}-{threading.get_ident()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, dst)
+        # cost more than making the thumbnail. The temp name is the one sweep_temp removes.
+        try:
+            tmp.write_bytes(buf.getvalue())
+            os.replace(tmp, dst)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         return rgb.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ImageProblem) as exc:
         log.info("report.thumb_failed", src=str(src), error=str(exc))
         return None
 
@@ -134,7 +136,7 @@ class _Row:
     index: str
     task_type: str
     prompt: str
-    status: str  # done, failed, not run
+    status: str  # done, failed, bad input, not run
     reason: str | None = None
     inputs: list[tuple[str, _Thumb | None, str]] = field(default_factory=list)  # label, thumb, name
     output: _Thumb | None = None
@@ -146,28 +148,6 @@ class _Row:
     model: str | None = None
     emulated: bool = False
     result: dict[str, Any] = field(default_factory=dict)
-
-
-def _chosen_events(journal: Path) -> dict[str, str]:
-    """index -> file of the last "chosen" record (rejudge or the scheduler's pick)."""
-    chosen: dict[str, str] = {}
-    if not journal.exists():
-        return chosen
-    with open(journal, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if '"chosen"' not in line and '"reset"' not in line:
-                continue  # cheap pre-filter: most lines are submits and results
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict) or rec.get("index") is None:
-                continue
-            if rec.get("ev") == "chosen" and isinstance(rec.get("file"), str):
-                chosen[str(rec["index"])] = rec["file"]
-            elif rec.get("ev") == "reset":
-                chosen.pop(str(rec["index"]), None)
-    return chosen
 
 
 def _candidate_entries(out_dir: Path, index: str, row: RowState) -> list[dict[str, Any]]:
@@ -205,7 +185,8 @@ def _build_rows(
 ) -> list[_Row]:
     tasks: dict[str, Task] = {t.index: t for t in tasklist.tasks}
     bad: dict[str, BadRow] = {b.index: b for b in tasklist.bad}
-    chosen_ev = _chosen_events(out_dir / JOURNAL_NAME)
+    # the last "chosen" record of each row (rejudge or the scheduler's pick), from replay
+    chosen_ev = {i: r.chosen for i, r in state.rows.items() if r.chosen}
     last_run: dict[str, dict[str, Any]] = {
         str(r.get("index")): r for r in summary.get("rows") or [] if isinstance(r, dict)
     }
@@ -242,13 +223,15 @@ def _build_rows(
         out_rel = f"imgs/{index}.jpg"
         has_output = (out_dir / out_rel).is_file()
         prior = last_run.get(index, {})
-        if index in bad:
-            row.status, row.reason = "failed", bad[index].reason
+        if index in bad:  # the row's own input: one status everywhere ("bad input")
+            row.status, row.reason = "bad input", bad[index].reason
         elif state_row.done and has_output:
             row.status = "done"
         elif state_row.failed_reason:
             row.status, row.reason = "failed", state_row.failed_reason
-        elif prior.get("status") in ("failed", "bad", "stopped"):
+        elif prior.get("status") == "bad":
+            row.status, row.reason = "bad input", prior.get("reason") or "bad input"
+        elif prior.get("status") in ("failed", "stopped"):
             row.status, row.reason = "failed", prior.get("reason") or prior.get("status")
         elif has_output:
             row.status = "done"
@@ -340,6 +323,7 @@ def _type_stats(rows: list[_Row]) -> tuple[list[dict[str, Any]], float | None, i
                 "rows": len(mine),
                 "done": counts["done"],
                 "failed": counts["failed"],
+                "bad input": counts["bad input"],
                 "not run": counts["not run"],
                 "scored": len(scores),
                 "sc": _mean([min(s["sc"]) for s in scores if s and s.get("sc")]),
@@ -354,8 +338,99 @@ def _type_stats(rows: list[_Row]) -> tuple[list[dict[str, Any]], float | None, i
     return table, _mean(all_overall), scored_total
 
 
+def _total(runs: list[dict[str, Any]], key: str, fallback: Any) -> Any:
+    """A figure summed over the folder's closed runs (the last summary's when none closed)."""
+    values = [r[key] for r in runs if r.get("ended") and isinstance(r.get(key), int | float)]
+    return sum(values) if values else fallback
+
+
+def _money(amount: Any, currency: str) -> str:
+    if not isinstance(amount, int | float):
+        return "price unknown"
+    return f"{amount:,.2f} {currency}".strip()
+
+
+def _cost_fact(summary: dict[str, Any]) -> str:
+    billed = [b for b in summary.get("billed") or [] if isinstance(b, dict) and b.get("images")]
+    if not billed:
+        return "–"
+    currency = next((str(b.get("currency")) for b in billed if b.get("currency")), "")
+    known = [b["cost"] for b in billed if isinstance(b.get("cost"), int | float)]
+    images = sum(int(b["images"]) for b in billed)
+    text = f"{images} images billed, " + (
+        _money(sum(known), currency) if known else "price unknown"
+    )
+    missing = [str(b["model"]) for b in billed if not isinstance(b.get("cost"), int | float)]
+    if missing and known:
+        text += f" (+ {', '.join(missing)}: no price in settings)"
+    if summary.get("emulated"):
+        text += "; at list prices: the emulator bills nothing"
+    return text
+
+
+def _billed_html(summary: dict[str, Any]) -> str:
+    billed = [b for b in summary.get("billed") or [] if isinstance(b, dict) and b.get("images")]
+    if not billed:
+        return ""
+    e = html.escape
+    parts = [
+        '<table class="types"><caption>Images billed per model (all runs, list prices)'
+        "</caption><thead><tr><th>model</th><th>images</th><th>price / image</th>"
+        "<th>est. cost</th></tr></thead><tbody>"
+    ]
+    for b in billed:
+        price = b.get("price")
+        parts.append(
+            f"<tr><td>{e(str(b.get('model')))}</td><td>{_fmt(b.get('images'))}</td>"
+            f"<td>{_fmt(price, 4) if isinstance(price, int | float) else '–'}</td>"
+            f"<td>{e(_money(b.get('cost'), str(b.get('currency') or '')))}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _runs_html(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return ""
+    e = html.escape
+    parts = [
+        '<table class="types"><caption>Runs in this folder</caption><thead><tr><th>#</th>'
+        "<th>started (UTC)</th><th>time</th><th>submits</th><th>429s</th><th>retries</th>"
+        "<th>done</th><th>not done</th><th>service</th><th>note</th></tr></thead><tbody>"
+    ]
+    for i, r in enumerate(runs, 1):
+        t = r.get("t")
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(t)))
+            if isinstance(t, int | float)
+            else "–"
+        )
+        note = (
+            "ended without closing (killed?)"
+            if not r.get("ended")
+            else (
+                f"interrupted ({r['interrupted']})"
+                if r.get("interrupted")
+                else (f"stopped: {r['stopped']}" if r.get("stopped") else "")
+            )
+        )
+        ended = bool(r.get("ended"))
+        parts.append(
+            f"<tr><td>{i}</td><td>{e(when)}</td>"
+            f"<td>{_duration(r.get('elapsed_s')) if ended else '–'}</td>"
+            + "".join(
+                f"<td>{_fmt(r.get(k)) if ended else '–'}</td>"
+                for k in ("submits", "throttled", "retries", "done", "failed")
+            )
+            + f"<td>{'emulator' if r.get('emulated') else 'DashScope'}</td><td>{e(note)}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
 def _summary_html(rows: list[_Row], summary: dict[str, Any], state: JournalState) -> str:
     table, estimate, scored = _type_stats(rows)
+    runs = runs_view(state.runs_info)
     counts = Counter(r.status for r in rows)
     emulated = summary.get("emulated")
     if emulated is None:
@@ -392,15 +467,18 @@ def _summary_html(rows: list[_Row], summary: dict[str, Any], state: JournalState
         ("Rows", f"{len(rows)}"),
         ("Done", f"{counts['done']}"),
         ("Failed", f"{counts['failed']}"),
+        ("Bad input", f"{counts['bad input']}"),
         ("Not run", f"{counts['not run']}"),
         (
             "Estimated overall score",
             f"{_fmt(estimate)} ({scored} of {len(rows)} rows scored; "
             "mean of per-row VIEScore overall, unscored rows count as 0)",
         ),
-        ("Run time", _duration(summary.get("elapsed_s"))),
-        ("Retries", _fmt(summary.get("retries"))),
-        ("429s", _fmt(summary.get("throttled"))),
+        ("Runs", f"{len(runs)} in this folder (listed below)" if runs else "–"),
+        ("Run time (all runs)", _duration(_total(runs, "elapsed_s", summary.get("elapsed_s")))),
+        ("Retries (all runs)", _fmt(_total(runs, "retries", summary.get("retries")))),
+        ("429s (all runs)", _fmt(_total(runs, "throttled", summary.get("throttled")))),
+        ("Estimated cost", _cost_fact(summary)),
         ("Service", service),
         ("Models used", "; ".join(used) or "–"),
         (
@@ -422,18 +500,23 @@ def _summary_html(rows: list[_Row], summary: dict[str, Any], state: JournalState
     parts.append("</dl>")
     parts.append(
         '<table class="types"><thead><tr><th>type</th><th>rows</th><th>done</th>'
-        "<th>failed</th><th>not run</th><th>scored</th><th>mean SC</th><th>mean PQ</th>"
+        "<th>failed</th><th>bad input</th><th>not run</th><th>scored</th><th>mean SC</th>"
+        "<th>mean PQ</th>"
         "<th>mean identity</th><th>mean overall (scored)</th>"
         "<th>estimate (unscored = 0)</th></tr></thead><tbody>"
     )
     for t in table:
         parts.append(
             f"<tr><td>{e(t['type'])}</td><td>{t['rows']}</td><td>{t['done']}</td>"
-            f"<td>{t['failed']}</td><td>{t['not run']}</td><td>{t['scored']}</td>"
+            f"<td>{t['failed']}</td><td>{t['bad input']}</td><td>{t['not run']}</td>"
+            f"<td>{t['scored']}</td>"
             f"<td>{_fmt(t['sc'])}</td><td>{_fmt(t['pq'])}</td><td>{_fmt(t['identity'], 3)}</td>"
             f"<td>{_fmt(t['overall'])}</td><td>{_fmt(t['estimate'])}</td></tr>"
         )
-    parts.append("</tbody></table></section>")
+    parts.append("</tbody></table>")
+    parts.append(_billed_html(summary))
+    parts.append(_runs_html(runs))
+    parts.append("</section>")
     return "".join(parts)
 
 
@@ -548,7 +631,7 @@ figcaption{font-size:11px;color:#555;word-break:break-all}
 img{display:block;background:#eee;border-radius:3px}.cand.chosen img{outline:3px solid #2b8a3e}
 .cands{min-width:260px}.cand{max-width:112px}.cand img{width:104px;height:auto}
 .st{padding:1px 6px;border-radius:8px;font-size:12px;white-space:nowrap}
-.st-done{background:#d3f9d8}.st-failed{background:#ffe3e3}.st-not-run{background:#e9ecef}
+.st-done{background:#d3f9d8}.st-failed{background:#ffe3e3}.st-bad-input{background:#ffd8a8}.st-not-run{background:#e9ecef}
 .reason{color:#b02a2a;font-size:12px;max-width:260px;word-break:break-word}
 .err{color:#b02a2a;font-size:12px}.dim,.missing{color:#999;font-size:12px}
 .badge{background:#fff4d6;border-radius:6px;padding:0 4px;font-size:11px}
@@ -583,7 +666,9 @@ def _page(rows: list[_Row], summary_html: str, out_dir: Path) -> str:
     e = html.escape
     types = [t for t in TASK_TYPES if any(r.task_type == t for r in rows)]
     types += sorted({r.task_type for r in rows} - set(types))
-    statuses = [s for s in ("done", "failed", "not run") if any(r.status == s for r in rows)]
+    statuses = [
+        s for s in ("done", "failed", "bad input", "not run") if any(r.status == s for r in rows)
+    ]
     type_opts = "".join(f'<option value="{e(t)}">{e(t)}</option>' for t in types)
     status_opts = "".join(f'<option value="{e(s)}">{e(s)}</option>' for s in statuses)
     body_rows = "\n".join(_row_html(r) for r in rows)

@@ -1,18 +1,33 @@
 """Settings: CLI > environment > ``--settings`` file > ``./settings.toml`` > built-in defaults.
 
 The built-in defaults equal the repository's ``settings.toml``, so a run from any folder
-behaves the same. ``DASHSCOPE_API_KEY`` and ``DASHSCOPE_HTTP_BASE_URL`` are read without
-a prefix because the official SDK reads those two names; everything else may be set as
-``RUNNER_<FIELD>`` (nested with ``__``, e.g. ``RUNNER_FACESWAP__BACKEND=classic``).
+behaves the same. Exactly the official SDK's variables are read without our prefix
+(``DASHSCOPE_API_KEY``, ``DASHSCOPE_API_KEY_FILE_PATH``, ``DASHSCOPE_HTTP_BASE_URL``,
+``DASHSCOPE_BASE_URL``, ``DASHSCOPE_REGION``), never ``API_KEY`` or ``BASE_URL``; everything
+else may be set as ``RUNNER_<FIELD>`` (nested with ``__``, e.g.
+``RUNNER_FACESWAP__BACKEND=classic``). The region (cn or intl) picks the default models.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,19 +36,38 @@ from pydantic_settings import (
 )
 
 from .errors import SettingsError
+from .logs import add_secrets
+from .models import BASE_URLS, caps, default_models, known_models, region_of_url
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 TaskType = Literal["t2i", "tie", "vttie", "deepfake"]
 API_TASK_TYPES: tuple[str, ...] = ("t2i", "tie", "vttie")
+# Bounds that keep every wait finite: a rate of 1e-6 a second is an 11-day sleep.
+MIN_POLL_QPS = 0.1  # a task looked at at least every 10 s
+MIN_SUBMITS_PER_SECOND = 0.01  # a submit at least every 100 s
+MAX_WAIT_S = 3600.0  # no timeout, back-off or single wait longer than an hour
+# What a key file must hold: one DashScope key (never a hostname or a password file's line).
+_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{8,256}")
+_KEY_FILE_MAX_BYTES = 4096
 
 
 class Quota(BaseModel):
     """What one model allows per account. ``learn`` = not published: adapt from 429s."""
 
-    submits_per_second: float = Field(2.0, gt=0)
-    in_flight: int = Field(2, ge=1)
+    submits_per_second: float = Field(2.0, ge=MIN_SUBMITS_PER_SECOND)
+    # None: no in-flight limit (sync qwen-image-edit calls): bounded by the rate and
+    # --concurrency only.
+    in_flight: int | None = Field(2, ge=1)
     learn: bool = False
     max_in_flight: int = Field(8, ge=1)  # the ceiling a learned limit may probe up to
+
+    @field_validator("in_flight", mode="before")
+    @classmethod
+    def _no_limit(cls, v: Any) -> Any:
+        # TOML has no null: in_flight = "none" (or 0) writes "no in-flight limit".
+        if v == 0 or (isinstance(v, str) and v.strip().lower() in ("none", "unlimited")):
+            return None
+        return v
 
 
 class FaceSwapSettings(BaseModel):
@@ -48,7 +82,9 @@ class JudgeSettings(BaseModel):
 
     enabled: bool = True  # score candidates (always when a row has more than one)
     model: str = "qwen-vl-max"
-    requests_per_minute: float = Field(600.0, gt=0)  # qwen-vl-max allows 1,200
+    requests_per_minute: float = Field(600.0, ge=1)  # qwen-vl-max allows 1,200
+    # one call is a few thousand tokens: a lower budget would make one wait for minutes
+    tokens_per_minute: float = Field(600_000.0, ge=5_000)  # qwen-vl-max allows 1,000,000
     budget: int = Field(3000, ge=0)  # most judge calls in one run
     max_side: int = Field(1024, ge=256)  # images are shrunk to this before sending
 
@@ -61,28 +97,129 @@ class EmulatorSettings(BaseModel):
     faults: float = Field(0.0, ge=0, le=1)  # share of answers made faulty on purpose
 
 
-_DEFAULT_MODELS: dict[str, list[str]] = {
-    "t2i": ["wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wan2.2-t2i-flash"],
-    "tie": ["wanx2.1-imageedit", "qwen-image-edit"],
-    "vttie": ["qwen-image-edit", "wanx2.1-imageedit"],
+class LocalModel(BaseModel):
+    """A ``local:<name>`` model: a diffusers pipeline run on this machine's devices
+    (runner.local). ``[local."qwen-image"] path = "models/Qwen-Image"``."""
+
+    model_config = {"extra": "forbid"}
+
+    path: str  # a save_pretrained folder, or a hub id found in the local HF cache
+    steps: int = Field(50, ge=1, le=1000)
+    size: str = "1328*1328"  # "W*H": t2i picks by the prompt's aspect ratio at this area
+    devices: list[str] = Field(default_factory=list)  # empty: every visible GPU, else cpu
+    dtype: str | None = None  # default bfloat16 on CUDA, float32 on CPU
+    guidance: float | None = Field(None, ge=0)  # default: the family's (runner.local)
+    negative_prompt: str | None = None
+    batch: int = Field(1, ge=1, le=16)  # images one pipeline call makes on one device
+    lora: str | None = None  # fused at load (e.g. a few-step Lightning LoRA)
+    offload: bool = False  # model CPU offload: less GPU memory, slower
+    compile: bool = False  # torch.compile the denoiser
+    allow_download: bool = False  # else HF_HUB_OFFLINE: nothing downloaded during a run
+
+    @field_validator("size")
+    @classmethod
+    def _size_form(cls, v: str) -> str:
+        w, _, h = v.partition("*")
+        if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            raise ValueError(f"size must look like 1328*1328, not {v!r}")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_name(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be bfloat16, float16 or float32, not {v!r}")
+        return v
+
+
+class RegionPrices(BaseModel):
+    """One region's list prices, per image: ``currency = "USD"`` and ``"model" = price``."""
+
+    currency: str = ""
+    per_image: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        # TOML writes the models beside the currency: [prices.intl] "wan2.1-t2i-turbo" = 0.025
+        if isinstance(v, dict) and "per_image" not in v:
+            rest = {k: p for k, p in v.items() if k != "currency"}
+            return {"currency": v.get("currency", ""), "per_image": rest}
+        return v
+
+    @field_validator("per_image")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for model, price in v.items():
+            if price < 0:
+                raise ValueError(f"price of {model} cannot be negative")
+        return v
+
+
+# Public list prices (reference: dashscope.md, "Prices"); only what is documented.
+_DEFAULT_PRICES: dict[str, RegionPrices] = {
+    "intl": RegionPrices(currency="USD", per_image={"wan2.1-t2i-turbo": 0.025}),
 }
 
+
+# Per-region model lists live in runner.models (the capability table); this is Beijing's.
+_DEFAULT_MODELS: dict[str, list[str]] = default_models("cn")
+
+# The published quotas of every model in the table (both regions: the names differ);
+# the undocumented ones start from the same figures and learn from 429s.
 _DEFAULT_QUOTAS: dict[str, Quota] = {
-    "wanx2.1-t2i-turbo": Quota(submits_per_second=2, in_flight=2),
-    "wanx2.1-t2i-plus": Quota(submits_per_second=2, in_flight=2),
-    "wanx2.1-imageedit": Quota(submits_per_second=2, in_flight=2),
-    "qwen-image": Quota(submits_per_second=2, in_flight=2),
-    "wanx-v1": Quota(submits_per_second=2, in_flight=1),
-    "wan2.2-t2i-flash": Quota(submits_per_second=2, in_flight=2, learn=True),
-    "wan2.2-t2i-plus": Quota(submits_per_second=2, in_flight=2, learn=True),
-    "qwen-image-edit": Quota(submits_per_second=2, in_flight=2, learn=True),
+    name: Quota(
+        submits_per_second=caps(name).submits_per_second,
+        in_flight=caps(name).in_flight,
+        learn=not caps(name).quota_published,
+    )
+    for name in known_models()
 }
 
-# Models whose answers are synchronous (multimodal-generation): they hold a slot for the
-# whole call and have no task id to journal.
-SYNC_MODELS = frozenset({"qwen-image-edit"})
-# Models that return one image a request (n must be 1): candidates are separate requests.
-SINGLE_IMAGE_MODELS = frozenset({"qwen-image-edit", "qwen-image"})
+# Thin aliases of the capability table, until the scheduler asks runner.models.caps().
+SYNC_MODELS = frozenset(name for name in known_models() if caps(name).sync)
+SINGLE_IMAGE_MODELS = frozenset(name for name in known_models() if caps(name).n_max == 1)
+
+# DASHSCOPE_REGION values the SDK and the console use, mapped onto ours.
+_REGION_NAMES: dict[str, str] = {
+    "cn": "cn",
+    "cn-beijing": "cn",
+    "beijing": "cn",
+    "intl": "intl",
+    "ap-southeast-1": "intl",
+    "singapore": "intl",
+    "us-east-1": "intl",
+}
+
+
+class _DashScopeEnv(PydanticBaseSettingsSource):
+    """Exactly the official SDK's variables, nothing un-prefixed (a stray ``API_KEY`` or
+    ``BASE_URL`` in a shell must not become the key or the endpoint):
+    DASHSCOPE_API_KEY before DASHSCOPE_API_KEY_FILE_PATH, DASHSCOPE_HTTP_BASE_URL before
+    DASHSCOPE_BASE_URL (SDK 2.x), DASHSCOPE_REGION."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        env = os.environ
+        found: dict[str, Any] = {}
+        key = env.get("DASHSCOPE_API_KEY", "").strip()
+        if key:
+            found["api_key"] = key
+        elif env.get("DASHSCOPE_API_KEY_FILE_PATH", "").strip():
+            found["api_key_file"] = env["DASHSCOPE_API_KEY_FILE_PATH"].strip()
+        base = env.get("DASHSCOPE_HTTP_BASE_URL", "").strip()
+        if not base and env.get("DASHSCOPE_BASE_URL", "").strip():
+            base = env["DASHSCOPE_BASE_URL"].strip().rstrip("/")
+            if base.count("/") <= 2:  # a bare host root: the native API lives under /api/v1
+                base += "/api/v1"
+        if base:
+            found["base_url"] = base
+        region = env.get("DASHSCOPE_REGION", "").strip()
+        if region:
+            found["region"] = region
+        return found
 
 
 class Settings(BaseSettings):
@@ -93,13 +230,14 @@ class Settings(BaseSettings):
         populate_by_name=True,
     )
 
-    api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("DASHSCOPE_API_KEY", "api_key")
-    )
+    # From DASHSCOPE_API_KEY / DASHSCOPE_API_KEY_FILE_PATH / DASHSCOPE_HTTP_BASE_URL /
+    # DASHSCOPE_BASE_URL (see _DashScopeEnv) or RUNNER_*; never from un-prefixed names.
+    api_key: SecretStr | None = None
     api_key_file: Path | None = None
-    base_url: str = Field(
-        DEFAULT_BASE_URL, validation_alias=AliasChoices("DASHSCOPE_HTTP_BASE_URL", "base_url")
-    )
+    base_url: str = DEFAULT_BASE_URL
+    # "cn" (Beijing) or "intl" (Singapore); "auto": from the base URL (dashscope-intl: intl).
+    # Decides the default model lists, and the base URL when none is given.
+    region: Literal["auto", "cn", "intl"] = "auto"
     image_base_url: str | None = None  # when set, sources are sent as this URL + file name
 
     concurrency: int = Field(32, ge=1)
@@ -108,19 +246,23 @@ class Settings(BaseSettings):
     prompt_extend: bool = True
     seed: int | None = None
 
-    models: dict[str, list[str]] = Field(default_factory=lambda: dict(_DEFAULT_MODELS))
+    # Missing task types get the region's defaults (runner.models.DEFAULT_MODELS).
+    models: dict[str, list[str]] = Field(default_factory=dict)
     quotas: dict[str, Quota] = Field(default_factory=lambda: dict(_DEFAULT_QUOTAS))
     default_quota: Quota = Field(default_factory=lambda: Quota(learn=True))
 
-    poll_qps: float = Field(15.0, gt=0)  # shared by every task; the account limit is 20
-    poll_first_s: float = Field(0.5, gt=0)  # first look at a task of a model with no history
-    request_timeout_s: float = Field(60.0, gt=0)
-    sync_timeout_s: float = Field(180.0, gt=0)
+    # shared by every task; the account limit is 20
+    poll_qps: float = Field(15.0, ge=MIN_POLL_QPS)
+    # first look at a task of a model with no history
+    poll_first_s: float = Field(0.5, gt=0, le=MAX_WAIT_S)
+    request_timeout_s: float = Field(60.0, gt=0, le=MAX_WAIT_S)
+    sync_timeout_s: float = Field(180.0, gt=0, le=MAX_WAIT_S)
     max_attempts: int = Field(6, ge=1)  # per row, across models, for retryable failures
     max_throttled: int = Field(200, ge=1)  # 429s one row may absorb before it gives up
-    task_timeout_s: float = Field(900.0, gt=0)  # a task still running after this is resubmitted
-    backoff_max_s: float = Field(8.0, gt=0)
-    retry_after_cap_s: float = Field(120.0, gt=0)
+    # a task still running after this is resubmitted
+    task_timeout_s: float = Field(900.0, gt=0, le=MAX_WAIT_S)
+    backoff_max_s: float = Field(8.0, gt=0, le=MAX_WAIT_S)
+    retry_after_cap_s: float = Field(120.0, gt=0, le=MAX_WAIT_S)
     download_max_bytes: int = Field(40 * 1024 * 1024, gt=0)
     jpeg_quality: int = Field(95, ge=50, le=100)
 
@@ -133,6 +275,18 @@ class Settings(BaseSettings):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     faceswap: FaceSwapSettings = Field(default_factory=FaceSwapSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    # local diffusers pipelines, named in [models] as "local:<name>" (runner.local)
+    local: dict[str, LocalModel] = Field(default_factory=dict)
+    # a Ray cluster's address ("local": start one here): the local workers become actors
+    ray: str | None = None
+    # list prices per region and model (runner.cost); budget: most estimated spend a run may
+    # commit, in the region's currency (None: no limit); expected_task_s: a task's typical
+    # latency, for the dry run's duration before any has been observed
+    prices: dict[str, RegionPrices] = Field(default_factory=lambda: dict(_DEFAULT_PRICES))
+    budget: float | None = Field(None, ge=0)
+    expected_task_s: float = Field(10.0, gt=0, le=MAX_WAIT_S)
+    # which source set base_url (a settings file's path, the environment...), for messages
+    _base_url_from: str = PrivateAttr("the built-in default")
 
     @field_validator("models")
     @classmethod
@@ -142,7 +296,62 @@ class Settings(BaseSettings):
                 raise ValueError(f"[models] has unknown task type {key!r}")
             if not names:
                 raise ValueError(f"[models] {key} lists no model")
-        return {**_DEFAULT_MODELS, **v}
+            for name in names:
+                # Any name: the table knows the documented ones, a pattern guesses the rest
+                # (dated versions), "local:<name>" is a local model; doctor tells which.
+                if not name.strip() or name != name.strip() or " " in name:
+                    raise ValueError(f"[models] {key} has a malformed model name {name!r}")
+                if name.startswith("local:") and not name.removeprefix("local:"):
+                    raise ValueError(f"[models] {key}: 'local:' needs a model name after it")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _key_only_over_https(cls, v: str) -> str:
+        # The key goes to this address in every request's Authorization header.
+        parts = urlsplit(v.strip())
+        host = (parts.hostname or "").lower()
+        if parts.scheme == "https" and host:
+            return v.strip()
+        if parts.scheme == "http" and _is_loopback(host):
+            return v.strip()  # the emulator, tests: the key never leaves this machine
+        if parts.scheme == "http":
+            raise ValueError(
+                f"{v!r} is plain http to another machine: the key would travel unencrypted; "
+                "use https (plain http only to 127.0.0.1, ::1 or localhost)"
+            )
+        raise ValueError(f"{v!r} is not an https URL")
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region_name(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            name = _REGION_NAMES.get(v.strip().lower())
+            if name is None and v.strip().lower() != "auto":
+                raise ValueError(f"region must be cn or intl, not {v!r}")
+            return name or "auto"
+        return v
+
+    @model_validator(mode="after")
+    def _region_defaults(self) -> Settings:
+        if self.region == "auto":
+            self.region = region_of_url(self.base_url)
+        elif "base_url" not in self.model_fields_set:
+            self.base_url = BASE_URLS[self.region]
+        self.models = {**default_models(self.region), **self.models}
+        return self
+
+    @model_validator(mode="after")
+    def _local_tables(self) -> Settings:
+        for kind, names in self.models.items():
+            for name in names:
+                local = name.removeprefix("local:")
+                if name.startswith("local:") and local not in self.local:
+                    raise ValueError(
+                        f"[models] {kind} lists {name} but there is no [local.\"{local}\"] "
+                        f'table: add one with path = "<a diffusers pipeline folder>"'
+                    )
+        return self
 
     @field_validator("candidates")
     @classmethod
@@ -153,6 +362,23 @@ class Settings(BaseSettings):
             if not 1 <= n <= 8:
                 raise ValueError(f"[candidates] {key} must be 1 to 8, not {n}")
         return {"t2i": 1, "tie": 1, "vttie": 1, "deepfake": 1, **v}
+
+    @field_validator("prices")
+    @classmethod
+    def _merge_prices(cls, v: dict[str, RegionPrices]) -> dict[str, RegionPrices]:
+        merged = dict(_DEFAULT_PRICES)
+        for region, table in v.items():
+            if region not in BASE_URLS:  # [prices.beijing] would never be read: say so
+                raise ValueError(f"[prices] has unknown region {region!r} (one of cn, intl)")
+            base = merged.get(region)
+            if base is None:
+                merged[region] = table
+            else:
+                merged[region] = RegionPrices(
+                    currency=table.currency or base.currency,
+                    per_image={**base.per_image, **table.per_image},
+                )
+        return merged
 
     @field_validator("quotas")
     @classmethod
@@ -176,32 +402,107 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _DashScopeEnv(settings_cls),
+        ]
         for path in _toml_files:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
     # --- derived -------------------------------------------------------------
     def quota(self, model: str) -> Quota:
+        spec = self.local.get(model.removeprefix("local:")) if model.startswith("local:") else None
+        if spec is not None:
+            # a local lane's slots are its devices x batch; there is no submit rate to respect
+            from .local.config import device_list
+
+            slots = len(device_list(spec.devices)) * spec.batch
+            return Quota(submits_per_second=1000.0, in_flight=slots, max_in_flight=slots)
         return self.quotas.get(model, self.default_quota)
 
+    @property
+    def base_url_from(self) -> str:
+        """Where base_url came from: a settings file's path, the environment, the command
+        line or the built-in default."""
+        return self._base_url_from
+
     def key(self) -> str | None:
-        """The API key, from the environment or the file the settings name."""
+        """The API key, from the environment or the file the settings name. Raises
+        SettingsError (one line, never the file's content) for a key file that does not hold
+        exactly one line shaped like a key."""
+        key: str | None = None
         if self.api_key is not None and self.api_key.get_secret_value().strip():
-            return self.api_key.get_secret_value().strip()
-        if self.api_key_file is not None:
-            try:
-                text = self.api_key_file.expanduser().read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise SettingsError(
-                    f"api_key_file {self.api_key_file}: {exc.strerror or exc}"
-                ) from None
-            return text or None
-        return None
+            key = self.api_key.get_secret_value().strip()
+            if any(not ch.isprintable() or ch.isspace() for ch in key):
+                raise SettingsError("the API key holds spaces or control characters")
+        elif self.api_key_file is not None:
+            key = _read_key_file(self.api_key_file)
+        add_secrets(key)  # from here on, scrub_text removes it wherever it turns up
+        return key
 
     @property
     def emulated(self) -> bool:
         return self.key() is None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: 127.0.0.1.evil.example is not this machine
+        return False
+
+
+def _read_key_file(path: Path) -> str:
+    path = path.expanduser()
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise SettingsError(f"api_key_file {path}: not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(_KEY_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(f"api_key_file {path}: {exc.strerror or exc}") from None
+    if len(raw) > _KEY_FILE_MAX_BYTES:
+        raise SettingsError(
+            f"api_key_file {path}: over {_KEY_FILE_MAX_BYTES} bytes; a key file holds one "
+            "line, the key"
+        )
+    try:
+        lines = [ln.strip() for ln in raw.decode("utf-8-sig").splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise SettingsError(f"api_key_file {path}: not text; it should hold one key") from None
+    if len(lines) != 1:
+        raise SettingsError(
+            f"api_key_file {path}: {len(lines)} non-empty lines; a key file holds exactly "
+            "one line, the key"
+        )
+    if not _KEY_SHAPE.fullmatch(lines[0]):
+        raise SettingsError(
+            f"api_key_file {path}: its line is not shaped like a DashScope key (sk- then "
+            "letters and digits); is it the right file?"
+        )
+    return lines[0]
+
+
+def _base_url_origin(files: list[Path], overrides: dict[str, Any]) -> str:
+    """Which source decides base_url, in the sources' order of precedence."""
+    if overrides.get("base_url") is not None:
+        return "the command line"
+    env = {k.upper(): v for k, v in os.environ.items()}
+    for name in ("RUNNER_BASE_URL", "DASHSCOPE_HTTP_BASE_URL", "DASHSCOPE_BASE_URL"):
+        if env.get(name, "").strip():
+            return f"the environment ({name})"
+    for f in files:
+        try:
+            if "base_url" in tomllib.loads(f.read_text(encoding="utf-8")):
+                return f"settings file {f.resolve()}"
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+    return "the built-in default"
 
 
 # Filled by load_settings just before construction; pydantic-settings reads sources from the
@@ -234,11 +535,16 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
             )
     global _toml_files
     _toml_files = files
+    origin = _base_url_origin(files, overrides)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings._base_url_from = origin
+        return settings
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
+        if where == "base_url":
+            where = f"base_url (set by {origin})"
         raise SettingsError(f"settings: {where}: {err.get('msg')}") from None
     except Exception as exc:  # a TOML syntax error and the like
         raise SettingsError(f"settings: {exc}") from None

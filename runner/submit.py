@@ -1,6 +1,9 @@
 """The competition zip: ``result.csv`` + ``imgs/<index>.jpg`` for every row, in task order.
 
-A row without a result gets the best fallback (its ori_image for tie/vttie/deepfake, a
+It packs the task list of the run in ``out_dir`` (remembered in its journal, absolute) unless
+given another, and refuses, writing nothing, when the folder holds no run, when the given
+list is not the one the run used (by fingerprint), or when a row changed since its image was
+made. A row without a result gets the best fallback (its ori_image for tie/vttie/deepfake, a
 neutral grey picture for t2i) and is named in the report; ``strict`` refuses instead.
 Emulator placeholders are refused unless ``allow_emulated``.
 """
@@ -15,10 +18,11 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from .errors import RunnerError
+from .fingerprint import fingerprints, tasklist_fingerprint
 from .images import ImageProblem, encode_jpeg, open_image, placeholder_jpeg
-from .journal import JOURNAL_NAME, replay
-from .store import write_atomic_sync
-from .tasks import load_tasks
+from .journal import JOURNAL_NAME, JournalState, replay
+from .store import OutLock, write_atomic_sync
+from .tasks import TaskList, load_tasks
 
 
 class SubmitRefused(RunnerError):
@@ -27,6 +31,7 @@ class SubmitRefused(RunnerError):
 
 class SubmitReport(BaseModel):
     zip_path: Path
+    tasks: Path  # the task list that was packed
     rows: int
     generated: int
     fallbacks: dict[str, str] = Field(default_factory=dict)  # index -> what was used and why
@@ -46,17 +51,79 @@ def _valid_jpeg(path: Path) -> bytes | None:
     return data if data[:3] == b"\xff\xd8\xff" else None
 
 
+def _the_run(out_dir: Path) -> JournalState:
+    """The journal of the run in ``out_dir``; SubmitRefused when there is none."""
+    journal = out_dir / JOURNAL_NAME
+    if not journal.is_file():
+        raise SubmitRefused(
+            f"{out_dir} holds no run (no {JOURNAL_NAME}): give the --out of a finished run"
+        )
+    state = replay(journal)
+    if state.last_run is None:
+        raise SubmitRefused(f"{journal} records no run: give the --out of a finished run")
+    return state
+
+
+def _check_same_list(
+    state: JournalState, tasklist: TaskList, fps: dict[str, str], out_dir: Path
+) -> None:
+    """The task list must be the one the last run used, and every done row unchanged."""
+    last = state.last_run or {}
+    used, used_fp = last.get("tasks"), last.get("tasks_fp")
+    if used_fp and tasklist_fingerprint(tasklist, fps) != used_fp:
+        raise SubmitRefused(
+            f"{tasklist.path} is not the task list the run in {out_dir} used ({used}): "
+            "their rows differ; pack that list, or run this one first"
+        )
+    changed = [
+        index
+        for index in tasklist.order
+        if (row := state.rows.get(index)) is not None
+        and row.done
+        and row.fp is not None
+        and row.fp != fps.get(index)
+    ]
+    if changed:
+        raise SubmitRefused(
+            f"{len(changed)} row(s) changed since their image was made (rows {_few(changed)}): "
+            "run the task list again to remake them, then submit"
+        )
+
+
 def pack(
-    tasks: Path,
     out_dir: Path,
     team: str,
     *,
+    tasks: Path | None = None,
     images: Path | None = None,
     strict: bool = False,
     allow_emulated: bool = False,
 ) -> SubmitReport:
+    """Write ``out_dir/<team>_图片生成_result.zip``; SubmitRefused (nothing written) else."""
+    _the_run(out_dir)  # before the lock, which would create the folder
+    with OutLock(out_dir, "submit"):  # no run may write images while they are packed
+        return _pack(out_dir, team, tasks, images, strict, allow_emulated)
+
+
+def _pack(
+    out_dir: Path,
+    team: str,
+    tasks: Path | None,
+    images: Path | None,
+    strict: bool,
+    allow_emulated: bool,
+) -> SubmitReport:
+    state = _the_run(out_dir)  # read under the lock: no run is adding to it now
+    last = state.last_run or {}
+    if tasks is None:
+        if not last.get("tasks"):
+            raise SubmitRefused(f"the run in {out_dir} does not name its task list: give --tasks")
+        tasks = Path(last["tasks"])
+        if images is None and last.get("images"):
+            images = Path(last["images"])
     tasklist = load_tasks(tasks, images)
-    state = replay(out_dir / JOURNAL_NAME)
+    fps = fingerprints(tasklist)
+    _check_same_list(state, tasklist, fps, out_dir)
     by_index = {t.index: t for t in tasklist.tasks}
     bad_by_index = {b.index: b for b in tasklist.bad}
     files: dict[str, bytes] = {}
@@ -82,13 +149,19 @@ def pack(
                 ori = candidate
         if task_type != "t2i" and ori is not None:
             try:
-                files[index] = encode_jpeg(open_image(ori), 95)
+                # the API's own bound: a huge source is never decoded at full size here
+                files[index] = encode_jpeg(open_image(ori, max_side=4096), 95)
                 fallbacks[index] = f"ori_image copied ({why})"
                 continue
             except ImageProblem:
                 pass
         files[index] = placeholder_jpeg()
         fallbacks[index] = f"grey placeholder ({why})"
+    if tasklist.order and len(fallbacks) == len(tasklist.order):
+        raise SubmitRefused(
+            f"no row of the run in {out_dir} has a result: the zip would hold only "
+            "fallbacks; run the task list first (or check --out)"
+        )
     if emulated and not allow_emulated:
         raise SubmitRefused(
             f"{len(emulated)} image(s) are emulator placeholders (rows {_few(emulated)}); "
@@ -114,6 +187,7 @@ def pack(
     write_atomic_sync(path, zbuf.getvalue())
     return SubmitReport(
         zip_path=path,
+        tasks=tasklist.path,
         rows=len(tasklist.order),
         generated=len(tasklist.order) - len(fallbacks),
         fallbacks=fallbacks,

@@ -6,11 +6,13 @@ import contextlib
 import csv
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,44 @@ def emulator_process(*args: str, program: list[str] | None = None) -> Iterator[i
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# --------------------------------------------------------------------------- paid once
+
+ROW_TAG = re.compile(r"tag(\d+)x")
+# closes that mean the service gave nothing for the money: a new request is legitimate
+_LEGIT_CLOSE = ("FAILED", "UNKNOWN", "CANCELED", "timed out", "succeeded without", "result")
+
+
+def row_prompt(index: int | str, text: str = "a lighthouse at dusk") -> str:
+    """A prompt that names its row, so the service's billing ledger can be read per row."""
+    return f"{text} tag{index}x"
+
+
+def billed_per_row(billed: Iterable[dict[str, Any]]) -> Counter[str]:
+    """Requests the account paid for, per row (rows told apart by their prompt's tag)."""
+    out: Counter[str] = Counter()
+    for entry in billed:
+        m = ROW_TAG.search(str(entry.get("prompt", "")))
+        out[m.group(1) if m else "?"] += 1
+    return out
+
+
+def paid_twice(journal: Path, billed: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Rows the service billed more often than the journal can justify: for each row, the
+    paid requests beyond one, less those the journal closed because the service gave
+    nothing for them (FAILED, expired, timed out). Empty when everything was paid once."""
+    from runner.journal import JOURNAL_NAME
+
+    path = journal if journal.name.endswith(".jsonl") else journal / JOURNAL_NAME
+    legit: Counter[str] = Counter()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("ev") == "task_closed" and str(rec.get("why", "")).startswith(_LEGIT_CLOSE):
+            legit[str(rec.get("index"))] += 1
+    paid = billed_per_row(billed)
+    extra = {row: n - 1 - legit[row] for row, n in paid.items()}
+    return {row: n for row, n in extra.items() if n > 0}

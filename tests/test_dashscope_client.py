@@ -32,11 +32,15 @@ from runner.errors import (
     DashScopeError,
     DownloadError,
     Fatal,
+    ModelNotServed,
     ModelRefused,
     RateLimited,
     ResultExpired,
     RowFailed,
     ServerError,
+    ServiceUnreachable,
+    SubmitUncertain,
+    TokensThrottled,
 )
 
 BASE = "https://dashscope.test/api/v1"
@@ -259,37 +263,52 @@ async def test_cancel_task(client: DashScopeClient, mocked: aioresponses) -> Non
 # --------------------------------------------------------------------------- errors
 
 
+# The reference's error table (shared/reference/dashscope.md, "Errors"), by code AND message.
 ERROR_TABLE = [
-    (400, "InvalidParameter", RowFailed),
-    (400, "DataInspectionFailed", ModelRefused),
-    (400, "IPInfringementSuspect", ModelRefused),
-    (400, "Arrearage", Fatal),
-    (401, "InvalidApiKey", Fatal),
-    (403, "AccessDenied", ModelRefused),
-    (403, "Model.AccessDenied", ModelRefused),
-    (404, "ModelNotFound", ModelRefused),
-    (415, "BadRequest.InputDownloadFailed", RowFailed),
-    (415, "BadRequest.UnsupportedFileFormat", RowFailed),
-    (429, "Throttling", RateLimited),
-    (429, "Throttling.RateQuota", RateLimited),
-    (429, "Throttling.AllocationQuota", ModelRefused),
-    (500, "InternalError", ServerError),
-    (500, "InternalError.Algo", ServerError),
-    (500, "InternalError.Timeout", ServerError),
-    (500, "SystemError", ServerError),
-    (503, "ModelUnavailable", ServerError),
+    (400, "InvalidParameter", "msg", RowFailed),
+    (400, "InvalidParameter", "Model not exist.", ModelNotServed),  # not served in the region
+    (400, "DataInspectionFailed", "msg", ModelRefused),
+    (400, "InvalidParameter.DataInspection", "msg", ModelRefused),
+    (400, "IPInfringementSuspect", "msg", ModelRefused),
+    (400, "Arrearage", "msg", Fatal),
+    (400, "BadRequest.InputDownloadFailed", "msg", RowFailed),  # input errors: 400 now ...
+    (400, "BadRequest.UnsupportedFileFormat", "msg", RowFailed),
+    (415, "BadRequest.InputDownloadFailed", "msg", RowFailed),  # ... 415 in older docs
+    (415, "BadRequest.UnsupportedFileFormat", "msg", RowFailed),
+    (401, "InvalidApiKey", "msg", Fatal),
+    (403, "AccessDenied", "msg", ModelNotServed),
+    (403, "Model.AccessDenied", "msg", ModelNotServed),
+    (403, "AccessDenied.Unpurchased", "msg", ModelNotServed),
+    (403, "AllocationQuota.FreeTierOnly", "msg", ModelNotServed),
+    (404, "ModelNotFound", "msg", ModelNotServed),
+    (429, "Throttling", "msg", RateLimited),
+    (429, "Throttling.RateQuota", "msg", RateLimited),
+    (429, "Throttling.BurstRate", "msg", RateLimited),
+    (429, "Throttling.AllocationQuota", "msg", TokensThrottled),  # tokens a minute: a pause
+    (429, "Throttling.AllocationQuota", "Free allocated quota exceeded.", ModelNotServed),
+    (429, "CommodityNotPurchased", "msg", Fatal),
+    (429, "PrepaidBillOverdue", "msg", Fatal),
+    (429, "PostpaidBillOverdue", "msg", Fatal),
+    (500, "InternalError", "msg", ServerError),
+    (500, "InternalError.Algo", "msg", ServerError),
+    (500, "InternalError.Timeout", "msg", ServerError),
+    (500, "SystemError", "msg", ServerError),
+    (503, "ModelUnavailable", "msg", ServerError),
+    (503, "ModelServingError", "msg", ServerError),
 ]
 
 
-@pytest.mark.parametrize(("status", "code", "kind"), ERROR_TABLE)
+@pytest.mark.parametrize(("status", "code", "message", "kind"), ERROR_TABLE)
 async def test_error_table_on_submit(
     client: DashScopeClient,
     mocked: aioresponses,
     status: int,
     code: str,
+    message: str,
     kind: type[DashScopeError],
 ) -> None:
-    body = {"code": code, "message": f"msg for {code}", "request_id": "r-err"}
+    message = f"msg for {code}" if message == "msg" else message
+    body = {"code": code, "message": message, "request_id": "r-err"}
     mocked.post(T2I, status=status, payload=body)
     with pytest.raises(kind) as info:
         await client.submit_text2image("wanx2.1-t2i-turbo", "p")
@@ -301,7 +320,9 @@ async def test_error_table_on_submit(
         "r-err",
         "wanx2.1-t2i-turbo",
     )
-    assert f"msg for {code}" in str(exc)
+    assert message.rstrip(".") in str(exc)
+    if kind is TokensThrottled:  # no Retry-After: the client still says how long to pause
+        assert isinstance(exc, TokensThrottled) and 10 <= (exc.retry_after or 0) <= 60
     assert len(calls(mocked, "POST", T2I)) == 1  # POST: never retried in the client
 
 
@@ -331,12 +352,17 @@ async def test_non_json_error_bodies(
 
 
 async def test_submit_answer_without_task_id(client: DashScopeClient, mocked: aioresponses) -> None:
+    # A 200 submit whose answer cannot be read: the task may exist and be billed.
     mocked.post(T2I, payload={"output": {"task_status": "PENDING"}, "request_id": "r"})
-    with pytest.raises(ServerError, match="task_id"):
+    with pytest.raises(SubmitUncertain, match=r"task_id.*MAY have been accepted"):
         await client.submit_text2image("m", "p")
     mocked.post(T2I, status=200, body="<html>", content_type="text/html")
-    with pytest.raises(ServerError, match="not JSON"):
+    with pytest.raises(SubmitUncertain, match=r"not JSON.*MAY have been accepted"):
         await client.submit_text2image("m", "p")
+    mocked.post(MM, status=200, body="{truncated", content_type="application/json")
+    with pytest.raises(SubmitUncertain):
+        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
+    assert len(calls(mocked, "POST", T2I)) == 2  # never retried in the client
 
 
 async def test_429_on_submit_raises_once_with_retry_after(
@@ -774,3 +800,167 @@ async def test_against_real_loopback_server(delays: list[float]) -> None:
     assert seen["body"]["parameters"]["n"] == 1
     assert "Authorization" not in seen["download"]
     assert seen["download"]["User-Agent"].startswith("runner/")
+
+
+# --------------------------------------------------------------------------- issue 10
+
+
+async def test_poll_carries_service_timestamps(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    output = {
+        "task_id": "t-1",
+        "task_status": "SUCCEEDED",
+        "submit_time": "2025-01-08 16:03:59.840",
+        "scheduled_time": "2025-01-08 16:03:59.863",
+        "end_time": "2025-01-08 16:04:10.660",
+        "results": [{"url": RESULT}],
+    }
+    mocked.get(task_url(), payload={"output": output, "request_id": "r"})
+    state = await client.fetch_task("t-1")
+    # Beijing time (UTC+8): 16:03:59.840 there is 08:03:59.840 UTC.
+    assert state.submit_time == pytest.approx(1736323439.840)
+    assert state.scheduled_time == pytest.approx(1736323439.863)
+    assert state.end_time is not None and state.end_time - state.submit_time == pytest.approx(10.82)
+    mocked.get(task_url(), payload={"output": {"task_id": "t-1", "task_status": "PENDING"}})
+    pending = await client.fetch_task("t-1")
+    assert (pending.submit_time, pending.end_time) == (None, None)
+
+
+async def test_poll_answer_not_json_is_retried(
+    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+) -> None:
+    mocked.get(task_url(), status=200, body="<html>gateway</html>", content_type="text/html")
+    mocked.get(task_url(), payload={"output": {"task_id": "t-1", "task_status": "RUNNING"}})
+    assert (await client.fetch_task("t-1")).status == "RUNNING"
+    assert len(delays) == 1
+
+
+async def test_qwen_image_edit_plus_takes_n(client: DashScopeClient, mocked: aioresponses) -> None:
+    urls = [f"https://oss.test/{i}.png?Signature=s" for i in range(3)]
+    answer = {
+        "output": {"choices": [{"message": {"content": [{"image": u} for u in urls]}}]},
+        "request_id": "r",
+    }
+    mocked.post(MM, payload=answer)
+    result = await client.multimodal_edit(
+        "qwen-image-edit-plus", "add a hat", "https://img.test/in.png", n=3, seed=5
+    )
+    assert result.urls == urls
+    params = sent_json(calls(mocked, "POST", MM)[0])["parameters"]
+    assert (params["n"], params["seed"]) == (3, 5)
+    with pytest.raises(ValueError, match="1 to 1"):
+        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png", n=2)
+    with pytest.raises(ValueError, match="1 to 6"):
+        await client.multimodal_edit("qwen-image-edit-plus", "p", "https://img.test/i.png", n=7)
+    with pytest.raises(ValueError, match="1 to 1"):
+        await client.submit_text2image("qwen-image", "p", n=2)
+
+
+async def test_images_edit_body(client: DashScopeClient, mocked: aioresponses) -> None:
+    mocked.post(I2I, payload=submitted_payload())
+    await client.submit_images_edit(
+        "wan2.5-i2i-preview", "paint it blue", ["https://img.test/a.png"], n=2, seed=9
+    )
+    call = calls(mocked, "POST", I2I)[0]
+    body = sent_json(call)
+    assert body["input"] == {"prompt": "paint it blue", "images": ["https://img.test/a.png"]}
+    assert body["parameters"] == {"n": 2, "watermark": False, "seed": 9}
+    assert call.kwargs["headers"]["X-DashScope-Async"] == "enable"
+
+
+async def test_foreign_keys_in_answers_are_redacted(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    other = "sk-0123456789abcdefOTHER"
+    body = {"code": "InvalidParameter", "message": f"bad key {other} / Bearer {other}"}
+    mocked.post(T2I, status=400, payload=body)
+    with capture_logs() as logs, pytest.raises(RowFailed) as info:
+        await client.submit_text2image("wanx2.1-t2i-turbo", "p")
+    assert other not in str(info.value) and "[redacted]" in str(info.value)
+    assert other not in repr(logs)
+
+
+def test_invalid_api_key_message_has_one_period() -> None:
+    from runner.errors import classify
+
+    err = classify(401, "InvalidApiKey", "Invalid API-key provided.")
+    assert isinstance(err, Fatal)
+    assert f"Run stopped: {err}.".endswith("Invalid API-key provided.")
+    assert ".." not in f"Run stopped: {err}."
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_breaker_stops_on_a_dead_host(delays: list[float]) -> None:
+    port = _closed_port()
+    events: Events = []
+    config = ClientConfig(
+        base_url=f"http://127.0.0.1:{port}/api/v1",
+        api_key=KEY,
+        max_retries=0,
+        breaker_window_s=0.3,
+    )
+    async with DashScopeClient(config, on_event=lambda n, p: events.append((n, p))) as c:
+        with pytest.raises(ServerError, match="network error"):
+            await c.fetch_task("t-1")  # a refusal: retryable, the host may come back
+        with pytest.raises(ServerError):
+            await c.submit_text2image("wanx2.1-t2i-turbo", "p")
+        await asyncio.sleep(0.35)  # the window: only connection failures for 0.3 s
+        with capture_logs() as logs, pytest.raises(ServiceUnreachable) as info:
+            await c.fetch_task("t-1")
+        assert f"127.0.0.1:{port}" in str(info.value)
+        assert "ClientConnectorError" in str(info.value) and isinstance(info.value, Fatal)
+        assert [e["event"] for e in logs].count("dashscope.unreachable") == 1
+        sent = len([e for e in events if e[0] == "request"])
+        for call in (c.fetch_task("t-2"), c.download(f"http://127.0.0.1:{port}/r.png")):
+            with pytest.raises(ServiceUnreachable):
+                await call
+        assert len([e for e in events if e[0] == "request"]) == sent  # no request was made
+
+
+def test_breaker_needs_a_streak_without_success() -> None:
+    from runner.breaker import HostBreaker
+
+    now = [0.0]
+    breaker = HostBreaker(window_s=30, min_failures=3, clock=lambda: now[0])
+    refused = aiohttp.ClientConnectionError("refused")
+    for t in (0.0, 10.0, 20.0):
+        now[0] = t
+        assert breaker.failure("h", refused) is None
+    breaker.success("h")  # an answer in between: the streak starts again
+    for t in (31.0, 40.0, 50.0):
+        now[0] = t
+        assert breaker.failure("h", refused) is None
+    now[0] = 61.0
+    assert isinstance(breaker.failure("h", refused), ServiceUnreachable)
+    with pytest.raises(ServiceUnreachable):
+        breaker.check("h")
+    breaker.check("other-host")  # per host
+
+
+async def test_failed_task_words_are_scrubbed(
+    client: DashScopeClient, mocked: aioresponses
+) -> None:
+    other = "sk-0123456789abcdefOTHER"
+    output = {
+        "task_id": "t-1",
+        "task_status": "FAILED",
+        "code": "InternalError",
+        "message": f"echo {KEY} and {other} and Bearer {other}",
+    }
+    mocked.get(task_url(), payload={"output": output})
+    state = await client.fetch_task("t-1")
+    assert state.status == "FAILED" and state.message is not None
+    for secret in (KEY, other):
+        assert secret not in state.message
+    assert state.message.startswith("echo [redacted]")

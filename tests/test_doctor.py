@@ -15,11 +15,19 @@ from types import SimpleNamespace
 import pytest
 
 from runner import doctor
-from runner.doctor import Check, check_base_url, check_disk, check_models, check_onnxruntime
+from runner.doctor import (
+    Check,
+    check_base_url,
+    check_disk,
+    check_models,
+    check_onnxruntime,
+    check_region,
+)
 from runner.emulator import EmulatorConfig, EmulatorThread
-from runner.settings import load_settings
+from runner.errors import SettingsError
+from runner.settings import Settings, load_settings
 
-NAMES = ["key", "base URL", "settings", "models", "onnxruntime", "disk"]
+NAMES = ["key", "base URL", "region", "settings", "models", "onnxruntime", "disk"]
 
 
 @pytest.fixture(autouse=True)
@@ -127,8 +135,45 @@ def test_a_server_that_never_answers_does_not_hang_the_doctor() -> None:
     assert check.level == "FAIL" and "no answer within 0.5 s" in check.detail
 
 
+def test_a_base_url_that_is_not_an_api_root_is_red(emulator: EmulatorThread) -> None:
+    # The emulator's root without /api/v1 answers a task query with a 404 page.
+    check = check_base_url(load_settings(api_key=_key(), base_url=emulator.root_url), 2)
+    assert check.level == "FAIL" and "not a DashScope API root" in check.detail
+    assert "/api/v1" in check.fix
+    check = check_base_url(load_settings(base_url=emulator.base_url), 2)  # no key: 401
+    assert check.level == "ok" and "HTTP 401" in check.detail
+
+
+def test_region_and_the_models_it_serves() -> None:
+    cn = check_region(load_settings())
+    assert cn.level == "ok" and cn.detail.startswith("cn (Beijing)")
+    assert "wanx2.1-imageedit" in cn.detail
+    intl = check_region(load_settings(base_url="https://dashscope-intl.aliyuncs.com/api/v1"))
+    assert intl.level == "ok" and intl.detail.startswith("intl (Singapore)")
+    assert "wan2.1-t2i-turbo" in intl.detail
+    mixed = check_region(
+        load_settings(
+            region="intl",
+            models={"t2i": ["wanx2.1-t2i-turbo", "wan2.1-t2i-turbo"], "tie": ["qwen-image-edit"]},
+        )
+    )
+    assert mixed.level == "warn" and "wanx2.1-t2i-turbo (t2i) is not served in intl" in mixed.detail
+    none = check_region(load_settings(region="intl", models={"tie": ["wanx2.1-imageedit"]}))
+    assert none.level == "FAIL" and "no tie model is served in intl" in none.detail and none.fix
+    crossed = check_region(
+        load_settings(region="cn", base_url="https://dashscope-intl.aliyuncs.com/api/v1")
+    )
+    assert crossed.level == "FAIL" and "is in intl" in crossed.detail
+    guessed = check_region(load_settings(models={"tie": ["qwen-image-edit-plus-2025-10-30"]}))
+    assert guessed.level == "ok" and "not in the reference" in guessed.detail
+
+
 def test_not_an_http_base_url_is_red() -> None:
-    check = check_base_url(load_settings(base_url="ftp://example.org/api/v1"), 1)
+    # The settings refuse such a URL themselves; the doctor's own check still holds when
+    # they are bypassed (the fallback settings after a broken file are not validated).
+    with pytest.raises(SettingsError):
+        load_settings(base_url="ftp://example.org/api/v1")
+    check = check_base_url(Settings.model_construct(base_url="ftp://example.org/api/v1"), 1)
     assert check.level == "FAIL" and "not an http(s) URL" in check.detail
 
 

@@ -108,8 +108,9 @@ async def test_submit_zip(job, tmp_path: Path, fast) -> None:
     out = tmp_path / "out"
     await run_all(tasks, out=out, settings=settings)
     with pytest.raises(SubmitRefused, match="emulator placeholders"):
-        pack(tasks, out, "team")
-    report = pack(tasks, out, "team", allow_emulated=True)
+        pack(out, "team")
+    report = pack(out, "team", allow_emulated=True)  # the run's own task list, remembered
+    assert report.tasks == tasks.resolve()
     assert report.zip_path.name == "team_图片生成_result.zip"
     assert set(report.fallbacks) >= {"10"}
     with zipfile.ZipFile(report.zip_path) as zf:
@@ -127,4 +128,4 @@ async def test_submit_zip(job, tmp_path: Path, fast) -> None:
                 assert zf.read(n)[:3] == b"\xff\xd8\xff"
     assert "grey placeholder" in report.fallbacks["10"]  # its source is gone too
     with pytest.raises(SubmitRefused, match="no result"):
-        pack(tasks, out, "team", allow_emulated=True, strict=True)
+        pack(out, "team", tasks=tasks, allow_emulated=True, strict=True)

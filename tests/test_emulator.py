@@ -201,8 +201,10 @@ async def test_invalidate_keys_and_invalidate_after(http: aiohttp.ClientSession)
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        (t2i_body(model="wanx9-t2i"), 404, "ModelNotFound"),
-        (t2i_body(model="qwen-image-edit"), 404, "ModelNotFound"),  # not on this endpoint
+        # A model the service does not serve: 400 "Model not exist." (the reference), not 404.
+        (t2i_body(model="wanx9-t2i"), 400, "InvalidParameter"),
+        (t2i_body(model="qwen-image-edit"), 400, "InvalidParameter"),  # not on this endpoint
+        (t2i_body(model="wan2.1-t2i-turbo"), 400, "InvalidParameter"),  # intl spelling in cn
         (t2i_body(n=5), 400, "InvalidParameter"),
         (t2i_body(n=0), 400, "InvalidParameter"),
         (t2i_body(size="2000*1024"), 400, "InvalidParameter"),
@@ -219,6 +221,7 @@ async def test_t2i_validation(
         got, answer, _ = await post(http, emu.base_url + T2I, body)
         assert (got, answer["code"]) == (status, code), answer
         assert emu.stats.submits == {}
+        assert emu.billed() == []
 
 
 async def test_qwen_image_async_and_long_prompt_cut(http: aiohttp.ClientSession) -> None:
@@ -263,20 +266,21 @@ async def test_image_edit_from_data_uri_and_own_url(http: aiohttp.ClientSession)
     [
         ("SRC", "paint_it", 400, "InvalidParameter"),
         ("SMALL", "description_edit", 400, "InvalidParameter"),
-        ("https://example.com/a.png", "description_edit", 415, "BadRequest.InputDownloadFailed"),
+        # Input errors come as 400 in the current docs (415 in older ones).
+        ("https://example.com/a.png", "description_edit", 400, "BadRequest.InputDownloadFailed"),
         (
             "data:text/html;base64,PGh0bWw+",
             "description_edit",
-            415,
+            400,
             "BadRequest.UnsupportedFileFormat",
         ),
         (
             "data:image/png;base64,bm90IGFuIGltYWdl",
             "description_edit",
-            415,
+            400,
             "BadRequest.UnsupportedFileFormat",
         ),
-        ("oss://nothing/here.png", "description_edit", 415, "BadRequest.InputDownloadFailed"),
+        ("oss://nothing/here.png", "description_edit", 400, "BadRequest.InputDownloadFailed"),
         ("SRC", "description_edit_with_mask", 400, "InvalidParameter"),  # mask missing
     ],
 )
@@ -358,7 +362,9 @@ async def test_third_task_in_flight_is_refused(http: aiohttp.ClientSession) -> N
 
 
 async def test_submit_rate_is_enforced(http: aiohttp.ClientSession) -> None:
-    async with Emulator(EmulatorConfig(time_scale=1.0)) as emu:  # wan2.2-t2i-flash: 3 / 2 s
+    # A third slot, so that only the rate (2 submits a second) can refuse.
+    cfg = EmulatorConfig(time_scale=1.0).with_quota("wan2.2-t2i-flash", 3, 2)
+    async with Emulator(cfg) as emu:
         body = t2i_body(model="wan2.2-t2i-flash")
         await submit(http, emu, body)
         await submit(http, emu, body)
@@ -595,7 +601,7 @@ async def test_upload_policy_and_oss_reference(http: aiohttp.ClientSession) -> N
             assert resp.status == 200
         body = edit_body(f"oss://{key}")
         status, answer, _ = await post(http, emu.base_url + I2I, body)
-        assert status == 415  # without the resolve header the service cannot fetch oss://
+        assert status == 400  # without the resolve header the service cannot fetch oss://
         headers = {**ASYNC, "X-DashScope-OssResourceResolve": "enable"}
         status, answer, _ = await post(http, emu.base_url + I2I, body, headers)
         assert status == 200, answer
@@ -715,9 +721,14 @@ def test_model_spec_table() -> None:
     models = EmulatorConfig().models
     assert models["wanx2.1-t2i-turbo"].max_in_flight == 2
     assert models["wanx-v1"].max_in_flight == 1
-    assert models["wan2.2-t2i-flash"].quota_published is False
+    assert models["wan2.2-t2i-flash"].max_in_flight == 2  # published now: 2 / 2
+    assert models["qwen-image-edit"].max_in_flight is None  # sync: a rate, no in-flight cap
+    assert models["qwen-image-edit"].submits_per_s == 2
+    assert models["wanx2.1-imageedit"].regions == {"cn"}
+    assert models["wan2.1-t2i-turbo"].regions == {"intl"}
     assert isinstance(models["qwen-vl-max"], ModelSpec)
     assert models["qwen-vl-max"].requests_per_min == 1200
+    assert models["qwen-vl-max"].tokens_per_min == 1_000_000
 
 
 def test_cli_serves_and_stops() -> None:

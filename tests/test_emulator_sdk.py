@@ -138,7 +138,7 @@ def test_sdk_sees_errors_and_cancel(sdk: EmulatorThread) -> None:
     rsp = ImageSynthesis.async_call(model="wanx2.1-t2i-turbo", prompt="x", n=1, api_key="sk-wrong")
     assert rsp.status_code == 401 and rsp.code == "InvalidApiKey"
     rsp = ImageSynthesis.async_call(model="no-such-model", prompt="x", n=1, api_key=KEY)
-    assert rsp.status_code == 404 and rsp.code == "ModelNotFound"
+    assert (rsp.status_code, rsp.code, rsp.message) == (400, "InvalidParameter", "Model not exist.")
     gone = ImageSynthesis.fetch("no-such-task", api_key=KEY)
     assert gone.status_code == 200 and gone.output.task_status == "UNKNOWN"
 
@@ -197,3 +197,39 @@ async def test_aio_cancel_pending(sdk_base_url: None) -> None:
             assert fetched.output.task_status == "CANCELED"
         finally:
             await close_shared_aio_session()
+
+
+def test_sdk_qwen_image_edit_plus_candidates_and_ledger(sdk: EmulatorThread) -> None:
+    messages = [
+        {"role": "user", "content": [{"image": _data_uri(512, 512)}, {"text": "add a red hat"}]}
+    ]
+    rsp = MultiModalConversation.call(
+        model="qwen-image-edit-plus", messages=messages, api_key=KEY, n=3, seed=11
+    )
+    assert rsp.status_code == 200, rsp
+    urls = [part["image"] for part in rsp.output.choices[0].message.content]
+    assert len(set(urls)) == 3
+    billed = [b for b in sdk.billed() if b["prompt"] == "add a red hat"]
+    assert [(b["kind"], b["model"], b["n"]) for b in billed] == [
+        ("sync", "qwen-image-edit-plus", 3)
+    ]
+
+
+def test_sdk_qwen_image_t2i_timestamps_and_advance(sdk: EmulatorThread) -> None:
+    rsp = ImageSynthesis.async_call(model="qwen-image", prompt="a poster", n=1, api_key=KEY)
+    assert rsp.status_code == 200, rsp
+    done = ImageSynthesis.wait(rsp, api_key=KEY)
+    assert done.output.task_status == "SUCCEEDED", done
+    assert _download_png(done.output.results[0].url).size == (1664, 928)
+    assert done.output.submit_time <= done.output.end_time  # same-format strings sort
+    sdk.advance(25 * 3600)  # past the 24 h the service keeps tasks
+    assert ImageSynthesis.fetch(rsp, api_key=KEY).output.task_status == "UNKNOWN"
+
+
+def test_sdk_intl_region(sdk_base_url: None) -> None:
+    with EmulatorThread(EmulatorConfig(time_scale=0, region="intl")) as intl:
+        dashscope.base_http_api_url = intl.base_url
+        rsp = ImageSynthesis.async_call(model="wanx2.1-t2i-turbo", prompt="x", n=1, api_key=KEY)
+        assert (rsp.status_code, rsp.message) == (400, "Model not exist.")
+        rsp = ImageSynthesis.async_call(model="wan2.1-t2i-turbo", prompt="x", n=1, api_key=KEY)
+        assert rsp.status_code == 200, rsp

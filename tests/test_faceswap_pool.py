@@ -98,6 +98,19 @@ async def test_classic_pool_keeps_the_loop_free(tmp_path: Path) -> None:
     assert max(gaps) < 0.25, max(gaps)
 
 
+async def test_ready_names_each_worker_once(tmp_path: Path) -> None:
+    """Two workers: the warm-up hears from both, each once (the first to load its models
+    used to answer both pings, and the ready line listed its pid twice)."""
+    pool = FaceSwapPool(FaceSwapSettings(backend="classic", models_dir=tmp_path, workers=2))
+    try:
+        await pool.start()
+        pids = [i["pid"] for i in pool.worker_info]
+    finally:
+        await pool.close()
+    assert len(pids) == 2 and len(set(pids)) == 2, pids
+    assert os.getpid() not in pids
+
+
 async def test_crashed_worker_rebuilds_pool_and_retries_once(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:

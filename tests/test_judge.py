@@ -4,6 +4,7 @@ parsing with stub clients, budget, rate limit, and rejudge on a planted output f
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
@@ -19,13 +20,14 @@ from pydantic import SecretStr
 
 from runner.dashscope import ClientConfig, DashScopeClient
 from runner.emulator import Emulator, EmulatorConfig
-from runner.errors import Fatal, RateLimited, ServerError
+from runner.errors import Fatal, RateLimited, ServerError, TokensThrottled
 from runner.journal import JOURNAL_NAME, Journal, replay
 from runner.judge import (
     AnswerError,
     Judge,
     JudgeBudgetExhausted,
     JudgeScore,
+    estimate_tokens,
     overall,
     parse_answer,
     pick,
@@ -324,6 +326,75 @@ async def test_rate_limit_spacing_real_time(pics: dict[str, Path]) -> None:
     await asyncio.gather(*(judge.score("t2i", "x", pics["sharp"]) for _ in range(3)))
     gaps = np.diff(sorted(stub.times))
     assert all(g >= 0.045 for g in gaps), gaps
+
+
+async def test_paced_by_tokens_as_well_as_requests(tmp_path: Path) -> None:
+    """1,200 requests a minute allow a call every 50 ms; 20,000 tokens a minute with a
+    1024x1024 image (about 1.3k tokens) in each call allow far fewer."""
+    big = make_image(tmp_path / "big.png", (1024, 1024))
+    now = [0.0]
+
+    async def advance(d: float) -> None:
+        now[0] += d
+
+    stub = StubClient(clock=lambda: now[0])
+    settings = JudgeSettings(requests_per_minute=1200, tokens_per_minute=20_000, max_side=1024)
+    judge = Judge(stub, settings, emulated=False, clock=lambda: now[0], sleep=advance)
+    await asyncio.gather(*(judge.score("t2i", "x", big) for _ in range(3)))
+    image_tokens = (
+        estimate_tokens([{"role": "user", "content": [stub.calls[0][1]["content"][0]]}]) - 512
+    )  # less the answer's share
+    assert 1300 <= image_tokens <= 1400
+    starts = sorted(zip(stub.times, stub.calls, strict=True), key=lambda pair: pair[0])
+    for (t0, msgs), (t1, _) in itertools.pairwise(starts):
+        assert t1 - t0 >= estimate_tokens(msgs) * 60 / 20_000 - 1e-9
+    assert stub.times[-1] - stub.times[0] > 10  # the request limit alone: 0.25 s
+
+
+async def test_token_throttle_pauses_and_never_leaves_unscored(pics: dict[str, Path]) -> None:
+    slept: list[float] = []
+
+    async def record(d: float) -> None:
+        slept.append(d)
+
+    # More 429s than the transport retries allow: the tokens throttle is waited out.
+    throttled = [TokensThrottled("Allocated quota exceeded", retry_after=20.0)] * 7
+    stub = StubClient([*throttled, good(9), good(9, 9)])
+    judge = Judge(stub, JudgeSettings(), emulated=False, sleep=record)
+    s = await judge.score("t2i", "x", pics["sharp"])
+    assert s.scored and s.overall == 9
+    assert judge.throttled == 7 and judge.calls == 2
+    assert sum(d for d in slept if d >= 19) >= 7 * 20  # paused, not hammered
+
+
+async def test_token_throttle_against_emulator(pics: dict[str, Path]) -> None:
+    cfg = EmulatorConfig(time_scale=0.0)
+    small = cfg.models["qwen-vl-max"].model_copy(update={"tokens_per_min": 3000})
+    cfg = cfg.model_copy(update={"models": {**cfg.models, "qwen-vl-max": small}})
+    async with Emulator(cfg) as emu:
+        config = ClientConfig(base_url=emu.base_url, api_key=SecretStr("sk-test"))
+        async with DashScopeClient(config) as client:
+            now = [0.0]
+
+            async def wait(d: float) -> None:  # the world's clock moves with ours
+                now[0] += d
+                emu.advance(d)
+
+            # Our pacing assumes the documented 1M tokens: the emulator's 3,000 bite.
+            judge = Judge(client, JudgeSettings(), emulated=True, clock=lambda: now[0], sleep=wait)
+            scores = [await judge.score("t2i", "a scene", pics["sharp"]) for _ in range(4)]
+    assert all(s.scored for s in scores)
+    assert emu.stats.http_429.get("Throttling.AllocationQuota", 0) >= 1
+    assert judge.throttled >= 1
+
+
+async def test_reask_keeps_turns_alternating(pics: dict[str, Path]) -> None:
+    stub = StubClient(["not json", good(7), good(8, 6)])
+    judge = Judge(stub, JudgeSettings(), emulated=False)
+    assert (await judge.score("t2i", "a fox", pics["sharp"])).scored
+    roles = [m["role"] for m in stub.calls[1]]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert stub.calls[1][2]["content"] == "not json"
 
 
 # ----------------------------------------------------------------------------- rejudge

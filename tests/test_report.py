@@ -147,7 +147,7 @@ def test_report_lists_every_row(tmp_path: Path) -> None:
     assert "id 0.610" in r4
 
     r5 = _row(html, "5")  # bad input row
-    assert 'data-status="failed"' in r5 and "not found" in r5
+    assert 'data-status="bad input"' in r5 and "not found" in r5  # one status everywhere
 
     # summary: counts, estimate with the unscored-as-zero note, run facts
     assert "Estimated overall score" in html and "unscored rows count as 0" in html
@@ -156,8 +156,8 @@ def test_report_lists_every_row(tmp_path: Path) -> None:
     for text in ("1m 05s", "EMULATOR", "wanx2.1-t2i-turbo: 4 submits", "qwen-vl-max"):
         assert text in html
     assert "wan2.2-t2i-flash" not in html  # not used
-    assert re.search(r"<dt>429s</dt><dd>7</dd>", html)
-    assert re.search(r"<dt>Retries</dt><dd>3</dd>", html)
+    assert re.search(r"<dt>429s \(all runs\)</dt><dd>7</dd>", html)
+    assert re.search(r"<dt>Retries \(all runs\)</dt><dd>3</dd>", html)
     assert 'id="f-type"' in html and 'id="f-status"' in html
 
 

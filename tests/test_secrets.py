@@ -397,7 +397,7 @@ async def test_nothing_outside_images_is_ever_opened(tmp_path: Path) -> None:
         summary = await run_all(tasks, images=imgs, out=tmp_path / "out", settings=settings)
         from runner.submit import pack
 
-        pack(tasks, tmp_path / "out", "team", images=imgs, allow_emulated=True)
+        pack(tmp_path / "out", "team", tasks=tasks, images=imgs, allow_emulated=True)
     finally:
         _OPENS.on = False
     assert [r.status for r in summary.rows] == ["done"] + ["bad"] * 7

@@ -15,6 +15,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in (
         "DASHSCOPE_API_KEY",
         "DASHSCOPE_HTTP_BASE_URL",
+        "DASHSCOPE_BASE_URL",
+        "DASHSCOPE_REGION",
+        "DASHSCOPE_API_KEY_FILE_PATH",
         "RUNNER_CONCURRENCY",
         "RUNNER_POLL_QPS",
     ):
@@ -32,7 +35,8 @@ def test_defaults_equal_the_shipped_file() -> None:
     }
     assert s.concurrency == 32 and s.models["tie"][0] == "wanx2.1-imageedit"
     assert s.quota("wanx2.1-t2i-turbo").in_flight == 2
-    assert s.quota("qwen-image-edit").learn
+    # sync qwen-image-edit: 2 calls a second, no in-flight limit (the reference)
+    assert s.quota("qwen-image-edit").in_flight is None and not s.quota("qwen-image-edit").learn
     assert s.emulated
 
 

@@ -78,10 +78,12 @@ def test_journal_is_synced_per_record(tmp_path: Path, monkeypatch: pytest.Monkey
     real = os.fsync
     monkeypatch.setattr("runner.journal.os.fsync", lambda fd: (calls.append(fd), real(fd)))
     j = Journal(tmp_path)
+    file_fd = j._fd
+    calls.clear()  # creating the file fsyncs its folder once
     j.write_sync("submitted", index="1", model="m", task_id="a")
     j.write_sync("submitted", index="2", model="m", task_id="b")
     j.close()
-    assert len(calls) == 2
+    assert calls == [file_fd, file_fd]
     lines = (tmp_path / "journal.jsonl").read_text().splitlines()
     assert [json.loads(x)["task_id"] for x in lines] == ["a", "b"]
 

@@ -1,4 +1,5 @@
-"""CLI: ``python -m runner.emulator --port 8321 [--time-scale 0.05] [--faults 0.2]``."""
+"""CLI: ``python -m runner.emulator --port 8321 [--time-scale 0.05] [--faults 0.2]
+[--region intl] [--latency lognormal:8:60] [--no-timestamps]``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import structlog
 
 from runner.emulator.config import EmulatorConfig
 from runner.emulator.faults import FaultConfig
+from runner.emulator.latency import parse_profile
 from runner.emulator.server import Emulator
 
 
@@ -61,11 +63,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="api_keys",
         help="accept only this key (repeatable; default: any key)",
     )
+    parser.add_argument(
+        "--region",
+        choices=("cn", "intl"),
+        default="cn",
+        help="which region's models to serve when the Host names none (default cn)",
+    )
+    parser.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        metavar="[MODEL=]PROFILE",
+        help="latency profile, uniform:MIN:MAX or lognormal:MEDIAN:P99 (seconds, scaled by "
+        "--time-scale), for every model or one (repeatable)",
+    )
+    parser.add_argument(
+        "--no-timestamps",
+        action="store_true",
+        help="polls omit submit_time/scheduled_time/end_time",
+    )
     parser.add_argument("--verbose", action="store_true", help="log debug events")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a valid port")
+    try:
+        args.latency = _latency(args.latency)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
+
+
+def _latency(items: list[str]) -> str | dict[str, str] | None:
+    """["lognormal:8:60"] -> the profile; ["qwen-image-edit=uniform:5:15", ...] -> a dict."""
+    if not items:
+        return None
+    table: dict[str, str] = {}
+    for item in items:
+        model, sep, profile = item.rpartition("=")
+        table[model if sep else "*"] = profile
+    for profile in table.values():
+        parse_profile(profile)
+    return table["*"] if list(table) == ["*"] else table
 
 
 async def serve(config: EmulatorConfig) -> None:
@@ -93,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         quotas_enabled=not args.no_quotas,
         faults=FaultConfig(transient=args.faults),
         api_keys=frozenset(args.api_keys) if args.api_keys else None,
+        region=args.region,
+        latency=args.latency,
+        timestamps=not args.no_timestamps,
     )
     try:
         asyncio.run(serve(config))

@@ -73,4 +73,6 @@ def build_app(state: EmulatorState) -> web.Application:
     app.router.add_post("/_emulator/keys/restore", admin.restore_keys)
     app.router.add_post("/_emulator/quotas", admin.quotas)
     app.router.add_get("/_emulator/tasks/{task_id}", admin.task_info)
+    app.router.add_get("/_emulator/billed", admin.billed)
+    app.router.add_post("/_emulator/advance", admin.advance)
     return app

@@ -1,8 +1,9 @@
 """Emulator configuration: the model table (endpoints, limits, quotas, latency) and knobs.
 
-Values come from the protocol reference (shared/reference/dashscope.md); the quotas the
-provider does not publish (wan2.2-t2i-*, qwen-image-edit) get hidden defaults here that
-tests and benchmarks can override with :meth:`EmulatorConfig.with_quota`.
+Values come from the protocol reference (shared/reference/dashscope.md): regions, quotas
+(sync qwen-image-edit calls: a rate, no in-flight cap), sizes. The few quotas it does not
+publish (wan2.5-t2i-preview) get defaults here that tests and benchmarks can override with
+:meth:`EmulatorConfig.with_quota`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runner.emulator.faults import FaultConfig
+from runner.emulator.latency import Profile, parse_profile
 
 Endpoint = Literal["text2image", "image2image", "multimodal", "chat"]
 
@@ -24,6 +26,12 @@ QWEN_IMAGE_SIZES: tuple[str, ...] = (
 )
 
 
+Region = Literal["cn", "intl"]
+BOTH: frozenset[Region] = frozenset({"cn", "intl"})
+CN: frozenset[Region] = frozenset({"cn"})
+INTL: frozenset[Region] = frozenset({"intl"})
+
+
 class ModelSpec(BaseModel):
     """One model as the emulator serves it."""
 
@@ -31,65 +39,108 @@ class ModelSpec(BaseModel):
 
     name: str
     endpoints: frozenset[Endpoint]
+    # Where the reference documents the model; elsewhere it answers "Model not exist.".
+    regions: frozenset[Region] = BOTH
     # Uniform latency range in real seconds; multiplied by EmulatorConfig.time_scale.
     latency_s: tuple[float, float] = (5.0, 10.0)
-    max_in_flight: int | None = None  # None: unlimited
+    max_in_flight: int | None = None  # None: unlimited (sync calls)
     submits_per_s: float | None = None  # None: unlimited
+    submits_per_min: float | None = None  # qwen-image-edit-max: 2 a minute
     requests_per_min: int | None = None  # judge (chat) models only
+    tokens_per_min: int | None = None  # judge (chat) models only
     sizes: tuple[str, ...] | None = None  # exact sizes allowed; None: any within sides
     min_side: int = 512
     max_side: int = 1440
     default_size: str = "1024*1024"
     max_n: int = 4
     default_n: int = 4
+    max_images: int = 1  # input images per request (edits)
+    prompt_limit: int | None = None  # None: EmulatorConfig.max_prompt_chars
     prompt_extend_default: bool = True
     quota_published: bool = True
 
 
 def _t2i(
-    name: str, latency: tuple[float, float], in_flight: int, per_s: float, published: bool = True
+    name: str,
+    latency: tuple[float, float],
+    in_flight: int,
+    per_s: float,
+    regions: frozenset[Region] = BOTH,
+    published: bool = True,
+    prompt_limit: int | None = None,
 ) -> ModelSpec:
     return ModelSpec(
         name=name,
         endpoints=frozenset({"text2image"}),
+        regions=regions,
         latency_s=latency,
         max_in_flight=in_flight,
         submits_per_s=per_s,
         quota_published=published,
+        prompt_limit=prompt_limit,
+    )
+
+
+def _qwen_edit(name: str, per_s: float | None, per_min: float | None, max_n: int) -> ModelSpec:
+    # Sync calls: no in-flight limit, only a call rate (the reference's quota table).
+    return ModelSpec(
+        name=name,
+        endpoints=frozenset({"multimodal"}),
+        latency_s=(7.0, 14.0),
+        max_in_flight=None,
+        submits_per_s=per_s,
+        submits_per_min=per_min,
+        min_side=384,
+        max_side=3072,
+        max_n=max_n,
+        default_n=1,
+        max_images=1 if max_n == 1 else 3,
+        prompt_extend_default=False,
+    )
+
+
+def _qwen_image(name: str, per_s: float | None, per_min: float | None) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        endpoints=frozenset({"text2image", "multimodal"}),
+        latency_s=(8.0, 14.0),
+        max_in_flight=2 if per_s else None,
+        submits_per_s=per_s,
+        submits_per_min=per_min,
+        sizes=QWEN_IMAGE_SIZES,
+        default_size="1664*928",
+        max_n=1,
+        default_n=1,
     )
 
 
 def default_models() -> dict[str, ModelSpec]:
     """The model table; a fresh dict so callers may edit their copy."""
-    judge_models = ("qwen-vl-max", "qwen-vl-plus", "qwen2.5-vl-72b-instruct")
     models = [
-        _t2i("wanx2.1-t2i-turbo", (5.0, 9.0), 2, 2),
-        _t2i("wanx2.1-t2i-plus", (8.0, 15.0), 2, 2),
-        _t2i("wan2.2-t2i-flash", (4.0, 8.0), 3, 2, published=False),
-        _t2i("wan2.2-t2i-plus", (7.0, 13.0), 2, 2, published=False),
+        _t2i("wanx2.1-t2i-turbo", (5.0, 9.0), 2, 2, CN),
+        _t2i("wanx2.1-t2i-plus", (8.0, 15.0), 2, 2, CN),
+        _t2i("wan2.1-t2i-turbo", (5.0, 9.0), 2, 2, INTL),
+        _t2i("wan2.1-t2i-plus", (8.0, 15.0), 2, 2, INTL),
+        _t2i("wan2.2-t2i-flash", (4.0, 8.0), 2, 2),
+        _t2i("wan2.2-t2i-plus", (7.0, 13.0), 2, 2),
+        _t2i("wan2.5-t2i-preview", (8.0, 15.0), 2, 2, published=False, prompt_limit=2000),
         ModelSpec(
             name="wanx-v1",
             endpoints=frozenset({"text2image"}),
+            regions=CN,
             latency_s=(6.0, 12.0),
             max_in_flight=1,
             submits_per_s=2,
             sizes=("1024*1024", "720*1280", "1280*720", "768*1152"),
             prompt_extend_default=False,
         ),
-        ModelSpec(
-            name="qwen-image",
-            endpoints=frozenset({"text2image", "multimodal"}),
-            latency_s=(8.0, 14.0),
-            max_in_flight=2,
-            submits_per_s=2,
-            sizes=QWEN_IMAGE_SIZES,
-            default_size="1328*1328",
-            max_n=1,
-            default_n=1,
-        ),
+        _qwen_image("qwen-image", 2, None),
+        _qwen_image("qwen-image-plus", 2, None),
+        _qwen_image("qwen-image-max", None, 2),
         ModelSpec(
             name="wanx2.1-imageedit",
             endpoints=frozenset({"image2image"}),
+            regions=CN,
             latency_s=(6.0, 12.0),
             max_in_flight=2,
             submits_per_s=2,
@@ -99,31 +150,41 @@ def default_models() -> dict[str, ModelSpec]:
             prompt_extend_default=False,
         ),
         ModelSpec(
-            name="qwen-image-edit",
-            endpoints=frozenset({"multimodal"}),
-            latency_s=(7.0, 14.0),
-            max_in_flight=3,
-            submits_per_s=2,
+            name="wan2.5-i2i-preview",
+            endpoints=frozenset({"image2image"}),
+            latency_s=(8.0, 15.0),
+            max_in_flight=5,
+            submits_per_s=5,
             min_side=384,
-            max_side=3072,
-            max_n=1,
-            default_n=1,
+            max_side=5000,
+            max_images=3,
+            prompt_limit=2000,
             prompt_extend_default=False,
-            quota_published=False,
         ),
+        _qwen_edit("qwen-image-edit", 2, None, 1),
+        _qwen_edit("qwen-image-edit-plus", 2, None, 6),
+        _qwen_edit("qwen-image-edit-max", None, 2, 6),
     ]
+    judges = {
+        "qwen-vl-max": (1200, 1_000_000, True),
+        "qwen-vl-plus": (1200, 1_000_000, False),
+        "qwen2.5-vl-72b-instruct": (1200, 1_000_000, False),
+        "qwen3-vl-plus": (3000, 5_000_000, True),
+        "qwen3-vl-flash": (3000, 5_000_000, True),
+    }
     models += [
         ModelSpec(
             name=name,
             endpoints=frozenset({"chat"}),
             latency_s=(1.0, 3.0),
-            requests_per_min=1200,
+            requests_per_min=rpm,
+            tokens_per_min=tpm,
             max_n=1,
             default_n=1,
             prompt_extend_default=False,
-            quota_published=name == "qwen-vl-max",
+            quota_published=published,
         )
-        for name in judge_models
+        for name, (rpm, tpm, published) in judges.items()
     ]
     return {m.name: m for m in models}
 
@@ -168,6 +229,13 @@ class EmulatorConfig(BaseModel):
     max_input_image_bytes: int = 10 * 1024 * 1024
     timeline_cap: int = 200_000  # keep memory bounded in long soak runs
     max_result_files: int = 20_000  # oldest results (and uploads) are dropped beyond this
+    # Which region a request is served as when its Host names none (dashscope-intl... = intl).
+    region: Region = "cn"
+    # Latency profile(s): "uniform:A:B" or "lognormal:MEDIAN:P99" (see latency.py), for every
+    # model, or a {model: profile} dict ("*" for the rest); None keeps each model's latency_s.
+    latency: str | dict[str, str] | None = None
+    timestamps: bool = True  # False: polls omit submit/scheduled/end_time (benchmarks)
+    billed_cap: int = 200_000  # the billing ledger keeps at most this many entries
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -176,6 +244,23 @@ class EmulatorConfig(BaseModel):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return FaultConfig(transient=float(value))
         return value
+
+    @field_validator("latency")
+    @classmethod
+    def _latency_profiles(cls, value: str | dict[str, str] | None) -> object:
+        profiles = [value] if isinstance(value, str) else list((value or {}).values())
+        for profile in profiles:
+            parse_profile(profile)  # raises ValueError with the reason
+        return value
+
+    def latency_profile(self, model: str) -> Profile | None:
+        """The configured profile of `model`, or None (use its latency_s)."""
+        if isinstance(self.latency, str):
+            return parse_profile(self.latency)
+        if isinstance(self.latency, dict):
+            text = self.latency.get(model, self.latency.get("*"))
+            return parse_profile(text) if text else None
+        return None
 
     @classmethod
     def benchmark(cls, **overrides: object) -> EmulatorConfig:

@@ -7,13 +7,15 @@ import json
 import secrets
 import socket
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from runner.emulator.config import EmulatorConfig, Endpoint, ModelSpec
+from runner.emulator.clock import Clock
+from runner.emulator.config import EmulatorConfig, Endpoint, ModelSpec, Region
 from runner.emulator.faults import REQUEST_KINDS, FaultConfig, FaultInjector, FaultKind, FaultPlan
 from runner.emulator.protocol import ApiError
 from runner.emulator.state import FileStore, QuotaBook, TaskBoard
@@ -35,7 +37,10 @@ class EmulatorState:
     files: FileStore = field(init=False)
     board: TaskBoard = field(init=False)
     injector: FaultInjector = field(init=False)
+    clock: Clock = field(default_factory=Clock)
+    billed: deque[dict[str, Any]] = field(init=False)
     keys_revoked: bool = False
+    _moved: asyncio.Event = field(default_factory=asyncio.Event)
     upload_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _client: aiohttp.ClientSession | None = None
@@ -43,8 +48,9 @@ class EmulatorState:
     def __post_init__(self) -> None:
         self.stats = StatsRecorder(self.config.timeline_cap)
         self.quotas = QuotaBook(self.config, self.stats)
-        self.files = FileStore(self.config, secrets.token_bytes(16))
-        self.board = TaskBoard(self.config, self.stats, self.quotas, self.files)
+        self.files = FileStore(self.config, secrets.token_bytes(16), self.clock)
+        self.board = TaskBoard(self.config, self.stats, self.quotas, self.files, self.clock)
+        self.billed = deque(maxlen=self.config.billed_cap)
         self.injector = FaultInjector(self.config.faults, self.config.seed)
 
     def set_faults(self, faults: FaultConfig) -> None:
@@ -64,21 +70,58 @@ class EmulatorState:
             await self._client.close()
 
     async def sleep(self, seconds: float) -> None:
-        """Sleeps, but wakes at once when the emulator stops."""
-        if seconds <= 0:
-            return
-        try:
-            await asyncio.wait_for(self.stopping.wait(), seconds)
-        except TimeoutError:
-            pass
+        """Sleeps on the emulator's clock: wakes at once when the emulator stops, and early
+        when advance() moves the clock past the end (a sync call's latency)."""
+        deadline = self.clock.mono() + seconds
+        while not self.stopping.is_set():
+            remaining = deadline - self.clock.mono()
+            if remaining <= 0:
+                return
+            moved = self._moved
+            stop = asyncio.ensure_future(self.stopping.wait())
+            jump = asyncio.ensure_future(moved.wait())
+            try:
+                await asyncio.wait({stop, jump}, timeout=remaining, return_when="FIRST_COMPLETED")
+            finally:
+                stop.cancel()
+                jump.cancel()
 
-    def spec_for(self, body: dict[str, Any], endpoint: Endpoint) -> ModelSpec:
+    def advance(self, seconds: float) -> None:
+        """Moves the clock forward: tasks finish, age and expire, sleepers wake."""
+        self.board.advance(seconds)
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()  # every sleeper waits on this one: they all look at the clock again
+
+    def bill(self, kind: str, ident: str, model: str, prompt: str, n: int) -> None:
+        """Records what the account pays for: an accepted task or an answered sync call."""
+        self.billed.append(
+            {
+                "kind": kind,
+                "id": ident,
+                "model": model,
+                "prompt": prompt,
+                "n": n,
+                "t": self.clock.wall(),
+            }
+        )
+
+    def spec_for(self, body: dict[str, Any], endpoint: Endpoint, region: Region) -> ModelSpec:
+        """The model a request names, as the region serves it.
+
+        A model the region does not serve (or not on this endpoint) answers 400
+        InvalidParameter "Model not exist." on the native API (the reference); the
+        OpenAI-compatible endpoint answers 404 model_not_found instead."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError("InvalidParameter", "Model is required.")
         spec = self.config.models.get(model)
-        if spec is None or endpoint not in spec.endpoints:
-            raise ApiError("ModelNotFound", f"Model not exist: {model}")
+        if spec is None or endpoint not in spec.endpoints or region not in spec.regions:
+            if endpoint == "chat":
+                raise ApiError(
+                    "ModelNotFound",
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                )
+            raise ApiError("InvalidParameter", "Model not exist.")
         return spec
 
 
@@ -87,6 +130,17 @@ STATE_KEY: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorStat
 
 def state_of(request: web.Request) -> EmulatorState:
     return request.app[STATE_KEY]
+
+
+def region_of(request: web.Request) -> Region:
+    """The region a request reached: by host name as on the real service (dashscope-intl...,
+    dashscope.aliyuncs...), else the configured one (loopback has no name to go by)."""
+    host = request.host.lower()
+    if host.startswith("dashscope-intl.") or host.startswith("dashscope-us."):
+        return "intl"
+    if host.startswith("dashscope."):
+        return "cn"
+    return state_of(request).config.region
 
 
 def bearer_key(request: web.Request) -> str:

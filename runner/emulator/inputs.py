@@ -7,7 +7,6 @@ and the emulator's own result URLs are resolved without a round trip.
 from __future__ import annotations
 
 import asyncio
-import time
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,7 +36,7 @@ async def _own_file(state: EmulatorState, path: str, query: dict[str, str], url:
     except ValueError:
         expires = 0
     valid = query.get("Signature") == state.files.signature(name, expires)
-    if record is None or not valid or time.time() > expires:
+    if record is None or not valid or state.clock.wall() > expires:
         raise _download_failed(url, "the URL answers 403/404")
     return await state.files.render(record)
 

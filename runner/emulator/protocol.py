@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp import web
@@ -21,10 +21,15 @@ ERRORS: dict[str, tuple[int, str]] = {
     "InvalidApiKey": (401, "Invalid API-key provided."),
     "AccessDenied": (403, "Access denied."),
     "ModelNotFound": (404, "Model not exist."),
-    "BadRequest.InputDownloadFailed": (415, "Failed to download the input file."),
-    "BadRequest.UnsupportedFileFormat": (415, "The input file format is not supported."),
+    # Input errors: 400 in the current docs (older docs said 415).
+    "BadRequest.InputDownloadFailed": (400, "Failed to download the input file."),
+    "BadRequest.UnsupportedFileFormat": (400, "The input file format is not supported."),
     "Throttling": (429, "Requests throttling triggered."),
     "Throttling.RateQuota": (429, "Requests rate limit exceeded, please try again later."),
+    "Throttling.AllocationQuota": (
+        429,
+        "Allocated quota exceeded, please increase your quota limit.",
+    ),
     "InternalError": (500, "An internal error has occured, please try again later."),
     "InternalError.Algo": (500, "An internal error occured in the algorithm service."),
     "ModelUnavailable": (503, "Model is unavailable, please try again later."),
@@ -45,6 +50,7 @@ OPENAI_CODES: dict[str, tuple[str, str]] = {
     "BadRequest.UnsupportedFileFormat": ("invalid_parameter_error", "invalid_request_error"),
     "Throttling": ("limit_requests", "limit_requests"),
     "Throttling.RateQuota": ("limit_requests", "limit_requests"),
+    "Throttling.AllocationQuota": ("insufficient_quota", "insufficient_quota"),
     "InternalError": ("internal_error", "internal_error"),
     "ModelUnavailable": ("ServiceUnavailable", "ServiceUnavailable"),
 }
@@ -79,11 +85,14 @@ def request_id() -> str:
     return _REQUEST_ID.get() or new_request_id()
 
 
+BEIJING = timezone(timedelta(hours=8))
+
+
 def wall_time(ts: float | None) -> str | None:
-    """The service's timestamp format, e.g. 2025-01-01 12:00:00.123."""
+    """The service's timestamp: Beijing time without a zone, e.g. 2025-01-01 12:00:00.123."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return datetime.fromtimestamp(ts, BEIJING).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
 def json_answer(

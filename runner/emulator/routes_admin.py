@@ -9,6 +9,11 @@ POST /_emulator/keys/invalidate    every key is refused from now on (401 Invalid
 POST /_emulator/keys/restore       undo the above
 POST /_emulator/quotas             {"enabled": bool}
 GET  /_emulator/tasks/{task_id}    TaskInfo (prompt, truncation, fault, latency, ...)
+GET  /_emulator/billed             what the account pays for: [{"kind": "task"|"sync", "id",
+                                   "model", "prompt", "n", "t"}], accepted submits and
+                                   answered sync calls, oldest first
+POST /_emulator/advance?seconds=N  move the emulator's clock forward N seconds (tasks age,
+                                   finish, expire after 24 h; result URLs expire)
 """
 
 from __future__ import annotations
@@ -82,3 +87,19 @@ async def task_info(request: web.Request) -> web.Response:
     if task is None:
         return _json({"code": "NotFound", "message": "no such task"}, 404)
     return _json(task.info().model_dump(mode="json"))
+
+
+async def billed(request: web.Request) -> web.Response:
+    return _json(list(state_of(request).billed))
+
+
+async def advance(request: web.Request) -> web.Response:
+    try:
+        seconds = float(request.query.get("seconds", ""))
+        if not seconds >= 0:  # also refuses NaN
+            raise ValueError
+    except ValueError:
+        return _json({"code": "InvalidParameter", "message": "seconds must be a number >= 0"}, 400)
+    state = state_of(request)
+    state.advance(seconds)
+    return _json({"offset_s": state.clock.offset})

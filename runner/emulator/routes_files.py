@@ -20,6 +20,7 @@ from runner.emulator.context import (
     ConnectionReset,
     EmulatorState,
     guard,
+    region_of,
     stall_if_planned,
     state_of,
 )
@@ -33,6 +34,12 @@ _HTML = (
     "</body></html>"
 )
 _CHUNK = 1024 * 1024
+_STORAGE_FAULTS = (
+    (FaultKind.INTERNAL_ERROR, 500, "InternalError"),
+    (FaultKind.MODEL_UNAVAILABLE, 503, "ServiceUnavailable"),
+    (FaultKind.RATE_LIMIT, 429, "SlowDown"),
+    (FaultKind.RATE_LIMIT_RETRY_AFTER, 429, "SlowDown"),
+)
 
 
 async def download(request: web.Request) -> web.StreamResponse:
@@ -42,6 +49,12 @@ async def download(request: web.Request) -> web.StreamResponse:
     if plan.has(FaultKind.CONNECTION_RESET):
         state.stats.faults_injected[FaultKind.CONNECTION_RESET.value] += 1
         raise ConnectionReset
+    # A struggling storage host (only when a rule names the download endpoint): 5xx, or a
+    # 429 throttle of the bucket; the object itself is fine and a later GET gets it.
+    for kind, status, code in _STORAGE_FAULTS:
+        if plan.has(kind):
+            state.stats.faults_injected[kind.value] += 1
+            return oss_error(status, code, "Please reduce your request rate or retry.", rid)
     name = request.match_info["name"].removesuffix(".png")
     query = request.query
     try:
@@ -58,7 +71,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     kind = plan.first(DOWNLOAD_KINDS)
     if kind is not None:
         state.stats.faults_injected[kind.value] += 1
-    if time.time() > expires or kind is FaultKind.URL_EXPIRED:
+    if state.clock.wall() > expires or kind is FaultKind.URL_EXPIRED:
         return oss_error(403, "AccessDenied", "Request has expired.", rid)
     record = state.files.files.get(name)
     if record is None or kind is FaultKind.URL_NOT_FOUND:
@@ -135,9 +148,10 @@ async def upload_policy(request: web.Request) -> web.Response:
     if request.query.get("action") != "getPolicy":
         raise ApiError("InvalidParameter", "action must be getPolicy.")
     model = request.query.get("model", "")
-    if model not in state.config.models:
-        raise ApiError("ModelNotFound", f"Model not exist: {model}")
-    expires = int(time.time()) + 300
+    spec = state.config.models.get(model)
+    if spec is None or region_of(request) not in spec.regions:
+        raise ApiError("InvalidParameter", "Model not exist.")
+    expires = int(state.clock.wall()) + 300
     policy = base64.b64encode(
         json.dumps(
             {"expiration": expires, "conditions": [["content-length-range", 0, 104857600]]}

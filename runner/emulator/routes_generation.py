@@ -1,6 +1,8 @@
-"""Sync multimodal generation (qwen-image-edit, qwen-image): the answer carries the image URL.
+"""Sync multimodal generation (qwen-image-edit family, qwen-image): the answer carries the
+image URLs (n of them for qwen-image-edit-plus).
 
-The call holds one of the model's in-flight slots for its whole latency.
+The call counts as in flight for its whole latency; the qwen-image-edit family has no
+in-flight cap (the reference), only a call rate.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.emulator.context import async_requested, guard, read_json, stall_if_planned, state_of
+from runner.emulator.config import ModelSpec
+from runner.emulator.context import (
+    async_requested,
+    guard,
+    read_json,
+    region_of,
+    stall_if_planned,
+    state_of,
+)
 from runner.emulator.faults import FaultKind
 from runner.emulator.inputs import check_sides, load_image, probe_image
 from runner.emulator.protocol import ApiError, json_answer, request_id
@@ -41,40 +51,66 @@ def _contents(inp: dict[str, Any]) -> tuple[list[object], list[str]]:
     return images, texts
 
 
+def _edit_params(spec: ModelSpec, params: dict[str, Any]) -> tuple[int, str | None]:
+    """(n, size) of a sync call: n within the model's range; size (qwen-image-edit-plus)
+    only with n = 1, each side 512-2048."""
+    n = params.get("n", spec.default_n)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= spec.max_n:
+        raise ApiError(
+            "InvalidParameter", f"parameters.n must be within [1, {spec.max_n}] for {spec.name}."
+        )
+    size = params.get("size")
+    if size is None or "text2image" in spec.endpoints:
+        return n, size
+    if spec.max_n == 1:
+        raise ApiError("InvalidParameter", f"{spec.name} does not take parameters.size.")
+    if n != 1:
+        raise ApiError("InvalidParameter", "parameters.size is only supported with n = 1.")
+    width, height = parse_size(spec.model_copy(update={"min_side": 512, "max_side": 2048}), size)
+    return n, f"{width}*{height}"
+
+
 async def generation(request: web.Request) -> web.Response:
     state = state_of(request)
     plan = await guard(request, "generation")
     if async_requested(request):
         raise ApiError("AccessDenied", "current user api does not support asynchronous calls")
     body = await read_json(request)
-    spec = state.spec_for(body, "multimodal")
+    spec = state.spec_for(body, "multimodal", region_of(request))
     inp = body.get("input")
     params = body.get("parameters") or {}
     if not isinstance(inp, dict) or not isinstance(params, dict):
         raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
     images, texts = _contents(inp)
-    prompt = " ".join(t for t in texts if t.strip())
-    if not prompt:
+    full_prompt = " ".join(t for t in texts if t.strip())
+    if not full_prompt:
         raise ApiError("InvalidParameter", "A text item with the instruction is required.")
+    prompt = full_prompt
     if len(prompt) > state.config.max_prompt_chars:
         state.stats.prompts_truncated += 1
         prompt = prompt[: state.config.max_prompt_chars]
-    n = params.get("n", 1)
-    if n != 1 or isinstance(n, bool):
-        raise ApiError("InvalidParameter", f"parameters.n must be 1 for {spec.name}.")
+    n, size = _edit_params(spec, params)
     negative = params.get("negative_prompt")
     source: bytes | None = None
-    if spec.name == "qwen-image":
+    width = height = 0
+    if "text2image" in spec.endpoints:  # qwen-image family: text only
         if images:
-            raise ApiError("InvalidParameter", "qwen-image takes text only.")
+            raise ApiError("InvalidParameter", f"{spec.name} takes text only.")
         width, height = parse_size(spec, params.get("size", spec.default_size))
     else:
-        if len(images) != 1:
-            raise ApiError("InvalidParameter", f"{spec.name} takes exactly one image.")
-        source = await load_image(state, request, images[0])
-        info = await probe_image(source)
-        check_sides(info, spec.min_side, spec.max_side)
-        width, height = info.width, info.height
+        if not 1 <= len(images) <= spec.max_images:
+            count = (
+                "exactly one image" if spec.max_images == 1 else (f"1 to {spec.max_images} images")
+            )
+            raise ApiError("InvalidParameter", f"{spec.name} takes {count}.")
+        for ref in images:
+            data = await load_image(state, request, ref)
+            info = await probe_image(data)
+            check_sides(info, spec.min_side, spec.max_side)
+            if source is None:
+                source, width, height = data, info.width, info.height
+        if size is not None:
+            width, height = (int(side) for side in size.split("*"))
     check_inspection(state, prompt, negative if isinstance(negative, str) else None)
     admit(state, spec)
     state.stats.sync_calls[spec.name] += 1
@@ -85,28 +121,34 @@ async def generation(request: web.Request) -> web.Response:
         state.quotas.release(spec.name)
     if task_fault(state, plan) is FaultKind.TASK_FAILED:
         raise ApiError("InternalError.Algo")
-    record = ResultFile(
-        name=uuid.uuid4().hex,
-        kind="t2i" if source is None else "edit",
-        width=width,
-        height=height,
-        prompt=prompt,
-        seed=int(params.get("seed", 0)) if isinstance(params.get("seed"), int) else 0,
-        function="description_edit",
-        source=source,
-    )
-    url = state.files.add(record)
+    seed = params.get("seed") if isinstance(params.get("seed"), int) else 0
+    content = []
+    for index in range(n):
+        record = ResultFile(
+            name=uuid.uuid4().hex,
+            kind="t2i" if source is None else "edit",
+            width=width,
+            height=height,
+            prompt=prompt,
+            seed=int(seed) + index,
+            function="description_edit",
+            source=source,
+        )
+        content.append({"image": state.files.add(record)})
+    rid = request_id()
+    # Billed once answered: a stalled answer is still paid for, even if the client gives up.
+    state.bill("sync", rid, spec.name, full_prompt, n)
     answer = {
         "output": {
             "choices": [
                 {
                     "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": [{"image": url}]},
+                    "message": {"role": "assistant", "content": content},
                 }
             ]
         },
-        "usage": {"width": width, "height": height, "image_count": 1},
-        "request_id": request_id(),
+        "usage": {"width": width, "height": height, "image_count": n},
+        "request_id": rid,
     }
     await stall_if_planned(request, plan)
     return json_answer(answer)

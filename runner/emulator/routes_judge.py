@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from runner.emulator.context import guard, read_json, stall_if_planned, state_of
-from runner.emulator.inputs import load_image
+from runner.emulator.context import guard, read_json, region_of, stall_if_planned, state_of
+from runner.emulator.images import ImageProbe
+from runner.emulator.inputs import load_image, probe_image
 from runner.emulator.judge import judge
 from runner.emulator.protocol import ApiError, json_answer
+
+
+def image_token_count(info: ImageProbe) -> int:
+    """Qwen-VL counts one token per 28x28 patch: about 1.3k for a 1024x1024 image."""
+    return max(4, math.ceil(info.width / 28) * math.ceil(info.height / 28)) + 2
 
 
 def _parts(messages: object) -> tuple[list[str], list[object]]:
@@ -25,6 +32,8 @@ def _parts(messages: object) -> tuple[list[str], list[object]]:
         if not isinstance(message, dict):
             raise ApiError("InvalidParameter", "each message must be an object.")
         content = message.get("content")
+        if message.get("role") == "assistant":
+            continue  # earlier answers: the question is in the system and user turns
         if isinstance(content, str):
             texts.append(content)
             continue
@@ -45,23 +54,28 @@ async def chat_completions(request: web.Request) -> web.Response:
     state = state_of(request)
     plan = await guard(request, "judge")
     body = await read_json(request)
-    spec = state.spec_for(body, "chat")
+    spec = state.spec_for(body, "chat", region_of(request))
     if body.get("stream"):
         raise ApiError("InvalidParameter", "The emulator answers stream=false only.")
-    if not state.quotas.judge_allowed(spec, asyncio.get_running_loop().time()):
+    now = state.clock.mono()
+    if not state.quotas.judge_allowed(spec, now):
         raise ApiError("Throttling.RateQuota")
     texts, refs = _parts(body.get("messages"))
     images = [await load_image(state, request, ref) for ref in refs]
+    image_tokens = [image_token_count(await probe_image(data)) for data in images]
+    text = "\n".join(texts)
+    prompt_tokens = len(text) // 3 + sum(image_tokens)
+    if not state.quotas.judge_tokens_allowed(spec, now, prompt_tokens):
+        # The tokens-a-minute throttle (the reference): clears within about a minute.
+        raise ApiError("Throttling.AllocationQuota")
     state.stats.judge_calls[spec.name] += 1
     _, latency_s = state.board.draw_latency(spec.name, spec.latency_s)
     await state.sleep(latency_s)
-    text = "\n".join(texts)
     try:
         verdict = await asyncio.to_thread(judge, text, images)
     except ValueError as exc:
         raise ApiError("InvalidParameter", str(exc)) from exc
     content = verdict.as_content()
-    prompt_tokens = len(text) // 3 + 1200 * len(images)
     completion_tokens = len(content) // 3
     answer: dict[str, Any] = {
         "id": f"chatcmpl-{uuid.uuid4()}",

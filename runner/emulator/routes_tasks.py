@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +13,7 @@ from runner.emulator.context import (
     async_requested,
     guard,
     read_json,
+    region_of,
     stall_if_planned,
     state_of,
 )
@@ -60,7 +59,9 @@ def parse_size(spec: ModelSpec, raw: object) -> tuple[int, int]:
     return width, height
 
 
-def prompts(state: EmulatorState, container: dict[str, Any]) -> tuple[str, int, str | None]:
+def prompts(
+    state: EmulatorState, container: dict[str, Any], spec: ModelSpec
+) -> tuple[str, int, str | None]:
     """(prompt cut to the limit, original length, negative prompt cut to its limit)."""
     prompt = container.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -68,7 +69,7 @@ def prompts(state: EmulatorState, container: dict[str, Any]) -> tuple[str, int, 
     negative = container.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ApiError("InvalidParameter", "negative_prompt must be a string.")
-    limit = state.config.max_prompt_chars
+    limit = spec.prompt_limit or state.config.max_prompt_chars
     if len(prompt) > limit:
         state.stats.prompts_truncated += 1
     if negative is not None:
@@ -82,7 +83,7 @@ def check_inspection(state: EmulatorState, *texts: str | None) -> None:
 
 
 def admit(state: EmulatorState, spec: ModelSpec) -> None:
-    if not state.quotas.admit(spec, asyncio.get_running_loop().time()):
+    if not state.quotas.admit(spec, state.clock.mono()):
         raise ApiError("Throttling.RateQuota")
 
 
@@ -100,12 +101,12 @@ async def submit(request: web.Request) -> web.Response:
         raise ApiError("AccessDenied", "current user api does not support synchronous calls")
     body = await read_json(request)
     endpoint = "image2image" if request.match_info["task"] == "image2image" else "text2image"
-    spec = state.spec_for(body, endpoint)
+    spec = state.spec_for(body, endpoint, region_of(request))
     inp = body.get("input")
     params = body.get("parameters") or {}
     if not isinstance(inp, dict) or not isinstance(params, dict):
         raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
-    prompt, prompt_chars, negative = prompts(state, inp)
+    prompt, prompt_chars, negative = prompts(state, inp, spec)
     n = _int_param(params, "n", spec.default_n, 1, spec.max_n)
     seed = _int_param(params, "seed", 0, 0, _MAX_SEED)
     extend = _bool_param(params, "prompt_extend", spec.prompt_extend_default)
@@ -114,6 +115,8 @@ async def submit(request: web.Request) -> web.Response:
     source: bytes | None = None
     if endpoint == "text2image":
         width, height = parse_size(spec, params.get("size", spec.default_size))
+    elif spec.max_images > 1:
+        source, (width, height) = await _images_input(state, request, spec, inp, params)
     else:
         function, source, (width, height) = await _edit_input(state, request, spec, inp, params)
     check_inspection(state, prompt, negative)
@@ -136,11 +139,12 @@ async def submit(request: web.Request) -> web.Response:
         parameters=params,
         fault=task_fault(state, plan),
         latency_s=latency_s,
-        submit_wall=time.time(),
-        submit_mono=asyncio.get_running_loop().time(),
+        submit_wall=state.clock.wall(),
+        submit_mono=state.clock.mono(),
     )
     state.board.add(task, pending_s)
     state.stats.submits[spec.name] += 1
+    state.bill("task", task.task_id, spec.name, inp["prompt"], n)
     answer = {
         "output": {"task_id": task.task_id, "task_status": "PENDING"},
         "request_id": request_id(),
@@ -184,17 +188,44 @@ async def _edit_input(
     return function, source, (info.width, info.height)
 
 
-def task_output(task: Task) -> tuple[dict[str, Any], dict[str, Any] | None]:
+async def _images_input(
+    state: EmulatorState,
+    request: web.Request,
+    spec: ModelSpec,
+    inp: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[bytes, tuple[int, int]]:
+    """wan2.5-i2i-preview style: ``input.images`` lists 1..max_images sources, no function."""
+    refs = inp.get("images")
+    if not isinstance(refs, list) or not 1 <= len(refs) <= spec.max_images:
+        raise ApiError(
+            "InvalidParameter", f"input.images must list 1 to {spec.max_images} image URLs."
+        )
+    first: bytes | None = None
+    size = (0, 0)
+    for ref in refs:
+        data = await load_image(state, request, ref)
+        info = await probe_image(data)
+        check_sides(info, spec.min_side, spec.max_side)
+        if first is None:
+            first, size = data, (info.width, info.height)
+    assert first is not None  # refs is non-empty
+    if "size" in params:
+        size = parse_size(spec, params["size"])
+    return first, size
+
+
+def task_output(
+    task: Task, timestamps: bool = True
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(output, usage) of a known task, as GET /tasks answers it."""
-    output: dict[str, Any] = {
-        "task_id": task.task_id,
-        "task_status": task.status,
-        "submit_time": wall_time(task.submit_wall),
-    }
-    if task.scheduled_wall is not None:
-        output["scheduled_time"] = wall_time(task.scheduled_wall)
-    if task.end_wall is not None:
-        output["end_time"] = wall_time(task.end_wall)
+    output: dict[str, Any] = {"task_id": task.task_id, "task_status": task.status}
+    if timestamps:
+        output["submit_time"] = wall_time(task.submit_wall)
+        if task.scheduled_wall is not None:
+            output["scheduled_time"] = wall_time(task.scheduled_wall)
+        if task.end_wall is not None:
+            output["end_time"] = wall_time(task.end_wall)
     usage = None
     if task.status == "SUCCEEDED":
         ok = sum(1 for r in task.results if "url" in r)
@@ -213,7 +244,7 @@ def task_output(task: Task) -> tuple[dict[str, Any], dict[str, Any] | None]:
 async def poll(request: web.Request) -> web.Response:
     state = state_of(request)
     plan = await guard(request, "poll")
-    if not state.quotas.poll_allowed(asyncio.get_running_loop().time()):
+    if not state.quotas.poll_allowed(state.clock.mono()):
         raise ApiError("Throttling", "Requests rate limit exceeded, please try again later.")
     state.stats.polls += 1
     task_id = request.match_info["task_id"]
@@ -222,7 +253,7 @@ async def poll(request: web.Request) -> web.Response:
     if task is None or task.expired:
         answer["output"] = {"task_id": task_id, "task_status": "UNKNOWN"}
     else:
-        output, usage = task_output(task)
+        output, usage = task_output(task, state.config.timestamps)
         answer["output"] = output
         if usage is not None:
             answer["usage"] = usage

@@ -64,6 +64,7 @@ class Emulator:
             base_url=self.base_url,
             time_scale=self.config.time_scale,
             quotas=self.config.quotas_enabled,
+            region=self.config.region,
         )
 
     async def stop(self) -> None:
@@ -122,6 +123,16 @@ class Emulator:
     def task_info(self, task_id: str) -> TaskInfo | None:
         task = self.state.board.get(task_id)
         return task.info() if task is not None else None
+
+    def billed(self) -> list[dict[str, Any]]:
+        """What the account pays for: one entry per accepted async submit ("task") and per
+        answered sync call ("sync"): {"kind", "id", "model", "prompt", "n", "t"}."""
+        return [dict(entry) for entry in self.state.billed]
+
+    def advance(self, seconds: float) -> None:
+        """Moves the emulator's clock forward: tasks finish, age and expire (24 h), result
+        URLs expire, quota windows pass, all without waiting."""
+        self.state.advance(seconds)
 
 
 class EmulatorThread:
@@ -237,3 +248,10 @@ class EmulatorThread:
     def task_info(self, task_id: str) -> TaskInfo | None:
         result: TaskInfo | None = self._sync(self.emulator.task_info, task_id)
         return result
+
+    def billed(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._sync(self.emulator.billed)
+        return result
+
+    def advance(self, seconds: float) -> None:
+        self._sync(self.emulator.advance, seconds)

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import math
 import random
-import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from runner.emulator.clock import Clock
 from runner.emulator.config import EmulatorConfig, ModelSpec
 from runner.emulator.faults import FaultKind
 from runner.emulator.images import render_edit, render_t2i
@@ -29,19 +29,21 @@ _EXTENSIONS = (
 
 
 class RateWindow:
-    """Events in the last `span` seconds (sliding window)."""
+    """Events (or weights such as tokens) in the last `span` seconds (sliding window)."""
 
     def __init__(self, span: float) -> None:
         self.span = span
-        self._events: deque[float] = deque()
+        self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
 
     def count(self, now: float) -> int:
-        while self._events and now - self._events[0] >= self.span:
-            self._events.popleft()
-        return len(self._events)
+        while self._events and now - self._events[0][0] >= self.span:
+            self._total -= self._events.popleft()[1]
+        return self._total
 
-    def add(self, now: float) -> None:
-        self._events.append(now)
+    def add(self, now: float, weight: int = 1) -> None:
+        self._events.append((now, weight))
+        self._total += weight
 
 
 class QuotaBook:
@@ -54,7 +56,9 @@ class QuotaBook:
         self._second = scale
         self._minute = 60.0 * scale
         self._submits: dict[str, RateWindow] = {}
+        self._submits_min: dict[str, RateWindow] = {}
         self._judge: dict[str, RateWindow] = {}
+        self._tokens: dict[str, RateWindow] = {}
         self._polls = RateWindow(self._second)
 
     @property
@@ -64,17 +68,19 @@ class QuotaBook:
     def admit(self, spec: ModelSpec, now: float) -> bool:
         """Take an in-flight slot for `spec` if the quotas allow it."""
         window = self._submits.setdefault(spec.name, RateWindow(self._second))
-        recent = window.count(now)
+        minute = self._submits_min.setdefault(spec.name, RateWindow(self._minute))
         in_flight = self.stats.in_flight[spec.name]
         self.stats.submit_attempts[spec.name] += 1
         over_slots = spec.max_in_flight is not None and in_flight >= spec.max_in_flight
-        over_rate = spec.submits_per_s is not None and recent >= spec.submits_per_s
-        if over_slots or over_rate:
+        over_rate = spec.submits_per_s is not None and window.count(now) >= spec.submits_per_s
+        over_minute = spec.submits_per_min is not None and minute.count(now) >= spec.submits_per_min
+        if over_slots or over_rate or over_minute:
             if self.enabled:
                 self.stats.quota_refusals[spec.name] += 1
                 return False
             self.stats.quota_overruns[spec.name] += 1
         window.add(now)
+        minute.add(now)
         self.stats.change_in_flight(spec.name, +1)
         return True
 
@@ -95,6 +101,15 @@ class QuotaBook:
         window.add(now)
         return True
 
+    def judge_tokens_allowed(self, spec: ModelSpec, now: float, tokens: int) -> bool:
+        """Tokens a minute: the judge's usual limit (1.3k tokens per 1024x1024 image)."""
+        window = self._tokens.setdefault(spec.name, RateWindow(self._minute))
+        limit = spec.tokens_per_min
+        if self.enabled and limit is not None and window.count(now) + tokens > limit:
+            return False
+        window.add(now, tokens)
+        return True
+
 
 @dataclass
 class ResultFile:
@@ -113,8 +128,11 @@ class ResultFile:
 class FileStore:
     """Result files behind signed URLs, uploads behind oss:// keys, a small render cache."""
 
-    def __init__(self, config: EmulatorConfig, secret: bytes, cache_size: int = 64) -> None:
+    def __init__(
+        self, config: EmulatorConfig, secret: bytes, clock: Clock, cache_size: int = 64
+    ) -> None:
         self.config = config
+        self.clock = clock
         self.root_url = ""
         self._secret = secret
         self.files: OrderedDict[str, ResultFile] = OrderedDict()
@@ -132,7 +150,7 @@ class FileStore:
         # Bounded like an OSS lifecycle rule: the oldest results go (404) in long soaks.
         while len(self.files) > self.config.max_result_files:
             self.files.popitem(last=False)
-        expires = math.ceil(time.time() + self.config.url_ttl_s)
+        expires = math.ceil(self.clock.wall() + self.config.url_ttl_s)
         sig = self.signature(record.name, expires)
         return (
             f"{self.root_url}/files/{record.name}.png"
@@ -246,22 +264,44 @@ class TaskBoard:
     """Async tasks: PENDING -> RUNNING -> SUCCEEDED/FAILED on loop timers."""
 
     def __init__(
-        self, config: EmulatorConfig, stats: StatsRecorder, quotas: QuotaBook, files: FileStore
+        self,
+        config: EmulatorConfig,
+        stats: StatsRecorder,
+        quotas: QuotaBook,
+        files: FileStore,
+        clock: Clock,
     ) -> None:
         self.config = config
         self.stats = stats
         self.quotas = quotas
         self.files = files
+        self.clock = clock
         self.tasks: dict[str, Task] = {}
         self._seq: dict[str, int] = {}
 
     def draw_latency(self, model: str, span: tuple[float, float]) -> tuple[float, float]:
-        """(pending part, total) in scaled seconds, reproducible from the seed."""
+        """(pending part, total) in scaled seconds, reproducible from the seed; a configured
+        latency profile replaces the model's own range."""
         seq = self._seq.get(model, 0)
         self._seq[model] = seq + 1
         rng = random.Random(f"{self.config.seed}:{model}:{seq}")
-        total = rng.uniform(*span) * self.config.time_scale
+        profile = self.config.latency_profile(model)
+        raw = profile.draw(rng) if profile is not None else rng.uniform(*span)
+        total = raw * self.config.time_scale
         return total * rng.uniform(*self.config.pending_fraction), total
+
+    def advance(self, seconds: float) -> None:
+        """Moves the clock; tasks whose latency has now passed finish at once."""
+        self.clock.advance(seconds)
+        now = self.clock.wall()
+        for task in list(self.tasks.values()):
+            if task.status not in ("PENDING", "RUNNING"):
+                continue
+            if now - task.submit_wall >= task.latency_s:
+                for handle in task.handles:
+                    handle.cancel()
+                self._start(task)
+                self._finish(task)
 
     def add(self, task: Task, pending_s: float) -> None:
         """Registers an admitted task (its slot already taken) and starts its clock."""
@@ -281,7 +321,7 @@ class TaskBoard:
         task = self.tasks.get(task_id)
         if task is None:
             return None
-        if time.time() - task.submit_wall > self.config.task_ttl_s and task.end_wall:
+        if self.clock.wall() - task.submit_wall > self.config.task_ttl_s and task.end_wall:
             del self.tasks[task_id]
             return None
         return task
@@ -292,7 +332,7 @@ class TaskBoard:
         for handle in task.handles:
             handle.cancel()
         task.status = "CANCELED"
-        task.end_wall = time.time()
+        task.end_wall = self.clock.wall()
         task.source = None
         self.quotas.release(task.model)
         self.stats.cancels += 1
@@ -305,7 +345,7 @@ class TaskBoard:
                 handle.cancel()
 
     def _purge(self) -> None:
-        now = time.time()
+        now = self.clock.wall()
         while self.tasks:
             task = next(iter(self.tasks.values()))
             if task.end_wall is None or now - task.submit_wall <= self.config.task_ttl_s:
@@ -315,12 +355,12 @@ class TaskBoard:
     def _start(self, task: Task) -> None:
         if task.status == "PENDING":
             task.status = "RUNNING"
-            task.scheduled_wall = time.time()
+            task.scheduled_wall = self.clock.wall()
 
     def _finish(self, task: Task) -> None:
         if task.status != "RUNNING":
             return
-        task.end_wall = time.time()
+        task.end_wall = self.clock.wall()
         self.quotas.release(task.model)
         if task.fault is FaultKind.TASK_UNKNOWN:
             task.expired = True

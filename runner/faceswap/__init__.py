@@ -2,8 +2,9 @@
 
 Processors, one module each (FaceFusion's layout): ``detect`` (dlib faces and landmarks),
 ``classic`` (the offline swapper), ``inswapper`` (insightface), ``blend`` (masks, colour,
-Poisson), ``enhance`` (GFPGAN / CodeFormer ONNX), ``identity`` (embeddings), ``pool`` (the
-process pool the scheduler awaits).
+light, occluders, Poisson), ``glasses`` (frames removed whole, never half), ``jpeg``
+(outputs saved the way their source was), ``enhance`` (GFPGAN / CodeFormer ONNX),
+``identity`` (embeddings), ``pool`` (the process pool the scheduler awaits).
 """
 
 from __future__ import annotations

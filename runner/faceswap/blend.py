@@ -70,8 +70,95 @@ def _masked_stats(img: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(np.maximum(var, 1e-6))
 
 
+def feature_mask(shape: tuple[int, ...], points: np.ndarray, parts: list[range], size: float,
+                 grow: float) -> np.ndarray:
+    """Landmark hulls of ``parts`` grown by ``grow * size`` (float32 0/1)."""
+    mask = np.zeros(shape[:2], dtype=np.uint8)
+    for part in parts:
+        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(points[list(part)]).astype(np.int32)), 1)
+    k = round(grow * size)
+    if k > 0:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+        mask = cv2.dilate(mask, disc)
+    return mask.astype(np.float32)
+
+
+FEATURES = [range(17, 22), range(22, 27), range(27, 36), range(36, 42), range(42, 48),
+            range(48, 60)]  # brows, nose, eyes, mouth
+OCCLUDER_MIN_AREA = 0.01  # share of size^2: smaller non-skin specks are pores and noise
+OCCLUDER_Z = 5.0  # chroma z-score (against the skin's spread) that is not skin
+
+
+def occluders(img: np.ndarray, skin: np.ndarray, points: np.ndarray, size: float) -> np.ndarray:
+    """What covers the face in ``img`` (a hand, a microphone, strands of hair): pixels unlike
+    the skin under ``skin`` and outside every feature (brows, eyes, nose, mouth), in blobs
+    large enough to matter. float32 0..1, softened by a pixel."""
+    # Chroma only: shading (an eye socket, a cheek in shadow) moves the lightness of skin
+    # a long way but its colour little; a microphone, a sleeve or a sign differ in colour.
+    # Median and MAD: the occluder itself lies in the skin area and must not widen the
+    # skin's own spread.
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+    sel = lab[skin > 0.5][:, 1:]
+    if len(sel) < 20:
+        return np.zeros(img.shape[:2], dtype=np.float32)
+    med = np.median(sel, axis=0)
+    spread = np.maximum(1.4826 * np.median(np.abs(sel - med), axis=0), 3.0)
+    z = np.sqrt((((lab[..., 1:] - med) / spread) ** 2).sum(axis=2))
+    unlike = z > OCCLUDER_Z
+    features = feature_mask(img.shape, points, FEATURES, size, 0.04) > 0
+    blobs = (unlike & ~features).astype(np.uint8)
+    k = max(1, round(0.01 * size))
+    blobs = cv2.morphologyEx(blobs, cv2.MORPH_OPEN,
+                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(blobs, connectivity=8)
+    big = stats[:, cv2.CC_STAT_AREA] >= OCCLUDER_MIN_AREA * size * size
+    big[0] = False
+    mask = big[labels].astype(np.float32)
+    return np.clip(cv2.GaussianBlur(mask, (0, 0), max(0.5, 0.01 * size)) * 1.5, 0.0, 1.0)
+
+
+RELIGHT_MIN, RELIGHT_MAX = 0.7, 1.4
+
+
+def _shading_fit(lightness: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+    """A plane fitted to log lightness over the skin: the light's direction, nothing as
+    fine as a nose or an eye socket. (A quadratic also took the fall-off, but blew up
+    where it extrapolates: on the forehead above the skin it was fitted on.)"""
+    h, w = lightness.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    xs, ys = xs / max(w, 1) - 0.5, ys / max(h, 1) - 0.5
+    basis = np.stack([np.ones_like(xs), xs, ys], axis=-1)
+    sel = weight > 0.5
+    if sel.sum() < 50:
+        return None
+    a = basis[sel]
+    b = np.log(lightness[sel].astype(np.float64) + 8.0)
+    coef, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return basis @ coef
+
+
+def relight(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: np.ndarray
+            ) -> np.ndarray:
+    """Remove ``src``'s directional shading (the target's light) and apply ``ref``'s (ori's):
+    lightness times the ratio of their fitted shading surfaces, within limits."""
+    lab = cv2.cvtColor(src, cv2.COLOR_RGB2LAB).astype(np.float32)
+    ref_l = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
+    fit_s, fit_r = _shading_fit(lab[..., 0], w_src), _shading_fit(ref_l, w_ref)
+    if fit_s is None or fit_r is None:
+        return src
+    # Only the shape of the light: the overall level is the colour transfer's job.
+    diff = (fit_r - fit_s) - float(((fit_r - fit_s) * (w_src > 0.5)).sum()
+                                    / max(1.0, float((w_src > 0.5).sum())))
+    ratio = np.clip(np.exp(diff), RELIGHT_MIN, RELIGHT_MAX).astype(np.float32)
+    lab[..., 0] = np.clip((lab[..., 0] + 8.0) * ratio - 8.0, 0, 255)
+    return cv2.cvtColor(lab.astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+CHROMA_SHIFT_MAX = 25.0  # Lab units the skin's mean a / b may move: more paints a cast
+
+
 def transfer_colour(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: np.ndarray,
-                    strength: float = 1.0) -> np.ndarray:
+                    strength: float = 1.0, keep: np.ndarray | None = None) -> np.ndarray:
     """Reinhard transfer in Lab: ``src``'s skin statistics (under ``w_src``) become ``ref``'s
     (under ``w_ref``).
 
@@ -92,10 +179,19 @@ def transfer_colour(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: 
         m_s[1:], s_s[1:] = m_r[1:], s_r[1:]
     # A grey ori (old photos, some LFW crops) has no chroma spread: the face must turn grey
     # too, so the chroma ratio may then fall to zero.
-    low = 0.0 if max(s_r[1], s_r[2]) < 1.5 else 0.7
-    ratio = np.clip(s_r / s_s, [0.75, low, low], [1.33, 1.4, 1.4]).astype(np.float32)
-    out = (src_lab - m_s.astype(np.float32)) * ratio + m_r.astype(np.float32)
+    low = 0.0 if max(s_r[1], s_r[2]) < 1.5 else 0.8
+    ratio = np.clip(s_r / s_s, [0.75, low, low], [1.33, 1.25, 1.25]).astype(np.float32)
+    goal = m_r.copy()
+    goal[1:] = m_s[1:] + np.clip(m_r[1:] - m_s[1:], -CHROMA_SHIFT_MAX, CHROMA_SHIFT_MAX)
+    out = (src_lab - m_s.astype(np.float32)) * ratio + goal.astype(np.float32)
     out = src_lab + strength * (out - src_lab)
+    if keep is not None and keep.any():
+        # Eye whites, irises, teeth and the mouth's inside are not skin: a skin-statistics
+        # transfer turns them blue or grey. They keep their own chroma and half their
+        # lightness change (they are still in ori's light).
+        k = cv2.GaussianBlur(keep.astype(np.float32), (0, 0), 1.0)[..., None]
+        out[..., 1:] = out[..., 1:] * (1.0 - k) + src_lab[..., 1:] * k
+        out[..., :1] = out[..., :1] * (1.0 - 0.5 * k) + src_lab[..., :1] * 0.5 * k
     out = np.clip(out, 0, 255).astype(np.uint8)
     return cv2.cvtColor(out, cv2.COLOR_LAB2RGB)
 
@@ -178,3 +274,18 @@ def alpha_blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray
     a = alpha[..., None]
     out = fg.astype(np.float32) * a + bg.astype(np.float32) * (1.0 - a)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def seam(out: np.ndarray, ori: np.ndarray, alpha: np.ndarray) -> float:
+    """A realism score (lower is better): the edge energy that the paste added where the
+    mask ramps (0.05 < alpha < 0.95), in grey levels per pixel. A visible seam, a colour
+    step or a cut feature adds edges there that ori does not have."""
+    ring = (alpha > 0.05) & (alpha < 0.95)
+    if not ring.any():
+        return 0.0
+
+    def edges(img: np.ndarray) -> np.ndarray:
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+
+    return float(np.maximum(edges(out) - edges(ori), 0.0)[ring].mean())

@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 BACKENDS = ("auto", "inswapper", "classic")
 MAX_AUTO_WORKERS = 4  # each worker holds its own models (dlib ~150 MB, buffalo_l ~0.5 GB)
+WARM_UP_ROUNDS = 50  # x 0.2 s: ten seconds for the slowest worker to load its models
 
 
 def cpu_count() -> int:
@@ -196,9 +197,7 @@ class FaceSwapPool:
             self._generation += 1
             executor = self._executor
         try:
-            infos = await asyncio.gather(
-                *(self._submit(executor, worker.ping, 0.2) for _ in range(self.workers))
-            )
+            infos = await self._warm_up(executor)
         except BrokenProcessPool as exc:
             # A worker that dies while loading (out of memory, a bad native library) breaks the
             # pool; rows will rebuild it, but say so now.
@@ -217,6 +216,21 @@ class FaceSwapPool:
             pids=[i.get("pid") for i in infos],
             load_s=max((i.get("load_s") or 0.0) for i in infos) if infos else None,
         )
+
+    async def _warm_up(self, executor: ProcessPoolExecutor) -> list[dict[str, Any]]:
+        """One answer from each worker. A worker that loads faster may answer several pings
+        while another still loads, so ping in rounds until every worker has answered (a
+        bounded number: the pool works anyway, and the ready line says how many did)."""
+        by_pid: dict[Any, dict[str, Any]] = {}
+        for _ in range(WARM_UP_ROUNDS):
+            infos = await asyncio.gather(
+                *(self._submit(executor, worker.ping, 0.2) for _ in range(self.workers))
+            )
+            for info in infos:
+                by_pid.setdefault(info.get("pid"), info)
+            if len(by_pid) >= self.workers:
+                break
+        return list(by_pid.values())
 
     async def _submit(self, executor: ProcessPoolExecutor, fn: Callable[..., Any],
                       *args: Any) -> Any:
@@ -255,9 +269,11 @@ class FaceSwapPool:
         # one that kills it, and the rows that were merely running beside it are not blamed.
         async with self._get_retry_lock():
             slots = self._get_slots()
-            for _ in range(self.workers):
-                await slots.acquire()
+            held = 0  # counted as taken: a cancel while taking them must give back each one
             try:
+                for _ in range(self.workers):
+                    await slots.acquire()
+                    held += 1
                 generation = self._generation
                 result = await self._run(job)
             except BrokenProcessPool:
@@ -267,7 +283,7 @@ class FaceSwapPool:
                     "the face-swap worker crashed twice on this row (the retry ran alone)"
                 ) from None
             finally:
-                for _ in range(self.workers):
+                for _ in range(held):
                     slots.release()
         result.detail["retried_after_crash"] = True
         return self._done(index, result)

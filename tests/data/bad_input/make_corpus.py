@@ -20,6 +20,9 @@ HEADER = "index,task_type,prompt,ori_image,target_image"
 LONG_PROMPT = " ".join(
     f"A lantern-lit alley number {i}, wet cobbles reflecting warm light." for i in range(80)
 )[:5000]
+# rows glued into one prompt by a stray quote look like this: far beyond any model's limit
+GLUED_PROMPT = "".join(f"{i},t2i,一只在窗台上睡觉的猫 number {i},,\n" for i in range(400))
+GLUED_PROMPT = GLUED_PROMPT.replace("\n", " ")[:9000]
 EMOJI_CONTROL = "🦊 a fox 🌸 under cherry trees\x07 with a bell\x1b[31m, red\x00 text\x0b"
 
 
@@ -54,6 +57,13 @@ def images() -> None:
     buf = io.BytesIO()
     _gradient((520, 520)).save(buf, "PNG")
     (IMGS / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    buf = io.BytesIO()
+    _gradient((600, 520)).save(buf, "JPEG", quality=85)
+    (IMGS / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    turned = _gradient((640, 520))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    turned.save(IMGS / "exif6.png", exif=exif.tobytes(), optimize=True)
 
 
 def rows_file() -> None:
@@ -81,6 +91,12 @@ def rows_file() -> None:
         '20,t2i,"a sign that says ""OPEN"", with a comma",,',
         "21,TIE,upper-case task type,ok.png,",
         "22,tie,no source given,,",
+        "23,tie,make it brighter,truncated.jpg,",
+        "24,tie,make it brighter,exif6.png,",
+        "25,tie,make it brighter,ok\x00.png,",
+        '26,t2i,"a prompt that\nspans two lines",,',
+        f'27,t2i,"{GLUED_PROMPT}",,',
+        "28,t2i,a sign saying hi, and a dog,,",
     ]
     _csv("rows.csv", HEADER + "\n" + "\n".join(rows) + "\n", bom=True)
 
@@ -118,6 +134,12 @@ def whole_file_problems() -> None:
     _csv("huge_index.csv", HEADER + "\n" + "9" * 5000 + ",t2i,a cat,,\n")
     _csv("empty.csv", "")
     _csv("header_only.csv", HEADER + "\n")
+    # the issue's case on a small scale: a quote opened before row 10's prompt
+    rows = [f"{i},t2i,一只在窗台上睡觉的猫 {i},," for i in range(1, 31)]
+    rows[9] = '10,t2i,"一只在窗台上睡觉的猫 10,,'
+    rows[19] = '20,vttie,"在墙上写上""开""字",ok.png,'  # where the runaway quote ends
+    _csv("stray_quote.csv", HEADER + "\n" + "\n".join(rows) + "\n", bom=True)
+    _csv("unclosed_quote.csv", HEADER + '\n1,t2i,a cat,,\n2,t2i,"a dog,,\n3,t2i,a cow,,\n')
     (HERE / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
 
 

@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import os
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +23,17 @@ import structlog
 from pydantic import SecretStr
 
 from . import logs
+from .cost import Budget, billed_images, billed_rows, check_budget, price_book
 from .dashscope import ClientConfig, DashScopeClient
+from .errors import DiskFull, SettingsError
+from .fingerprint import fingerprints, tasklist_fingerprint
+from .guard import check_script_guard
+from .interrupts import Interrupts
 from .journal import JOURNAL_NAME, Journal, JournalState, replay
+from .outcomes import runs_view
 from .scheduler import RowResult, RunSummary, Scheduler
 from .settings import Settings, load_settings
-from .store import sweep_temp, write_atomic_sync
+from .store import OutLock, sweep_temp, write_atomic_sync
 from .tasks import TaskList, load_tasks
 
 log = structlog.get_logger(__name__)
@@ -36,7 +44,7 @@ LOG_NAME = "run.log"
 
 
 class Observer(Protocol):
-    """Progress sink (the CLI's progress bar; nothing in a notebook by default)."""
+    """Progress sink (runner.progress: the CLI's display, and the API's by default)."""
 
     def started(self, tasks: TaskList, scheduler: Scheduler, banner: list[str]) -> None: ...
     def row(self, result: RowResult) -> None: ...
@@ -56,6 +64,7 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
         time_scale=settings.emulator.time_scale,
         seed=settings.emulator.seed,
         faults=FaultConfig(transient=settings.emulator.faults),
+        region=settings.region,  # an intl rehearsal is served intl's model names
     )
     async with Emulator(cfg) as emu:
         yield emu.base_url, "emulator-key", True
@@ -83,14 +92,43 @@ def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
     return FaceSwapPool(settings.faceswap, jpeg_quality=settings.jpeg_quality), None
 
 
-def _open_job(
-    tasks: Path, images: Path | None, out_dir: Path
-) -> tuple[TaskList, int, JournalState]:
-    """Blocking start-up work: read the task file, tidy the output folder, replay the journal."""
+class _Opened:
+    """What start-up found: the rows, their fingerprints, the journal's state."""
+
+    def __init__(
+        self, tasklist: TaskList, fps: dict[str, str], swept: int, state: JournalState
+    ) -> None:
+        self.tasklist = tasklist
+        self.fps = fps
+        self.tasks_fp = tasklist_fingerprint(tasklist, fps)
+        self.swept = swept
+        self.state = state
+        # absolute: submit and rejudge find them from any working folder
+        self.tasks_path = str(Path(tasklist.path).resolve())
+        self.images_path = str(Path(tasklist.images_dir).resolve())
+
+
+def _open_job(tasks: Path, images: Path | None, out_dir: Path) -> _Opened:
+    """Blocking start-up work (under the folder lock): read the task file, fingerprint its
+    rows, tidy the output folder, replay the journal."""
     tasklist = load_tasks(tasks, images)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    swept = sweep_temp(out_dir / "imgs")
-    return tasklist, swept, replay(out_dir / JOURNAL_NAME)
+    fps = fingerprints(tasklist)
+    swept = sweep_temp(out_dir)
+    return _Opened(tasklist, fps, swept, replay(out_dir / JOURNAL_NAME))
+
+
+def _local(settings: Settings, task_types: set[str]) -> Any:
+    """The local diffusion workers, when a task type of this run lists a ``local:`` model
+    (its workers start on first use; torch is imported only there)."""
+    if not any(m.startswith("local:") for t in task_types for m in settings.models.get(t, [])):
+        return None
+    if settings.ray:  # only then is ray imported
+        from .local.ray_pool import RayPool
+
+        return RayPool(settings, settings.ray)
+    from .local import LocalPool
+
+    return LocalPool(settings)
 
 
 def _judge(settings: Settings, client: DashScopeClient, emulated: bool) -> Any:
@@ -112,13 +150,21 @@ async def run_all(
     settings: Settings | None = None,
     observer: Observer | None = None,
     configure_logging: bool = True,
+    progress: bool = True,
     **overrides: Any,
 ) -> RunSummary:
     """Run every row of ``tasks``; write ``out/imgs/<index>.jpg``; return the summary.
 
     In a notebook: ``summary = await run_all("task.csv", concurrency=32)``.
     Raises TaskFileError / SettingsError (one readable line) when nothing can start.
+    Without an ``observer`` it shows a progress display (a terminal or a notebook) unless
+    ``progress=False``, and its notices go through logging.
     """
+    check_script_guard()  # before anything starts: a worker would re-run an unguarded script
+    if observer is None and progress:
+        from .progress import api_observer
+
+        observer = api_observer()
     if settings is None:
         settings = load_settings(
             Path(settings_file) if settings_file else None, concurrency=concurrency, **overrides
@@ -126,29 +172,68 @@ async def run_all(
     elif concurrency is not None:
         settings = settings.model_copy(update={"concurrency": concurrency})
     out_dir = Path(out)
-    tasklist, swept, state = await asyncio.to_thread(
-        _open_job, Path(tasks), Path(images) if images is not None else None, out_dir
+    lock = OutLock(out_dir, "run")
+    lock.acquire()  # FolderBusy: another process is using this folder; nothing touched
+    try:
+        return await _run_locked(
+            settings, Path(tasks), images, out_dir, observer, configure_logging
+        )
+    finally:
+        lock.release()
+
+
+async def _run_locked(
+    settings: Settings,
+    tasks: Path,
+    images: str | os.PathLike[str] | None,
+    out_dir: Path,
+    observer: Observer | None,
+    configure_logging: bool,
+) -> RunSummary:
+    opened = await asyncio.to_thread(
+        _open_job, tasks, Path(images) if images is not None else None, out_dir
     )
+    tasklist, swept, state = opened.tasklist, opened.swept, opened.state
     key = settings.key()
     if configure_logging:
-        logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=None)
+        # stderr: a script's terminal, or the notebook's cell (the notices, the warnings)
+        logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=sys.stderr)
+    api_types = {t.task_type for t in tasklist.tasks} - {"deepfake"}
+    check_budget(settings, api_types)
     journal = Journal(out_dir)
     swapper, swap_problem = _faceswap(settings, tasklist)
+    local = _local(settings, api_types)
+    # rows made only by local models are real images, even when the API side is emulated
+    api_models = any(
+        not m.startswith("local:") for t in api_types for m in settings.models.get(t, [])
+    )
     try:
         async with _backend(settings) as (base_url, api_key, emulated):
             backend = "emulator" if emulated else base_url
             banner = [
                 f"{len(tasklist.order)} rows from {tasklist.path} "
                 f"({len(tasklist.bad)} unusable), images from {tasklist.images_dir}",
-                "backend: DashScope at " + base_url
-                if not emulated
-                else "backend: the embedded DashScope EMULATOR (no DASHSCOPE_API_KEY): "
-                "images are placeholders, not real generations",
             ]
+            if not api_types:
+                banner.append("backend: none needed (face swap only, on this machine)")
+            elif not api_models:
+                banner.append("backend: none needed (local models only, on this machine)")
+            elif not emulated:
+                banner.append(
+                    f"backend: DashScope at {base_url} (set by {settings.base_url_from}, "
+                    f"region {settings.region})"
+                )
+            else:
+                banner.append(
+                    "backend: the embedded DashScope EMULATOR (no DASHSCOPE_API_KEY): "
+                    "images are placeholders, not real generations"
+                )
             if swapper is not None:
                 banner.append("face swap: " + swapper.describe())
             elif swap_problem:
                 banner.append("face swap: " + swap_problem)
+            if local is not None:
+                banner.append("local generation: " + local.describe())
             if swept:
                 banner.append(f"removed {swept} temp file(s) left by an interrupted run")
             resumable = sum(1 for r in state.rows.values() if r.pending and not r.done)
@@ -157,12 +242,24 @@ async def run_all(
                 banner.append(
                     f"resuming: {done_before} rows done before, {resumable} with tasks to fetch"
                 )
+            run_id = uuid.uuid4().hex[:12]
+            earlier = runs_view(state.runs_info)
+            # the budget covers the folder: earlier runs of the same kind count against it
+            book = price_book(settings)
+            spent_before = sum(
+                book.cost(m, n) or 0.0
+                for m, n in billed_images(earlier, emulated=emulated).items()
+            )
+            budget = Budget(book, settings.budget, spent_before=spent_before)
+            started = time.time()
             await journal.write(
                 "run_start",
-                run=uuid.uuid4().hex[:12],
+                run=run_id,
                 emulated=emulated,
                 backend=backend,
-                tasks=str(tasklist.path),
+                tasks=opened.tasks_path,
+                tasks_fp=opened.tasks_fp,
+                images=opened.images_path,
                 rows=len(tasklist.order),
             )
             async with DashScopeClient(_client_config(settings, base_url, api_key)) as client:
@@ -176,27 +273,74 @@ async def run_all(
                     swapper=swapper,
                     swapper_problem=swap_problem,
                     judge=_judge(settings, client, emulated),
-                    emulated=emulated,
+                    emulated=emulated and api_models,
                     backend=backend,
                     on_row=observer.row if observer else None,
+                    budget=budget,
+                    local=local,
                 )
                 for line in banner:
                     log.info("run_banner", line=line)
                 if observer:
                     observer.started(tasklist, scheduler, banner)
-                summary = await scheduler.run(tasklist, state)
+                # Ctrl-C / SIGTERM: the scheduler stops, the closing files are still written
+                with Interrupts(scheduler.interrupt) as interrupts:
+                    summary = await scheduler.run(tasklist, state, opened.fps)
                 summary.faceswap = swapper.describe() if swapper is not None else swap_problem
+                summary.interrupted = interrupts.name
+                try:
+                    await _close_run(
+                        journal, run_id, started, summary, budget, earlier, emulated
+                    )
+                except DiskFull as exc:  # the rows' records are on disk; say why, go on
+                    log.error("run_end_not_journaled", error=str(exc))
     finally:
         if swapper is not None:
             await swapper.close()
+        if local is not None:
+            await local.close()
         journal.close()
-    await journal_end(out_dir, summary)
+    try:
+        await journal_end(out_dir, summary)
+    except DiskFull as exc:  # a full disk: the summary on the console still says what to do
+        log.error("closing_files_not_written", error=str(exc))
     summary.report = await _report(
         out_dir, tasklist.path, tasklist.images_dir, json.loads(summary.model_dump_json())
     )
     if observer:
         observer.finished(summary)
     return summary
+
+
+async def _close_run(
+    journal: Journal,
+    run_id: str,
+    started: float,
+    summary: RunSummary,
+    budget: Budget,
+    earlier: list[dict[str, Any]],
+    emulated: bool,
+) -> None:
+    """The run_end record, and the summary's view of every run in the folder."""
+    billed = dict(budget.images)
+    end = {
+        "elapsed_s": round(time.time() - started, 3),
+        "submits": summary.submits,
+        "throttled": summary.throttled,
+        "retries": summary.retries,
+        "polls": summary.polls,
+        "done": sum(1 for r in summary.rows if r.status == "done"),
+        "failed": len(summary.failed),
+        "billed": billed,
+        "emulated": emulated,
+        "interrupted": summary.interrupted,
+        "stopped": summary.stopped_reason,
+    }
+    summary.runs = [*earlier, {"run": run_id, "t": started, "ended": True, **end}]
+    # billed over the folder's runs of this kind (emulator rehearsals are not real spend)
+    summary.billed = billed_rows(budget.prices, billed_images(summary.runs, emulated=emulated))
+    summary.budget = budget.limit
+    await journal.write("run_end", run=run_id, **end)  # last: the summary holds it either way
 
 
 async def _report(
@@ -255,5 +399,16 @@ async def rejudge_all(
 
 
 def run(tasks: str | os.PathLike[str] = "task.csv", **kwargs: Any) -> RunSummary:
-    """Blocking wrapper of ``run_all`` for scripts (not for a running event loop)."""
-    return asyncio.run(run_all(tasks, **kwargs))
+    """Blocking wrapper of ``run_all`` for scripts (not for a running event loop).
+
+    Call it under ``if __name__ == "__main__":``: face-swap workers re-import the script.
+    """
+    check_script_guard()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_all(tasks, **kwargs))
+    raise SettingsError(  # asyncio.run cannot nest: say what works instead
+        "runner.run() was called inside a running event loop (a notebook): "
+        "use `summary = await runner.run_all(...)` there"
+    )

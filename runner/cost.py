@@ -1,0 +1,327 @@
+"""What a run costs: list prices from settings, the budget guard, and the dry-run estimate.
+
+Prices live in the settings' ``[prices.<region>]`` tables (per image, per model), never here.
+A model with no listed price is counted in images and shown as "price unknown"; it is never
+guessed. The emulator bills nothing, but its runs are estimated at list prices all the same
+so that a rehearsal shows what the real run would cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Local work: face swap runs on this machine and bills nothing.
+LOCAL_TYPES = frozenset({"deepfake"})
+# wanx models return up to this many images a request (n); others take one request an image.
+MAX_N = 4
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    """One region's list prices: model -> price of one image, in ``currency``."""
+
+    region: str
+    currency: str = ""
+    per_image: Mapping[str, float] = field(default_factory=dict)
+
+    def price(self, model: str) -> float | None:
+        if model.startswith("local:"):  # this machine's GPUs: no bill
+            return 0.0
+        return self.per_image.get(model)
+
+    def cost(self, model: str, images: int) -> float | None:
+        p = self.price(model)
+        return None if p is None else p * images
+
+    def money(self, amount: float | None) -> str:
+        if amount is None:
+            return "price unknown"
+        return f"{amount:,.2f} {self.currency}".strip()
+
+
+def price_book(settings: Settings, region: str | None = None) -> PriceBook:
+    """The list prices of ``region`` (default: the settings' region, cn or intl)."""
+    region = region or settings.region
+    table = settings.prices.get(region)
+    if table is None:
+        return PriceBook(region=region)
+    return PriceBook(region=region, currency=table.currency, per_image=dict(table.per_image))
+
+
+class Budget:
+    """Stops submitting once the estimated spend of accepted tasks would pass ``limit``.
+
+    The lifecycle calls ``reserve`` before each submit and ``refund`` when the service did
+    not accept it (refused, throttled, failed to connect), so only accepted tasks count.
+    ``limit`` None: no limit, only the counting. A model without a price counts images but
+    no money; with a limit set, ``unpriced`` names such models so the caller can refuse to
+    start (a budget that cannot see a model's cost guards nothing).
+    """
+
+    def __init__(
+        self, prices: PriceBook, limit: float | None = None, *, spent_before: float = 0.0
+    ) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError("a budget cannot be negative")
+        self.prices = prices
+        self.limit = limit
+        self.spent_before = spent_before  # earlier runs in the same output folder
+        self.images: Counter[str] = Counter()  # images reserved (then kept) per model
+        self.refused = 0  # submits held back by the budget
+        self._warned: set[str] = set()
+
+    @property
+    def spent(self) -> float:
+        """Estimated spend of this run's accepted (or in-flight) tasks."""
+        return sum(self.prices.cost(m, n) or 0.0 for m, n in self.images.items())
+
+    @property
+    def exhausted(self) -> bool:
+        """True once a submit was held back: the rows left are "stopped" by the budget."""
+        return self.refused > 0
+
+    def reserve(self, model: str, images: int) -> bool:
+        """Count ``images`` of ``model`` if the estimated spend stays within the limit."""
+        cost = self.prices.cost(model, images)
+        if cost is None and model not in self._warned:
+            self._warned.add(model)
+            log.info("price_unknown", model=model, region=self.prices.region)
+        if self.limit is not None and cost:
+            if self.spent_before + self.spent + cost > self.limit + 1e-9:
+                self.refused += 1
+                return False
+        self.images[model] += images
+        return True
+
+    def refund(self, model: str, images: int) -> None:
+        """Give back a reservation whose submit the service did not accept."""
+        self.images[model] = max(0, self.images[model] - images)
+        if not self.images[model]:
+            del self.images[model]
+
+    def unpriced(self, models: Iterable[str]) -> list[str]:
+        """Models a limit cannot guard: they have no price in this region's table."""
+        return sorted({m for m in models if self.prices.price(m) is None})
+
+    def reason(self) -> str:
+        """The one line a row left undone by the budget carries."""
+        return (
+            f"budget {self.prices.money(self.limit)} reached "
+            f"(estimated spend {self.prices.money(self.spent_before + self.spent)}); "
+            "raise --budget to go on"
+        )
+
+    def by_model(self) -> list[dict[str, Any]]:
+        return billed_rows(self.prices, self.images)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, spent_before: float = 0.0) -> Budget:
+        return cls(price_book(settings), settings.budget, spent_before=spent_before)
+
+
+def billed_rows(prices: PriceBook, images: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Per model: images billed, price, estimated cost (None when the price is unknown)."""
+    return [
+        {
+            "model": m,
+            "images": n,
+            "price": prices.price(m),
+            "cost": prices.cost(m, n),
+            "currency": prices.currency,
+        }
+        for m, n in sorted(images.items())
+        if n
+    ]
+
+
+def total_cost(rows: Iterable[Mapping[str, Any]]) -> tuple[float, bool]:
+    """(sum of the known costs, whether every row had a price)."""
+    known = [r["cost"] for r in rows]
+    return sum(c for c in known if c is not None), all(c is not None for c in known)
+
+
+# --------------------------------------------------------------------------- dry run
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model's share of a run, as the dry run estimates it."""
+
+    model: str
+    rows: float
+    images: float
+    requests: float
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    models: list[ModelPlan]
+    local_rows: int  # face swap: no request, no bill
+    duration_s: float  # the quota bound: no schedule can finish the API rows sooner
+    currency: str
+
+    @property
+    def cost(self) -> tuple[float, bool]:
+        known = [p.cost for p in self.models]
+        return sum(c for c in known if c is not None), all(c is not None for c in known)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """What the quota allows one model: requests a second, at most."""
+
+    submits_per_second: float
+    in_flight: int
+    latency_s: float
+
+    @property
+    def rate(self) -> float:
+        # the reference: throughput per model is min(submit rate, in-flight / latency)
+        return min(self.submits_per_second, self.in_flight / self.latency_s)
+
+
+def requests_per_row(model: str, candidates: int, single_image: frozenset[str]) -> int:
+    if model in single_image:
+        return candidates
+    return math.ceil(candidates / MAX_N)
+
+
+def estimate(
+    rows_by_type: Mapping[str, int],
+    models: Mapping[str, list[str]],
+    candidates: Mapping[str, int],
+    lanes: Mapping[str, Lane],
+    prices: PriceBook,
+    single_image: frozenset[str],
+) -> Estimate:
+    """Per model rows, images billed and cost; the quota-bound duration of the API rows.
+
+    Every model a type lists is used at once, so a type's rows are split over its models in
+    proportion to their rates. The duration is the fluid bound: for every set S of task
+    types, S's requests over the rate of all the models S may use; the largest such ratio
+    (Hall's condition) is the shortest time in which any schedule can finish.
+    """
+    api = {t: n for t, n in rows_by_type.items() if t not in LOCAL_TYPES and n}
+    shares: dict[str, list[float]] = {}  # model -> [rows, images, requests]
+    demand: dict[str, float] = {}  # task type -> requests, at its models' average cost
+    for ttype, n in api.items():
+        names = [m for m in models.get(ttype, []) if m in lanes] or models.get(ttype, [])[:1]
+        if not names:
+            continue
+        total_rate = sum(lanes[m].rate for m in names if m in lanes) or 1.0
+        k = candidates.get(ttype, 1)
+        reqs = 0.0
+        for m in names:
+            part = n * (lanes[m].rate / total_rate if m in lanes else 1.0)
+            r = part * requests_per_row(m, k, single_image)
+            s = shares.setdefault(m, [0.0, 0.0, 0.0])
+            s[0] += part
+            s[1] += part * k
+            s[2] += r
+            reqs += r
+        demand[ttype] = reqs
+    duration = 0.0
+    types = list(demand)
+    for size in range(1, len(types) + 1):
+        for subset in itertools.combinations(types, size):
+            used = {m for t in subset for m in models.get(t, []) if m in lanes}
+            rate = sum(lanes[m].rate for m in used)
+            if rate > 0:
+                duration = max(duration, sum(demand[t] for t in subset) / rate)
+    plans = [
+        ModelPlan(
+            model=m,
+            rows=s[0],
+            images=s[1],
+            requests=s[2],
+            cost=None if (p := prices.price(m)) is None else p * s[1],
+        )
+        for m, s in sorted(shares.items())
+    ]
+    local = sum(n for t, n in rows_by_type.items() if t in LOCAL_TYPES)
+    return Estimate(models=plans, local_rows=local, duration_s=duration, currency=prices.currency)
+
+
+def estimate_for(
+    settings: Settings,
+    rows_by_type: Mapping[str, int],
+    *,
+    emulated: bool,
+    latency_s: Mapping[str, float] | None = None,
+    in_flight: Mapping[str, int] | None = None,
+) -> Estimate:
+    """``estimate`` with the settings' models, quotas, candidates and prices.
+
+    ``latency_s`` / ``in_flight``: what a running job has observed (p50, learned limits);
+    without them, ``expected_task_s`` (scaled like the emulator when emulated) and the
+    settings' quotas.
+    """
+    from .settings import SINGLE_IMAGE_MODELS
+
+    typical = settings.expected_task_s * (settings.emulator.time_scale if emulated else 1.0)
+    seen = latency_s or {}
+    limits = in_flight or {}
+    lanes = {}
+    for names in settings.models.values():
+        for m in names:
+            q = settings.quota(m)
+            lanes[m] = Lane(
+                submits_per_second=q.submits_per_second,
+                # no in-flight limit (sync models): --concurrency is the bound
+                in_flight=min(
+                    limits.get(m) or q.in_flight or settings.concurrency, settings.concurrency
+                ),
+                latency_s=max(seen.get(m) or typical, 1e-3),
+            )
+    return estimate(
+        rows_by_type,
+        settings.models,
+        settings.candidates,
+        lanes,
+        price_book(settings),
+        SINGLE_IMAGE_MODELS,
+    )
+
+
+def check_budget(settings: Settings, task_types: Iterable[str]) -> None:
+    """With a budget, every model the run may use needs a price: SettingsError otherwise."""
+    if settings.budget is None:
+        return
+    from .errors import SettingsError
+
+    book = price_book(settings)
+    models = {m for t in task_types if t not in LOCAL_TYPES for m in settings.models.get(t, [])}
+    missing = sorted(m for m in models if book.price(m) is None)
+    if missing:
+        raise SettingsError(
+            f"--budget needs a list price for every model the run may use: "
+            f"{', '.join(missing)} ha{'s' if len(missing) == 1 else 've'} none in "
+            f"[prices.{book.region}] (add it to the settings, or leave out --budget)"
+        )
+
+
+def billed_images(
+    runs: Iterable[Mapping[str, Any]], *, emulated: bool | None = None
+) -> Counter[str]:
+    """Images billed per model over closed runs (``emulated``: only such runs, or all)."""
+    total: Counter[str] = Counter()
+    for run in runs:
+        if emulated is not None and bool(run.get("emulated")) != emulated:
+            continue
+        billed = run.get("billed")
+        if isinstance(billed, dict):
+            for model, n in billed.items():
+                if isinstance(n, int) and n > 0:
+                    total[str(model)] += n
+    return total

@@ -1,0 +1,231 @@
+"""The live progress display (rich: a terminal, or a Jupyter cell) and the run's notices.
+
+The CLI and the Python API share it: the CLI prints notices on its console; the API sends
+them through logging, which a notebook shows under the cell. Rows that are not done and the
+emulator banner are notices; the bar, per-model slots and the ETA are the display.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cost import LOCAL_TYPES, estimate_for
+from .outcomes import RowResult, RunSummary
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .tasks import TaskList
+
+Notice = Callable[[str, str], None]  # (level "info" | "warning", one line)
+
+# Statuses as the summary table names them; "bad" is the row's own input (one status
+# everywhere: the progress bar, the summary, failed.csv and the report say "bad input").
+STATUS_LABEL = {
+    "done": "done",
+    "skipped": "already done",
+    "failed": "failed",
+    "bad": "bad input",
+    "stopped": "stopped",
+}
+_MIN_ROWS_FOR_RATE = 5  # below this the observed rate says little; use the quota bound
+
+
+def duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+class ProgressObserver:
+    """Progress bar with per-model slots and an ETA when it can redraw (a terminal, Jupyter);
+    a line every few seconds elsewhere; ``notice`` gets every line a person must read."""
+
+    def __init__(self, console: Console, notice: Notice, *, quiet: bool = False) -> None:
+        self.console = console
+        self.notice = notice
+        self.quiet = quiet
+        self.counts: Counter[str] = Counter()
+        self.left_by_type: Counter[str] = Counter()
+        self.total = 0
+        self.scheduler: Scheduler | None = None
+        self.live: Live | None = None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            console=console,
+        )
+        self.bar = self.progress.add_task("rows", total=1, status="", eta="")
+        self._last_line = 0.0
+        self._started = time.monotonic()
+        self._first_new: float | None = None  # when the first row was done by this run
+        self._new_done = 0
+
+    # --- the observer protocol ----------------------------------------------------
+    def started(self, tasks: TaskList, scheduler: Scheduler, banner: list[str]) -> None:
+        self.scheduler = scheduler
+        self.total = len(tasks.order)
+        self.left_by_type = Counter(t.task_type for t in tasks.tasks)
+        self._started = time.monotonic()
+        # the clock starts with the rows, not with the start-up (emulator, face-swap workers)
+        self.progress.reset(self.bar, total=self.total, status="", eta=self._eta_text())
+        for line in banner:  # what the run is about to do: shown whatever the log level
+            self.notice("warning", line)
+        if not self.quiet and (self.console.is_terminal or self.console.is_jupyter):
+            self.live = Live(
+                get_renderable=self._renderable,
+                console=self.console,
+                refresh_per_second=4,
+                transient=not self.console.is_jupyter,
+            )
+            self.live.start()
+
+    def row(self, result: RowResult) -> None:
+        self.counts[result.status] += 1
+        if self.left_by_type[result.task_type] > 0:
+            self.left_by_type[result.task_type] -= 1
+        if result.status == "done":
+            self._new_done += 1
+            if self._first_new is None:
+                self._first_new = time.monotonic()
+        self.progress.update(self.bar, advance=1, status=self._status(), eta=self._eta_text())
+        if result.status in ("failed", "bad"):
+            self.notice(
+                "warning",
+                f"row {result.index} ({result.task_type}, {STATUS_LABEL[result.status]}): "
+                f"{result.reason}",
+            )
+        if self.live is None and not self.quiet:
+            now = time.monotonic()
+            done = sum(self.counts.values())
+            if now - self._last_line > 5 or done == self.total:
+                self._last_line = now
+                eta = self._eta_text()
+                self.notice(
+                    "info", f"progress: {done}/{self.total} rows" + (f", {eta}" if eta else "")
+                )
+
+    def finished(self, summary: RunSummary) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    # --- what it shows --------------------------------------------------------------
+    def _status(self) -> str:
+        c = self.counts
+        parts = [f"[green]{c['done'] + c['skipped']} ok[/]"]
+        if c["failed"]:
+            parts.append(f"[red]{c['failed']} failed[/]")
+        if c["bad"]:
+            parts.append(f"[red]{c['bad']} bad input[/]")
+        if c["stopped"]:
+            parts.append(f"[yellow]{c['stopped']} stopped[/]")
+        return " ".join(parts)
+
+    def eta_s(self) -> float | None:
+        """Seconds left: the observed rate once a few rows are done, never under the quota
+        bound of the API rows left (no schedule can beat it)."""
+        left_api = {t: n for t, n in self.left_by_type.items() if n and t not in LOCAL_TYPES}
+        left = sum(self.left_by_type.values())
+        if not left:
+            return 0.0
+        bound = self._bound_s(left_api) if left_api else 0.0
+        observed = None
+        if self._first_new is not None and self._new_done >= _MIN_ROWS_FOR_RATE:
+            spent = time.monotonic() - self._started
+            if spent > 0:
+                observed = left / (self._new_done / spent)
+        if observed is None:
+            return bound if left_api else None
+        return max(observed, bound)
+
+    def _bound_s(self, left_api: dict[str, int]) -> float:
+        sched = self.scheduler
+        if sched is None:
+            return 0.0
+        latency: dict[str, float] = {}
+        limits: dict[str, int] = {}
+        for v in sched.pool.views():
+            if v.get("p50_s"):
+                latency[str(v["model"])] = float(v["p50_s"])
+            if v.get("limit"):
+                limits[str(v["model"])] = int(v["limit"])
+        est = estimate_for(
+            sched.settings, left_api, emulated=sched.emulated, latency_s=latency, in_flight=limits
+        )
+        return est.duration_s
+
+    def _eta_text(self) -> str:
+        try:
+            eta = self.eta_s()
+        except Exception:  # an estimate must never break the run it describes
+            return ""
+        return "" if eta is None else f"ETA {duration(eta)}"
+
+    def _models_table(self) -> Table:
+        table = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
+        for col in ("model", "slots", "done", "429", "p50 s", "p90 s"):
+            table.add_column(col)
+        if self.scheduler is not None:
+            for v in self.scheduler.pool.views():
+                if not (v["submits"] or v["in_flight"]):
+                    continue
+                learned = "~" if v["learned"] else ""
+                table.add_row(
+                    str(v["model"]),
+                    f"{v['in_flight']}/{learned}{v['limit']}",
+                    str(v["completed"]),
+                    str(v["throttled"]),
+                    str(v["p50_s"] or "-"),
+                    str(v["p90_s"] or "-"),
+                )
+        return table
+
+    def _renderable(self) -> Any:
+        # called at each redraw: the ETA moves between rows too
+        self.progress.update(self.bar, eta=self._eta_text())
+        return Group(self.progress.get_renderable(), self._models_table())
+
+
+_notices = logging.getLogger("runner.notice")
+
+
+def log_notice(level: str, line: str) -> None:
+    """The Python API's notices: through logging, which a notebook shows under the cell."""
+    _notices.log(logging.WARNING if level == "warning" else logging.INFO, line)
+
+
+class ApiObserver(ProgressObserver):
+    """The Python API's observer: the CLI prints its own closing summary; a script or a
+    notebook gets one closing notice instead."""
+
+    def finished(self, summary: RunSummary) -> None:
+        self.close()
+        where = ""
+        if summary.report:
+            where = f" (listed in {Path(summary.report).parent / 'failed.csv'})"
+        not_done = len(summary.failed)
+        line = f"{summary!r}" + (f"; {not_done} row(s) not done{where}" if not_done else "")
+        self.notice("warning" if not_done or summary.stopped_reason else "info", line)
+
+
+def api_observer() -> ProgressObserver:
+    """The observer ``run_all`` uses when the caller gives none (a script, a notebook)."""
+    return ApiObserver(Console(stderr=True), log_notice)

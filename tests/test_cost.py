@@ -1,0 +1,111 @@
+"""Prices, the budget guard and the dry-run estimate (runner.cost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.cost import Budget, Lane, PriceBook, estimate, price_book
+from runner.errors import SettingsError
+from runner.settings import SINGLE_IMAGE_MODELS, load_settings
+
+INTL = PriceBook(region="intl", currency="USD", per_image={"wan2.1-t2i-turbo": 0.025, "b": 0.1})
+
+
+def test_documented_intl_price_is_the_default() -> None:
+    s = load_settings(None, base_url="https://dashscope-intl.aliyuncs.com/api/v1")
+    book = price_book(s)
+    assert book.region == "intl"
+    assert book.price("wan2.1-t2i-turbo") == 0.025
+    assert book.money(book.cost("wan2.1-t2i-turbo", 1000)) == "25.00 USD"
+    # nothing is guessed for a model or region the reference gives no price for
+    assert book.price("wanx2.1-t2i-turbo") is None
+    assert price_book(load_settings(None)).per_image == {}
+
+
+def test_prices_table_from_a_settings_file_merges_over_defaults(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text(
+        '[prices.intl]\n"wan2.1-t2i-plus" = 0.05\n'
+        '[prices.cn]\ncurrency = "CNY"\n"wanx2.1-t2i-turbo" = 0.14\n',
+        encoding="utf-8",
+    )
+    s = load_settings(f)
+    assert s.prices["intl"].per_image == {"wan2.1-t2i-turbo": 0.025, "wan2.1-t2i-plus": 0.05}
+    assert s.prices["intl"].currency == "USD"
+    book = price_book(s)  # default base URL: Beijing
+    assert (book.region, book.currency, book.price("wanx2.1-t2i-turbo")) == ("cn", "CNY", 0.14)
+
+
+def test_negative_price_is_one_settings_line(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text('[prices.intl]\n"m" = -1\n', encoding="utf-8")
+    with pytest.raises(SettingsError, match="negative"):
+        load_settings(f)
+
+
+def test_budget_refuses_the_submit_that_would_pass_it_and_refunds_unaccepted() -> None:
+    b = Budget(INTL, limit=0.1)
+    assert b.reserve("wan2.1-t2i-turbo", 2)  # 0.05
+    assert b.reserve("wan2.1-t2i-turbo", 2)  # 0.10, exactly the limit
+    assert not b.reserve("wan2.1-t2i-turbo", 1)  # 0.125 would pass it
+    assert b.exhausted and "0.10 USD" in b.reason()
+    b.refund("wan2.1-t2i-turbo", 2)  # a submit that was answered 429: not billed
+    assert b.spent == pytest.approx(0.05)
+    assert b.reserve("wan2.1-t2i-turbo", 2)
+    assert b.by_model() == [
+        {"model": "wan2.1-t2i-turbo", "images": 4, "price": 0.025, "cost": 0.1, "currency": "USD"}
+    ]
+
+
+def test_budget_counts_earlier_runs_and_unpriced_models() -> None:
+    b = Budget(INTL, limit=1.0, spent_before=0.95)
+    assert not b.reserve("b", 1)
+    assert b.reserve("unknown-model", 3)  # counted in images, no money
+    assert b.images["unknown-model"] == 3
+    assert b.unpriced(["b", "unknown-model", "wan2.1-t2i-turbo"]) == ["unknown-model"]
+    assert Budget(INTL).reserve("b", 10**6)  # no limit: only counting
+
+
+def test_estimate_splits_by_rate_and_gives_the_quota_bound() -> None:
+    lanes = {
+        "a": Lane(submits_per_second=2, in_flight=2, latency_s=10.0),  # 0.2 req/s
+        "b": Lane(submits_per_second=2, in_flight=6, latency_s=10.0),  # 0.6 req/s
+    }
+    est = estimate(
+        {"t2i": 80, "deepfake": 5},
+        {"t2i": ["a", "b"]},
+        {"t2i": 2},
+        lanes,
+        INTL,
+        frozenset({"b"}),
+    )
+    plans = {p.model: p for p in est.models}
+    assert plans["a"].rows == pytest.approx(20) and plans["b"].rows == pytest.approx(60)
+    assert plans["a"].images == pytest.approx(40) and plans["a"].requests == pytest.approx(20)
+    assert plans["b"].requests == pytest.approx(120)  # one image a request
+    assert plans["a"].cost is None and plans["b"].cost == pytest.approx(12.0)
+    assert est.local_rows == 5
+    assert est.duration_s == pytest.approx(140 / 0.8)
+
+
+def test_estimate_shared_models_bound_by_the_tightest_group() -> None:
+    lanes = {m: Lane(2, 2, 10.0) for m in ("x", "y", "z")}
+    est = estimate(
+        {"tie": 100, "vttie": 100, "t2i": 10},
+        {"tie": ["x"], "vttie": ["x", "y"], "t2i": ["z"]},
+        {},
+        lanes,
+        INTL,
+        SINGLE_IMAGE_MODELS,
+    )
+    # tie alone: 100 / 0.2 = 500 s; tie + vttie over x and y: 200 / 0.4 = 500 s
+    assert est.duration_s == pytest.approx(500.0)
+
+
+def test_prices_for_an_unknown_region_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "s.toml"
+    f.write_text('[prices.beijing]\n"wanx2.1-t2i-turbo" = 0.14\n', encoding="utf-8")
+    with pytest.raises(SettingsError, match="unknown region 'beijing'"):
+        load_settings(f)
