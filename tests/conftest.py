@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +170,20 @@ def paid_twice(journal: Path, billed: Iterable[dict[str, Any]]) -> dict[str, int
     paid = billed_per_row(billed)
     extra = {row: n - 1 - legit[row] for row, n in paid.items()}
     return {row: n for row, n in extra.items() if n > 0}
+
+
+@contextlib.asynccontextmanager
+async def fault_emulator(
+    time_scale: float = 0.005, seed: int = 3, **faults: Any
+) -> AsyncIterator[Any]:
+    """The in-process emulator without quotas (the tests pace nothing), with ``faults``."""
+    from runner.emulator import Emulator, EmulatorConfig, FaultConfig
+
+    cfg = EmulatorConfig(
+        time_scale=time_scale,
+        seed=seed,
+        quotas_enabled=False,
+        faults=FaultConfig.model_validate(faults),
+    )
+    async with Emulator(cfg) as emu:
+        yield emu

@@ -23,18 +23,18 @@ import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import paid_twice, png_bytes, row_prompt
+from conftest import fault_emulator, paid_twice, png_bytes, row_prompt
 from PIL import Image
 
 from runner import run_all
-from runner.emulator import Emulator, EmulatorConfig, FaultConfig
+from runner.emulator import Emulator
 from runner.errors import DiskFull
 from runner.journal import Journal, replay
 from runner.settings import Settings, load_settings
@@ -69,16 +69,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-@asynccontextmanager
-async def emulator(**faults: Any) -> AsyncIterator[Emulator]:
-    cfg = EmulatorConfig(
-        time_scale=0.005,
-        seed=3,
-        quotas_enabled=False,
-        faults=FaultConfig.model_validate(faults),
-    )
-    async with Emulator(cfg) as emu:
-        yield emu
+def emulator(**faults: Any) -> Any:
+    return fault_emulator(seed=3, **faults)
 
 
 def settings_for(emu: Emulator, **kw: Any) -> Settings:

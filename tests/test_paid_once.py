@@ -12,16 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import billed_per_row, make_image, paid_twice, row_prompt, write_tasks
+from conftest import (
+    billed_per_row,
+    fault_emulator,
+    make_image,
+    paid_twice,
+    row_prompt,
+    write_tasks,
+)
 
 from runner import run_all
-from runner.emulator import Emulator, EmulatorConfig, FaultConfig
+from runner.emulator import Emulator
 from runner.journal import JOURNAL_NAME, JournalError, replay
 from runner.settings import Settings, load_settings
 from runner.store import FolderBusy, OutLock
@@ -39,16 +44,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-@asynccontextmanager
-async def emulator(time_scale: float = 0.005, **faults: Any) -> AsyncIterator[Emulator]:
-    cfg = EmulatorConfig(
-        time_scale=time_scale,
-        seed=5,
-        quotas_enabled=False,
-        faults=FaultConfig.model_validate(faults),
-    )
-    async with Emulator(cfg) as emu:
-        yield emu
+def emulator(time_scale: float = 0.005, **faults: Any) -> Any:
+    return fault_emulator(time_scale=time_scale, seed=5, **faults)
 
 
 def settings_for(emu: Emulator, **kw: Any) -> Settings:
