@@ -376,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="ADDRESS",
-        help="run the local models' workers as Ray actors on the cluster at ADDRESS "
-        "(without one: RAY_ADDRESS, else a cluster running here; 'local' starts one)",
+        help="run the local models' and the face swap's workers as Ray actors on the cluster "
+        "at ADDRESS (without one: RAY_ADDRESS, else a cluster running here; 'local' starts one)",
     )
     run_p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     run_p.add_argument("-v", "--verbose", action="store_true", help="log info lines on the console")

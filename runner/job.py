@@ -89,6 +89,12 @@ def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
         from .faceswap import FaceSwapPool
     except ImportError as exc:  # the optional stack is missing or broken
         return None, f"face swap unavailable: {exc}"
+    if settings.ray:  # the workers become Ray actors; only then is ray imported
+        from .faceswap.ray_pool import RayFaceSwapPool
+
+        return RayFaceSwapPool(
+            settings.faceswap, settings.ray, jpeg_quality=settings.jpeg_quality
+        ), None
     return FaceSwapPool(settings.faceswap, jpeg_quality=settings.jpeg_quality), None
 
 
@@ -295,10 +301,11 @@ async def _run_locked(
                 except DiskFull as exc:  # the rows' records are on disk; say why, go on
                     log.error("run_end_not_journaled", error=str(exc))
     finally:
-        if swapper is not None:
-            await swapper.close()
+        # local first: with --ray the swapper started (and so shuts down) the Ray cluster
         if local is not None:
             await local.close()
+        if swapper is not None:
+            await swapper.close()
         journal.close()
     try:
         await journal_end(out_dir, summary)

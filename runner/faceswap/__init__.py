@@ -4,7 +4,8 @@ Processors, one module each (FaceFusion's layout): ``detect`` (dlib faces and la
 ``classic`` (the offline swapper), ``inswapper`` (insightface), ``blend`` (masks, colour,
 light, occluders, Poisson), ``glasses`` (frames removed whole, never half), ``jpeg``
 (outputs saved the way their source was), ``enhance`` (GFPGAN / CodeFormer ONNX),
-``identity`` (embeddings), ``pool`` (the process pool the scheduler awaits).
+``identity`` (embeddings), ``pool`` (the process pool the scheduler awaits), ``ray_pool``
+(the same as Ray actors, with ``--ray``; only then is ray imported).
 """
 
 from __future__ import annotations
