@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from ..raycluster import join
 from ..settings import FaceSwapSettings
 from . import worker
 from .pool import FaceSwapPool
@@ -38,8 +39,9 @@ class FaceSwapActor:
     def info(self) -> dict[str, Any]:
         return worker.ping()
 
-    def swap(self, index: str, ori: tuple[str, bytes],
-             target: tuple[str, bytes]) -> tuple[str, Any]:
+    def swap(
+        self, index: str, ori: tuple[str, bytes], target: tuple[str, bytes]
+    ) -> tuple[str, Any]:
         """("done", the result as a dict) or ("failed", the reason)."""
         import tempfile
 
@@ -50,8 +52,7 @@ class FaceSwapActor:
                 path.write_bytes(data)
                 paths.append(str(path))
             try:
-                result = worker.run_job(worker.SwapJob(index=index, ori=paths[0],
-                                                       target=paths[1]))
+                result = worker.run_job(worker.SwapJob(index=index, ori=paths[0], target=paths[1]))
             except FaceSwapError as exc:
                 return "failed", str(exc)
         return "done", result.model_dump()
@@ -79,8 +80,7 @@ class _Slot:
 class RayFaceSwapPool(FaceSwapPool):
     """``FaceSwapPool`` on a Ray cluster: ``address`` is a cluster's, or "local" to start one."""
 
-    def __init__(self, settings: FaceSwapSettings, address: str, *,
-                 jpeg_quality: int = 95) -> None:
+    def __init__(self, settings: FaceSwapSettings, address: str, *, jpeg_quality: int = 95) -> None:
         super().__init__(settings, jpeg_quality=jpeg_quality)
         self.threads = 1  # one CPU per actor
         self.address = address
@@ -97,17 +97,9 @@ class RayFaceSwapPool(FaceSwapPool):
     # --- life cycle -------------------------------------------------------------------------
     def connect(self) -> None:
         """Blocking: join the cluster (or start one); run in a thread."""
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(
-                address=None if self.address == "local" else self.address,
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-            self._started_here = True
-        self._ray = ray
-        self._actor_cls = ray.remote(FaceSwapActor)
+        self._ray, started = join(self.address)
+        self._started_here = self._started_here or started
+        self._actor_cls = self._ray.remote(FaceSwapActor)
 
     def _get_ray_lock(self) -> asyncio.Lock:
         if self._ray_lock is None:
@@ -132,8 +124,13 @@ class RayFaceSwapPool(FaceSwapPool):
         for info in self.worker_info:
             if info.get("load_error"):
                 log.warning("faceswap.worker_fallback", reason=info["load_error"])
-        log.info("faceswap.ready", backend=self.backend, workers=self.workers,
-                 actors=sum(s.actor is not None for s in self.slots), cluster=self.address)
+        log.info(
+            "faceswap.ready",
+            backend=self.backend,
+            workers=self.workers,
+            actors=sum(s.actor is not None for s in self.slots),
+            cluster=self.address,
+        )
 
     async def _start_actor(self, slot: _Slot) -> None:
         actor = self._actor_cls.options(num_cpus=1).remote(self.config())
@@ -141,8 +138,10 @@ class RayFaceSwapPool(FaceSwapPool):
             info = await actor.info.remote()
         except self._ray.exceptions.RayError as exc:
             self._ray.kill(actor)
-            log.error("faceswap.start_failed",
-                      error=f"its Ray actor died while loading ({type(exc).__name__})")
+            log.error(
+                "faceswap.start_failed",
+                error=f"its Ray actor died while loading ({type(exc).__name__})",
+            )
             raise FaceSwapError(
                 f"the face-swap Ray actor died while loading ({type(exc).__name__})"
             ) from None
@@ -152,8 +151,8 @@ class RayFaceSwapPool(FaceSwapPool):
         if self._ray is None:
             await self.start()
         ori_in, target_in = await asyncio.to_thread(
-            lambda: (_read_input(Path(ori), "ori_image"),
-                     _read_input(Path(target), "target_image")))
+            lambda: (_read_input(Path(ori), "ori_image"), _read_input(Path(target), "target_image"))
+        )
         for attempt in (1, 2):
             free = self._get_free()
             slot = await free.get()
@@ -172,8 +171,9 @@ class RayFaceSwapPool(FaceSwapPool):
             log.warning("faceswap.worker_crashed", index=index, attempt=attempt)
         raise FaceSwapError("the face-swap worker crashed twice on this row (its Ray actor died)")
 
-    async def _run(self, slot: _Slot, index: str, ori: tuple[str, bytes],
-                   target: tuple[str, bytes]) -> tuple[str, Any] | None:
+    async def _run(
+        self, slot: _Slot, index: str, ori: tuple[str, bytes], target: tuple[str, bytes]
+    ) -> tuple[str, Any] | None:
         """The actor's answer, or None when the actor died (it is then replaced)."""
         if slot.actor is None:
             async with self._get_ray_lock():

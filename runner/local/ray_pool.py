@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from ..errors import ModelNotServed, RowFailed, ServerError
+from ..raycluster import join
 from ..settings import Settings
 from .config import WorkerSpec
 from .pool import LocalPool
@@ -143,17 +144,9 @@ class RayPool(LocalPool):
 
     def connect(self) -> None:
         """Blocking: join the cluster (or start one); run in a thread."""
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(
-                address=None if self.address == "local" else self.address,
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-            self._started_here = True
-        self._ray = ray
-        self._actor_cls = ray.remote(DiffusionActor)
+        self._ray, started = join(self.address)
+        self._started_here = self._started_here or started
+        self._actor_cls = self._ray.remote(DiffusionActor)
 
     def devices(self) -> list[str]:
         """The cluster's resources, for doctor (blocking)."""
