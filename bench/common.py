@@ -326,7 +326,7 @@ def build_workload(
         source = "synthetic (no competition/task.csv): 250 rows of each type"
     if not deepfake:
         rows = [r for r in rows if r["task_type"] != "deepfake"]
-        notes.append("deepfake rows left out: runner.faceswap.FaceSwapPool is not available")
+        notes.append("deepfake rows left out: the face-swap pool is not available")
     out_csv = work / ("task.csv" if deepfake else "task_api.csv")
     _write_csv(out_csv, rows)
     counts: dict[str, int] = {}
@@ -362,7 +362,7 @@ def _synthetic_rows(imgs: Path) -> list[dict[str, str]]:
 
 def faceswap_available() -> tuple[bool, str]:
     try:
-        from runner.faceswap import FaceSwapPool  # noqa: F401
+        from runner.backends.faceswap import FaceSwapPool  # noqa: F401
     except Exception as exc:  # ImportError or a broken optional stack
         return False, f"{type(exc).__name__}: {exc}"
     return True, ""

@@ -77,7 +77,7 @@ async def run_pool(
 ) -> tuple[dict[str, Any], float, float | None]:
     """Swap every row; returns ({index: result or error text}, wall seconds, worker CPU
     seconds). The clock starts once every worker has loaded its models."""
-    from runner.faceswap import FaceSwapError, FaceSwapPool
+    from runner.backends.faceswap import FaceSwapError, FaceSwapPool
     from runner.settings import FaceSwapSettings
 
     pool = FaceSwapPool(FaceSwapSettings(backend="classic", workers=workers, candidates=candidates))
@@ -112,8 +112,8 @@ def outside_face_mad(models: Any, ori_path: Path, jpeg: bytes) -> float | None:
     import cv2
     from PIL import Image
 
-    from runner.faceswap import blend, detect
-    from runner.faceswap.worker import read_rgb
+    from runner.backends.faceswap import blend, detect
+    from runner.backends.faceswap.worker import read_rgb
 
     ori = read_rgb(str(ori_path), "ori_image")
     out = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
@@ -178,7 +178,7 @@ def eye_stats(
 ) -> dict[str, Any]:
     """FaceNet identity, the second-photo baseline and the JPEG-ghost AUC (see
     ``bench.faceswap_eye`` and ``bench.faceswap_ghost``)."""
-    from runner.faceswap.worker import decode_jpeg, read_rgb
+    from runner.backends.faceswap.worker import decode_jpeg, read_rgb
 
     from .faceswap_eye import FaceNetEye, SourceFaces, second_photos
     from .faceswap_ghost import auc, ghost_score
@@ -399,8 +399,8 @@ async def main_async(args: argparse.Namespace) -> int:
             "(the competition data is not shipped with the project)"
         )
         return 0
-    from runner.faceswap.detect import load_dlib
-    from runner.faceswap.pool import cpu_count
+    from runner.backends.faceswap.detect import load_dlib
+    from runner.backends.faceswap.pool import cpu_count
 
     rows = deepfake_rows(folder)
     if args.sheet_only:

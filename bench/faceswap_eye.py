@@ -136,9 +136,9 @@ class SourceFaces:
         self._dlib: Any = None
 
     def get(self, path: Path) -> dict[str, Any]:
-        from runner.faceswap.detect import find_main_face, load_dlib
-        from runner.faceswap.identity import dlib_descriptor
-        from runner.faceswap.worker import read_rgb
+        from runner.backends.faceswap.detect import find_main_face, load_dlib
+        from runner.backends.faceswap.identity import dlib_descriptor
+        from runner.backends.faceswap.worker import read_rgb
 
         key = file_key(path)
         if key in self.data:

@@ -1,8 +1,8 @@
 """``make gpu-check``: local generation on every CUDA device, figures into BENCHMARKS.md.
 
-On each GPU: the tiny QwenImagePipeline (runner.local.tiny) in bfloat16, then, for every
+On each GPU: the tiny QwenImagePipeline (runner.backends.local.tiny) in bfloat16, then, for every
 ``--weights name=folder``, ``--images`` real images at the model's own size and steps;
-each through the workers' own loading and calling code (runner.local.worker). Then all GPUs
+each through the workers' own loading and calling code (runner.backends.local.worker). Then all GPUs
 together through the LocalPool, one worker process per device. Written: images/s,
 seconds per image and peak memory per GPU, between the markers of BENCHMARKS.md's
 "Local generation" section. Without a CUDA device it says so and exits 0.
@@ -78,7 +78,7 @@ def one_device(name: str, source: str, device: str, n: int, steps: int, size: st
     """Load on ``device``, one warm-up image, then ``n`` timed ones, one call each."""
     import torch
 
-    from runner.local.worker import Runner, load_pipeline
+    from runner.backends.local.worker import Runner, load_pipeline
 
     spec = _spec(source, device, steps, size)
     runner = Runner(load_pipeline(spec), spec)
@@ -101,7 +101,7 @@ def one_device(name: str, source: str, device: str, n: int, steps: int, size: st
 
 async def all_devices(source: str, devices: list[str], n: int, steps: int, size: str) -> Row:
     """Every GPU at once through the pool: ``n`` images per device, one worker each."""
-    from runner.local import LocalPool
+    from runner.backends.local import LocalPool
     from runner.settings import Settings
 
     table = {"path": source, "steps": steps, "size": size, "devices": devices}
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         weights.append((name, folder))
     import torch
 
-    from runner.local.tiny import build_tiny_qwen_image
+    from runner.backends.local.tiny import build_tiny_qwen_image
 
     names = [torch.cuda.get_device_name(i) for i in range(len(devices))]
     rows: list[Row] = []

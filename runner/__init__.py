@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-# Loaded on first use: face-swap worker processes import runner.faceswap and should not
+# Loaded on first use: face-swap worker processes import runner.backends.faceswap and should not
 # pay for the whole job stack (aiohttp, the client, the scheduler) at start-up.
 _LAZY = {
     "run": "runner.job",

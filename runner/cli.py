@@ -25,10 +25,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import logs
-from .errors import RunnerError, SettingsError, TaskFileError
-from .outcomes import RowResult, RunSummary
-from .progress import ProgressObserver, duration
+from runner import logs
+from runner.errors import RunnerError, SettingsError, TaskFileError
+from runner.outcomes import RowResult, RunSummary
+from runner.progress import ProgressObserver, duration
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 143
@@ -242,9 +242,9 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
 def _dry_run(console: Console, settings: Any, tasks: Path, images: Path | None) -> int:
     """Validate the task file and the inputs, print what the run would bill and how long it
     would take at best; no request is made."""
-    from .cost import check_budget, estimate_for, price_book
-    from .images import image_size
-    from .tasks import load_tasks
+    from runner.cost import check_budget, estimate_for, price_book
+    from runner.images import image_size
+    from runner.tasks import load_tasks
 
     tasklist = load_tasks(tasks, images)
     unreadable: list[tuple[str, str]] = []
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rep_p, sample=False)
     rej_p = sub.add_parser("rejudge", help="score outputs and candidates again, re-pick the best")
     _common(rej_p, sample=False)
-    from .doctor import add_arguments as doctor_arguments
+    from runner.doctor import add_arguments as doctor_arguments
 
     doctor_arguments(sub.add_parser("doctor", help="check key, service, settings, models, disk"))
     return parser
@@ -408,7 +408,7 @@ def _tasks_path(args: argparse.Namespace, console: Console) -> tuple[Path, Path 
         images = args.images or (Path(run["images"]) if run.get("images") else None)
         return Path(run["tasks"]), images
     if getattr(args, "sample", False):
-        from .sample import write_sample
+        from runner.sample import write_sample
 
         folder = args.out / "sample"
         path = write_sample(folder)
@@ -420,7 +420,7 @@ def _tasks_path(args: argparse.Namespace, console: Console) -> tuple[Path, Path 
 
 
 def _last_run(out: Path) -> dict[str, Any] | None:
-    from .journal import JOURNAL_NAME, replay
+    from runner.store.journal import JOURNAL_NAME, replay
 
     return replay(out / JOURNAL_NAME).last_run
 
@@ -437,8 +437,8 @@ def ray_address(given: str | None) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .job import run_all
-    from .settings import load_settings
+    from runner.job import run_all
+    from runner.settings import load_settings
 
     if args.concurrency is not None and args.concurrency < 1:
         raise SettingsError("--concurrency must be at least 1")
@@ -480,7 +480,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace, console: Console) -> int:
-    from .submit import pack
+    from runner.outputs.submit import pack
 
     report = pack(
         args.out,
@@ -502,7 +502,7 @@ def _cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from .report import write_report
+    from runner.outputs.report import write_report
 
     tasks, images = _tasks_path(args, console)
     logs.configure(args.out / "run.log", console=None)  # the command prints one line: its own
@@ -512,8 +512,8 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_rejudge(args: argparse.Namespace, console: Console) -> int:
-    from .job import rejudge_all
-    from .settings import load_settings
+    from runner.job import rejudge_all
+    from runner.settings import load_settings
 
     settings = load_settings(args.settings)
     tasks, images = _tasks_path(args, console)
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted: everything done so far is kept; run the same command to go on")
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except RunnerError as exc:
-        from .submit import SubmitRefused
+        from runner.outputs.submit import SubmitRefused
 
         err.print(f"error: {exc}", highlight=False, markup=False)
         return EXIT_BAD_INPUT if isinstance(exc, SubmitRefused) else EXIT_STOPPED
@@ -578,6 +578,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _extra_commands() -> dict[str, Any]:
     """Commands that live in their own modules."""
-    from .doctor import command as doctor
+    from runner.doctor import command as doctor
 
     return {"doctor": doctor}

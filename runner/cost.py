@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from runner.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -267,7 +267,7 @@ def estimate_for(
     without them, ``expected_task_s`` (scaled like the emulator when emulated) and the
     settings' quotas.
     """
-    from .settings import SINGLE_IMAGE_MODELS
+    from runner.settings import SINGLE_IMAGE_MODELS
 
     typical = settings.expected_task_s * (settings.emulator.time_scale if emulated else 1.0)
     seen = latency_s or {}
@@ -298,7 +298,7 @@ def check_budget(settings: Settings, task_types: Iterable[str]) -> None:
     """With a budget, every model the run may use needs a price: SettingsError otherwise."""
     if settings.budget is None:
         return
-    from .errors import SettingsError
+    from runner.errors import SettingsError
 
     book = price_book(settings)
     models = {m for t in task_types if t not in LOCAL_TYPES for m in settings.models.get(t, [])}

@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from .errors import SettingsError
-from .models import BASE_URLS, caps, default_models, region_of_url
-from .settings import DEFAULT_BASE_URL, Settings, load_settings
+from runner.errors import SettingsError
+from runner.models import BASE_URLS, caps, default_models, region_of_url
+from runner.settings import DEFAULT_BASE_URL, Settings, load_settings
 
 Level = Literal["ok", "warn", "FAIL"]
 
@@ -288,7 +288,7 @@ def check_models(settings: Settings) -> Check:
     models_dir = Path(settings.faceswap.models_dir).expanduser()
     backend = settings.faceswap.backend
     try:
-        from .faceswap.models import dlib_model_dir, find_models
+        from runner.backends.faceswap.models import dlib_model_dir, find_models
     except Exception as exc:  # the face-swap stack is optional
         return Check(
             "models",
@@ -424,7 +424,7 @@ def run_doctor(
 
 def check_local(settings: Settings) -> list[Check]:
     """The devices local models would run on, and each local model's folder."""
-    from .local.checks import local_lines
+    from runner.backends.local.checks import local_lines
 
     return [Check(name, level, detail, fix) for level, name, detail, fix in local_lines(settings)]
 
@@ -496,8 +496,8 @@ def command(args: argparse.Namespace, console: Any) -> int:
         timeout_s=float(getattr(args, "timeout", None) or PROBE_TIMEOUT_S),
     )
     if getattr(args, "ray", None) is not None:  # only then is ray imported
-        from .cli import ray_address
-        from .local.checks import ray_lines
+        from runner.backends.local.checks import ray_lines
+        from runner.cli import ray_address
 
         address = ray_address(args.ray) or "auto"
         checks += [Check(n, lvl, d, f) for lvl, n, d, f in ray_lines(address)]

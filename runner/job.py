@@ -22,19 +22,19 @@ from typing import Any, Protocol
 import structlog
 from pydantic import SecretStr
 
-from . import logs
-from .cost import Budget, billed_images, billed_rows, check_budget, price_book
-from .dashscope import ClientConfig, DashScopeClient
-from .errors import DiskFull, SettingsError
-from .fingerprint import fingerprints, tasklist_fingerprint
-from .guard import check_script_guard
-from .interrupts import Interrupts
-from .journal import JOURNAL_NAME, Journal, JournalState, replay
-from .outcomes import runs_view
-from .scheduler import RowResult, RunSummary, Scheduler
-from .settings import Settings, load_settings
-from .store import OutLock, sweep_temp, write_atomic_sync
-from .tasks import TaskList, load_tasks
+from runner import logs
+from runner.backends.dashscope.client import ClientConfig, DashScopeClient
+from runner.cost import Budget, billed_images, billed_rows, check_budget, price_book
+from runner.errors import DiskFull, SettingsError
+from runner.guard import check_script_guard
+from runner.interrupts import Interrupts
+from runner.outcomes import runs_view
+from runner.scheduling.scheduler import RowResult, RunSummary, Scheduler
+from runner.settings import Settings, load_settings
+from runner.store.files import OutLock, sweep_temp, write_atomic_sync
+from runner.store.fingerprint import fingerprints, tasklist_fingerprint
+from runner.store.journal import JOURNAL_NAME, Journal, JournalState, replay
+from runner.tasks import TaskList, load_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,7 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
     if key is not None:
         yield settings.base_url, key, False
         return
-    from .emulator import Emulator, EmulatorConfig, FaultConfig
+    from runner.emulator import Emulator, EmulatorConfig, FaultConfig
 
     cfg = EmulatorConfig(
         time_scale=settings.emulator.time_scale,
@@ -86,11 +86,11 @@ def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
     if not any(t.task_type == "deepfake" for t in tasks.tasks):
         return None, None
     try:
-        from .faceswap import FaceSwapPool
+        from runner.backends.faceswap import FaceSwapPool
     except ImportError as exc:  # the optional stack is missing or broken
         return None, f"face swap unavailable: {exc}"
     if settings.ray:  # the workers become Ray actors; only then is ray imported
-        from .faceswap.ray_pool import RayFaceSwapPool
+        from runner.backends.faceswap.ray_pool import RayFaceSwapPool
 
         return RayFaceSwapPool(
             settings.faceswap, settings.ray, jpeg_quality=settings.jpeg_quality
@@ -129,10 +129,10 @@ def _local(settings: Settings, task_types: set[str]) -> Any:
     if not any(m.startswith("local:") for t in task_types for m in settings.models.get(t, [])):
         return None
     if settings.ray:  # only then is ray imported
-        from .local.ray_pool import RayPool
+        from runner.backends.local.ray_pool import RayPool
 
         return RayPool(settings, settings.ray)
-    from .local import LocalPool
+    from runner.backends.local import LocalPool
 
     return LocalPool(settings)
 
@@ -141,7 +141,7 @@ def _judge(settings: Settings, client: DashScopeClient, emulated: bool) -> Any:
     """The VIEScore judge, when scoring is on or a row has several candidates."""
     if not settings.judge.enabled and max(settings.candidates.values()) <= 1:
         return None
-    from .judge import Judge
+    from runner.backends.judge.scorer import Judge
 
     return Judge(client, settings.judge, emulated=emulated)
 
@@ -168,7 +168,7 @@ async def run_all(
     """
     check_script_guard()  # before anything starts: a worker would re-run an unguarded script
     if observer is None and progress:
-        from .progress import api_observer
+        from runner.progress import api_observer
 
         observer = api_observer()
     if settings is None:
@@ -354,7 +354,7 @@ async def _report(
     out_dir: Path, tasks: Path, images: Path | None, summary: dict[str, Any] | None = None
 ) -> str | None:
     """report.html for a person to look at; a failure here never fails the run."""
-    from .report import write_report
+    from runner.outputs.report import write_report
 
     try:
         path = await asyncio.to_thread(write_report, out_dir, tasks, images, summary)
@@ -390,7 +390,7 @@ async def rejudge_all(
     settings: Settings | None = None,
 ) -> Any:
     """Score every output and candidate in ``out`` again and re-pick; nothing is generated."""
-    from .judge import rejudge
+    from runner.outputs.rejudge import rejudge
 
     settings = settings or load_settings()
     key = settings.key()

@@ -19,12 +19,12 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cost import LOCAL_TYPES, estimate_for
-from .outcomes import RowResult, RunSummary
+from runner.cost import LOCAL_TYPES, estimate_for
+from runner.outcomes import RowResult, RunSummary
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
-    from .tasks import TaskList
+    from runner.scheduling.scheduler import Scheduler
+    from runner.tasks import TaskList
 
 Notice = Callable[[str, str], None]  # (level "info" | "warning", one line)
 

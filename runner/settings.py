@@ -35,9 +35,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .errors import SettingsError
-from .logs import add_secrets
-from .models import BASE_URLS, caps, default_models, known_models, region_of_url
+from runner.errors import SettingsError
+from runner.logs import add_secrets
+from runner.models import BASE_URLS, caps, default_models, known_models, region_of_url
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 TaskType = Literal["t2i", "tie", "vttie", "deepfake"]
@@ -99,7 +99,7 @@ class EmulatorSettings(BaseModel):
 
 class LocalModel(BaseModel):
     """A ``local:<name>`` model: a diffusers pipeline run on this machine's devices
-    (runner.local). ``[local."qwen-image"] path = "models/Qwen-Image"``."""
+    (runner.backends.local). ``[local."qwen-image"] path = "models/Qwen-Image"``."""
 
     model_config = {"extra": "forbid"}
 
@@ -108,7 +108,7 @@ class LocalModel(BaseModel):
     size: str = "1328*1328"  # "W*H": t2i picks by the prompt's aspect ratio at this area
     devices: list[str] = Field(default_factory=list)  # empty: every visible GPU, else cpu
     dtype: str | None = None  # default bfloat16 on CUDA, float32 on CPU
-    guidance: float | None = Field(None, ge=0)  # default: the family's (runner.local)
+    guidance: float | None = Field(None, ge=0)  # default: the family's (runner.backends.local)
     negative_prompt: str | None = None
     batch: int = Field(1, ge=1, le=16)  # images one pipeline call makes on one device
     lora: str | None = None  # fused at load (e.g. a few-step Lightning LoRA)
@@ -275,7 +275,7 @@ class Settings(BaseSettings):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     faceswap: FaceSwapSettings = Field(default_factory=FaceSwapSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
-    # local diffusers pipelines, named in [models] as "local:<name>" (runner.local)
+    # local diffusers pipelines, named in [models] as "local:<name>" (runner.backends.local)
     local: dict[str, LocalModel] = Field(default_factory=dict)
     # a Ray cluster's address ("local": start one here): the local workers become actors
     ray: str | None = None
@@ -416,7 +416,7 @@ class Settings(BaseSettings):
         spec = self.local.get(model.removeprefix("local:")) if model.startswith("local:") else None
         if spec is not None:
             # a local lane's slots are its devices x batch; there is no submit rate to respect
-            from .local.config import device_list
+            from runner.backends.local.config import device_list
 
             slots = len(device_list(spec.devices)) * spec.batch
             return Quota(submits_per_second=1000.0, in_flight=slots, max_in_flight=slots)

@@ -24,8 +24,8 @@ from typing import TextIO
 
 from pydantic import BaseModel
 
-from .errors import TaskFileError
-from .settings import TaskType
+from runner.errors import TaskFileError
+from runner.settings import TaskType
 
 REQUIRED_COLUMNS = ("index", "task_type", "prompt", "ori_image", "target_image")
 TASK_TYPES: tuple[str, ...] = ("t2i", "tie", "vttie", "deepfake")

@@ -156,7 +156,7 @@ def paid_twice(journal: Path, billed: Iterable[dict[str, Any]]) -> dict[str, int
     """Rows the service billed more often than the journal can justify: for each row, the
     paid requests beyond one, less those the journal closed because the service gave
     nothing for them (FAILED, expired, timed out). Empty when everything was paid once."""
-    from runner.journal import JOURNAL_NAME
+    from runner.store.journal import JOURNAL_NAME
 
     path = journal if journal.name.endswith(".jsonl") else journal / JOURNAL_NAME
     legit: Counter[str] = Counter()

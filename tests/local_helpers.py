@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner.local import LocalPool
+from runner.backends.local import LocalPool
 
 
 def digest(path: Path) -> str:

@@ -19,8 +19,8 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 from yarl import URL
 
-from runner import dashscope
-from runner.dashscope import (
+from runner.backends.dashscope import client as dashscope
+from runner.backends.dashscope.client import (
     ClientConfig,
     DashScopeClient,
     DownloadTooLarge,
@@ -929,7 +929,7 @@ async def test_breaker_stops_on_a_dead_host(delays: list[float]) -> None:
 
 
 def test_breaker_needs_a_streak_without_success() -> None:
-    from runner.breaker import HostBreaker
+    from runner.backends.dashscope.breaker import HostBreaker
 
     now = [0.0]
     breaker = HostBreaker(window_s=30, min_failures=3, clock=lambda: now[0])

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from runner import run_all
-from runner.journal import replay
 from runner.settings import load_settings
+from runner.store.journal import replay
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_cli_bad_task_file_is_one_line(tmp_path: Path) -> None:
 async def test_submit_zip(job, tmp_path: Path, fast) -> None:
     import zipfile
 
-    from runner.submit import SubmitRefused, pack
+    from runner.outputs.submit import SubmitRefused, pack
 
     rows = _mixed_rows(2, 1, 0) + [
         ("10", "tie", "edit", "gone.png", ""),

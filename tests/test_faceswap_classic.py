@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner.faceswap import FaceSwapError, SwapResult, blend, detect
-from runner.faceswap.worker import SEAM_WEIGHT, Engine, SwapJob, WorkerConfig
+from runner.backends.faceswap import FaceSwapError, SwapResult, blend, detect
+from runner.backends.faceswap.worker import SEAM_WEIGHT, Engine, SwapJob, WorkerConfig
 
 insightface = pytest.importorskip("insightface")
 DATA = Path(insightface.__file__).parent / "data" / "images"

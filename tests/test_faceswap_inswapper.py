@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner.faceswap import FaceSwapError, FaceSwapPool
-from runner.faceswap.models import find_models
-from runner.faceswap.worker import Engine, SwapJob, WorkerConfig
+from runner.backends.faceswap import FaceSwapError, FaceSwapPool
+from runner.backends.faceswap.models import find_models
+from runner.backends.faceswap.worker import Engine, SwapJob, WorkerConfig
 from runner.settings import FaceSwapSettings
 
 try:  # tests/ on sys.path (pytest's default rootdir-less import) or tests as a package

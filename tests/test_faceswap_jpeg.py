@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from runner.faceswap import jpeg
+from runner.backends.faceswap import jpeg
 
 
 def photo(seed: int = 0) -> np.ndarray:

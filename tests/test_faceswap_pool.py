@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from runner.backends.faceswap import FaceSwapError, FaceSwapPool, SwapResult, worker
 from runner.errors import SettingsError
-from runner.faceswap import FaceSwapError, FaceSwapPool, SwapResult, worker
 from runner.settings import FaceSwapSettings
 
 try:  # tests/ on sys.path (pytest's default rootdir-less import) or tests as a package

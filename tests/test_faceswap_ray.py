@@ -48,7 +48,7 @@ async def test_ray_faceswap_rows_done_and_a_killed_actor_survived(
     job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from runner import run_all
-    from runner.faceswap.ray_pool import RayFaceSwapPool
+    from runner.backends.faceswap.ray_pool import RayFaceSwapPool
 
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

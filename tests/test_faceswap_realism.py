@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner.faceswap import blend, classic, detect, glasses
-from runner.faceswap.worker import Engine, SwapJob, WorkerConfig
+from runner.backends.faceswap import blend, classic, detect, glasses
+from runner.backends.faceswap.worker import Engine, SwapJob, WorkerConfig
 
 insightface = pytest.importorskip("insightface")
 DATA = Path(insightface.__file__).parent / "data" / "images"

@@ -8,7 +8,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from runner.faceswap import FaceSwapPool
+from runner.backends.faceswap import FaceSwapPool
 from runner.settings import FaceSwapSettings
 
 

@@ -36,9 +36,9 @@ from PIL import Image
 from runner import run_all
 from runner.emulator import Emulator
 from runner.errors import DiskFull
-from runner.journal import Journal, replay
 from runner.settings import Settings, load_settings
-from runner.store import TEMP_MARK
+from runner.store.files import TEMP_MARK
+from runner.store.journal import Journal, replay
 
 KEY = "sk-faulttest0123456789abcdef"
 MiB = 1024 * 1024
@@ -401,7 +401,7 @@ class _FullDiskFile:
 async def test_disk_full_writing_a_result_stops_cleanly(
     job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.store as store
+    import runner.store.files as store
 
     tasks = job(rows(10, 0, 0))
     out = tmp_path / "out"
@@ -432,7 +432,7 @@ async def test_cancelled_write_leaves_no_temp_file(
 ) -> None:
     import os
 
-    from runner.store import write_atomic
+    from runner.store.files import write_atomic
 
     real_fsync = os.fsync
 
@@ -491,7 +491,7 @@ async def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes(job, tmp_p
 
 
 def test_a_read_only_folder_is_one_clear_error(tmp_path: Path) -> None:
-    from runner.store import OutLock, OutputUnwritable
+    from runner.store.files import OutLock, OutputUnwritable
 
     with small_disk(tmp_path / "disk", "1m") as out:
         subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)

@@ -263,7 +263,7 @@ _PEAK_SCRIPT = """
 import resource, sys
 from pathlib import Path
 from runner.images import ImageProblem, load_bgr, prepare_source
-from runner.report import _make_thumb
+from runner.outputs.report import _make_thumb
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 bomb = Path(sys.argv[1])
 for call in (prepare_source, lambda p: load_bgr(p, max_side=640)):
@@ -297,8 +297,8 @@ def test_thumbnail_temp_files_are_named_for_the_sweep(
 ) -> None:
     import errno
 
-    import runner.report as report
-    from runner.store import TEMP_MARK, sweep_temp
+    import runner.outputs.report as report
+    from runner.store.files import TEMP_MARK, sweep_temp
 
     src = make_image(tmp_path / "src.png", (640, 480))
     thumbs = tmp_path / "out" / "thumbs"

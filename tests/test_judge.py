@@ -18,11 +18,8 @@ from conftest import make_image, write_tasks
 from PIL import Image, ImageFilter
 from pydantic import SecretStr
 
-from runner.dashscope import ClientConfig, DashScopeClient
-from runner.emulator import Emulator, EmulatorConfig
-from runner.errors import Fatal, RateLimited, ServerError, TokensThrottled
-from runner.journal import JOURNAL_NAME, Journal, replay
-from runner.judge import (
+from runner.backends.dashscope.client import ClientConfig, DashScopeClient
+from runner.backends.judge.scorer import (
     AnswerError,
     Judge,
     JudgeBudgetExhausted,
@@ -31,9 +28,12 @@ from runner.judge import (
     overall,
     parse_answer,
     pick,
-    rejudge,
 )
+from runner.emulator import Emulator, EmulatorConfig
+from runner.errors import Fatal, RateLimited, ServerError, TokensThrottled
+from runner.outputs.rejudge import rejudge
 from runner.settings import JudgeSettings, Settings
+from runner.store.journal import JOURNAL_NAME, Journal, replay
 
 # ----------------------------------------------------------------------------- fixtures
 

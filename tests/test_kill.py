@@ -25,8 +25,8 @@ import pytest
 from conftest import billed_per_row, emulator_get, emulator_process, paid_twice, row_prompt
 from PIL import Image
 
-from runner.journal import replay
-from runner.store import TEMP_MARK
+from runner.store.files import TEMP_MARK
+from runner.store.journal import replay
 
 KILLS = 20
 ROWS = 180

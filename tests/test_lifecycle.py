@@ -13,9 +13,9 @@ import pytest
 from conftest import png_bytes
 
 from runner.errors import DownloadError, ModelRefused, ResultExpired, ServerError
-from runner.journal import JOURNAL_NAME, Journal, PendingTask, replay
-from runner.lifecycle import Lifecycle, Request, Resubmit, ResultUnreachable
+from runner.scheduling.lifecycle import Lifecycle, Request, Resubmit, ResultUnreachable
 from runner.scheduling.polling import WatchTimeout
+from runner.store.journal import JOURNAL_NAME, Journal, PendingTask, replay
 
 
 class Watcher:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from runner.errors import ModelNotServed, SettingsError
-from runner.local import local_models
-from runner.local.config import resolve_source, worker_specs
-from runner.local.families import (
+from runner.backends.local import local_models
+from runner.backends.local.config import resolve_source, worker_specs
+from runner.backends.local.families import (
     GENERIC,
     edit_size,
     family_of,
     t2i_size,
     with_suffix,
 )
+from runner.errors import ModelNotServed, SettingsError
 from runner.settings import LocalModel, load_settings
 
 QWEN = family_of("QwenImagePipeline")
@@ -41,7 +41,7 @@ def test_lane_slots_are_devices_times_batch(tmp_path: Path, monkeypatch) -> None
 
 def test_default_devices_do_not_need_torch(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails: no GPU known
-    from runner.local import config
+    from runner.backends.local import config
 
     config.visible_gpus.cache_clear()
     try:
@@ -146,9 +146,9 @@ def test_doctor_lists_devices_and_local_folders(tmp_path: Path, monkeypatch) -> 
 async def test_worker_answers_map_to_retry_or_row_failure(tmp_path: Path) -> None:
     import asyncio
 
+    from runner.backends.local.pool import _Worker
+    from runner.backends.local.worker import run_one
     from runner.errors import RowFailed, ServerError
-    from runner.local.pool import _Worker
-    from runner.local.worker import run_one
 
     folder = tmp_path / "pipe"
     folder.mkdir()

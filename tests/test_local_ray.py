@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from runner import run_all
-from runner.local.tiny import build_tiny_qwen_image
+from runner.backends.local.tiny import build_tiny_qwen_image
 from runner.settings import load_settings
 from tests.local_helpers import digest, kill_when_busy
 
@@ -23,7 +23,7 @@ def test_without_ray_nothing_imports_it() -> None:
     import sys
 
     code = (
-        "import sys, runner, runner.job, runner.local, runner.cli, runner.doctor;"
+        "import sys, runner, runner.job, runner.backends.local, runner.cli, runner.doctor;"
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

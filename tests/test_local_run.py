@@ -3,7 +3,7 @@ weights, saved with save_pretrained, loaded by a spawned worker on the CPU.
 
 Text-to-image: QwenImagePipeline, its tokenizer made offline (a byte-level BPE with Qwen's
 special tokens). Edits: a tiny InstructPix2Pix pipeline, since QwenImageEditPipeline's
-processor cannot be built offline here (runner.local.tiny says why). Nothing is downloaded.
+processor cannot be built offline here (runner.backends.local.tiny says why). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from runner import run_all
-from runner.journal import replay
-from runner.local.tiny import build_tiny_instruct_pix2pix, build_tiny_qwen_image
+from runner.backends.local.tiny import build_tiny_instruct_pix2pix, build_tiny_qwen_image
 from runner.settings import load_settings
+from runner.store.journal import replay
 from tests.local_helpers import digest as _digest
 from tests.local_helpers import kill_when_busy as _kill_when_busy
 

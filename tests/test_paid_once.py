@@ -27,9 +27,9 @@ from conftest import (
 
 from runner import run_all
 from runner.emulator import Emulator
-from runner.journal import JOURNAL_NAME, JournalError, replay
 from runner.settings import Settings, load_settings
-from runner.store import FolderBusy, OutLock
+from runner.store.files import FolderBusy, OutLock
+from runner.store.journal import JOURNAL_NAME, JournalError, replay
 
 KEY = "sk-paidonce0123456789abcdef"
 FAST = {"submits_per_second": 100, "in_flight": 4}
@@ -218,7 +218,7 @@ def test_the_lock_is_held_across_processes(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "import sys, time; from pathlib import Path; from runner.store import OutLock\n"
+        "import sys, time; from pathlib import Path; from runner.store.files import OutLock\n"
         "l = OutLock(Path(sys.argv[1]), 'run'); l.acquire(); print('held', flush=True)\n"
         "time.sleep(30)\n"
     )
@@ -298,7 +298,7 @@ async def test_a_stop_while_the_journal_write_waits_keeps_the_paid_id(
 ) -> None:
     """The record of an accepted task waits behind a slow disk; the run is stopped then.
     The id is on disk all the same, and the rerun fetches instead of paying."""
-    from runner import journal as journal_mod
+    from runner.store import journal as journal_mod
 
     real = journal_mod.Journal._commit
 
@@ -367,8 +367,8 @@ def test_a_journal_that_is_a_folder_is_one_clear_error(tmp_path: Path) -> None:
 def test_stale_candidates_never_replace_the_current_image(tmp_path: Path) -> None:
     """A row once made with candidates, then made again with one image: the old files under
     candidates/<index>/ are not this result's, so rejudge (and the report) ignore them."""
-    from runner.journal import Journal
-    from runner.judge import candidate_files
+    from runner.outputs.rejudge import candidate_files
+    from runner.store.journal import Journal
 
     out = tmp_path
     (out / "candidates" / "1").mkdir(parents=True)

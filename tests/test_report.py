@@ -15,8 +15,8 @@ import pytest
 from conftest import make_image, write_tasks
 from PIL import Image
 
-from runner.journal import Journal
-from runner.report import REPORT_NAME, THUMB_SIDE, write_report
+from runner.outputs.report import REPORT_NAME, THUMB_SIDE, write_report
+from runner.store.journal import Journal
 
 
 def _jpeg(src: Path, dst: Path) -> Path:

@@ -13,9 +13,9 @@ import pytest
 from conftest import png_bytes
 
 from runner.errors import Fatal, ModelRefused, RateLimited, RowFailed, ServerError
-from runner.journal import Journal, replay
-from runner.scheduler import Scheduler
+from runner.scheduling.scheduler import Scheduler
 from runner.settings import Quota, Settings
+from runner.store.journal import Journal, replay
 from runner.tasks import load_tasks
 
 

@@ -27,7 +27,7 @@ import pytest
 from conftest import emulator_process, make_image, write_tasks
 
 from runner import run_all
-from runner.dashscope import ClientConfig, DashScopeClient
+from runner.backends.dashscope.client import ClientConfig, DashScopeClient
 from runner.errors import DashScopeError, RowFailed, SettingsError
 from runner.settings import Settings, load_settings
 
@@ -395,7 +395,7 @@ async def test_nothing_outside_images_is_ever_opened(tmp_path: Path) -> None:
     _OPENS.on = True
     try:
         summary = await run_all(tasks, images=imgs, out=tmp_path / "out", settings=settings)
-        from runner.submit import pack
+        from runner.outputs.submit import pack
 
         pack(tmp_path / "out", "team", tasks=tasks, images=imgs, allow_emulated=True)
     finally:

@@ -19,11 +19,11 @@ import pytest
 from conftest import emulator_get, emulator_process, make_image, write_tasks
 from PIL import Image
 
-import runner.scheduler as scheduler_mod
+import runner.scheduling.scheduler as scheduler_mod
 from runner import run_all
-from runner.journal import replay
 from runner.settings import load_settings
-from runner.store import TEMP_MARK
+from runner.store.files import TEMP_MARK
+from runner.store.journal import replay
 
 ROWS = 1000
 FAULT_SHARE = 0.2

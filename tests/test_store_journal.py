@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import store
 from runner.errors import DiskFull
-from runner.journal import Journal, replay
+from runner.store import files as store
+from runner.store.journal import Journal, replay
 
 
 async def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_journal_replay_states(tmp_path: Path) -> None:
 def test_journal_is_synced_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     real = os.fsync
-    monkeypatch.setattr("runner.journal.os.fsync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr("runner.store.journal.os.fsync", lambda fd: (calls.append(fd), real(fd)))
     j = Journal(tmp_path)
     file_fd = j._fd
     calls.clear()  # creating the file fsyncs its folder once

@@ -21,11 +21,11 @@ from rich.console import Console
 
 from runner import run_all
 from runner.cli import print_summary
-from runner.fingerprint import fingerprints, tasklist_fingerprint
-from runner.journal import Journal, replay
 from runner.outcomes import RowResult, RunSummary
+from runner.outputs.submit import SubmitRefused, pack
 from runner.settings import RegionPrices, load_settings
-from runner.submit import SubmitRefused, pack
+from runner.store.fingerprint import fingerprints, tasklist_fingerprint
+from runner.store.journal import Journal, replay
 from runner.tasks import load_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -565,8 +565,8 @@ async def test_run_in_a_running_loop_says_to_await_run_all(tmp_path: Path) -> No
 
 async def test_submit_and_rejudge_wait_for_no_run(job, tmp_path: Path, quick) -> None:
     """A run holds the folder: submit and rejudge refuse with one line naming the holder."""
-    from runner.judge import rejudge
-    from runner.store import FolderBusy, OutLock
+    from runner.outputs.rejudge import rejudge
+    from runner.store.files import FolderBusy, OutLock
 
     tasks = job(_t2i_rows(1))
     out = tmp_path / "out"

@@ -4,13 +4,13 @@ durations (``latency``), poll planning and the shared query budget (``plan``,
 
 from __future__ import annotations
 
-from .cpu import CpuPool
-from .lanes import LanePool, LaneStats, ModelLane, Slot, in_flight_limit
-from .latency import LatencyModel
-from .learned import LEARNED_NAME, apply_learned, load_learned, save_learned
-from .pacing import SubmitWindow
-from .plan import ServiceClock, TaskPlan
-from .polling import TERMINAL, PollBudget, TaskWatcher, WatchTimeout
+from runner.scheduling.cpu import CpuPool
+from runner.scheduling.lanes import LanePool, LaneStats, ModelLane, Slot, in_flight_limit
+from runner.scheduling.latency import LatencyModel
+from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
+from runner.scheduling.pacing import SubmitWindow
+from runner.scheduling.plan import ServiceClock, TaskPlan
+from runner.scheduling.polling import TERMINAL, PollBudget, TaskWatcher, WatchTimeout
 
 __all__ = [
     "LEARNED_NAME",

@@ -30,9 +30,9 @@ from typing import Any
 
 import structlog
 
-from ..settings import Quota
-from .latency import LatencyModel
-from .pacing import SubmitWindow
+from runner.scheduling.latency import LatencyModel
+from runner.scheduling.pacing import SubmitWindow
+from runner.settings import Quota
 
 log = structlog.get_logger(__name__)
 

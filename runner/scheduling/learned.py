@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from .lanes import ModelLane, in_flight_limit
+from runner.scheduling.lanes import ModelLane, in_flight_limit
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from ..errors import RateLimited, Retryable
-from ..retry import backoff_delay
-from .lanes import ModelLane
-from .plan import ServiceClock, TaskPlan
+from runner.errors import RateLimited, Retryable
+from runner.retry import backoff_delay
+from runner.scheduling.lanes import ModelLane
+from runner.scheduling.plan import ServiceClock, TaskPlan
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""The DashScope HTTP client: async submit, poll and download, sync calls, typed errors."""

@@ -1,0 +1,372 @@
+"""The offline swapper: dlib's 68 landmarks, a piecewise-affine warp of target's face onto
+ori's face, colour and sharpness matched to ori, feathered or Poisson blending.
+
+Direction: the output is ``ori`` (background, hair, pose, light) with ``target``'s face.
+
+Geometry: target's landmarks are first aligned to ori's by a similarity transform; the
+destination of each inner point (brows, eyes, nose, mouth) is then ``shape`` of the way from
+ori's point to target's aligned point. ``shape`` = 0 bends target's features into ori's
+proportions (the textbook swap, which loses much of the identity: the eye spacing and the
+nose and mouth proportions ARE the identity); 1 keeps target's proportions and only moves
+the face as a whole. The jaw line stays mostly ori's so the outline matches the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from runner.backends.faceswap import blend, glasses
+from runner.backends.faceswap.detect import Face
+
+JAW = np.arange(0, 17)
+INNER = np.arange(17, 68)
+BROWS = np.arange(17, 27)
+# Points that carry the pose but not the expression: eye corners, nose bridge, nose base.
+ALIGN = np.array([36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35, 17, 21, 22, 26])
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to paste; several may be tried and the best by identity kept."""
+
+    name: str
+    blend: str = "feather"  # "feather" or "poisson"
+    shape: float = 0.85  # how much of target's inner proportions is kept
+    jaw_shape: float = 0.25  # the same for the jaw line
+    forehead: float = 0.16  # forehead points above the brows, share of the face height
+    erode: float = 0.03  # mask erosion, share of the face size
+    feather: float = 0.04  # Gaussian sigma of the mask edge, share of the face size
+    colour: float = 1.0  # Lab statistics transfer strength
+    lowfreq: float = 0.25  # blur sigma of the shading transfer, share of the face size (0: off)
+    occluders: bool = True  # target's occluders left out of the mask
+    relight: bool = True  # target's directional shading replaced by ori's
+    glasses: bool = True  # frames the mask's edge cuts are removed whole
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+VARIANTS: tuple[Variant, ...] = (
+    # First = the one used when only one is wanted: tuned on the 250 LFW pairs (issue 14:
+    # all of target's inner proportions, half its jaw line, more forehead: FaceNet's
+    # cosine to target rose from 0.62 to 0.63-0.65 on a 25-pair sample, dlib's too).
+    # Relighting is off here: on the 250 pairs it cost 0.01-0.02 in FaceNet cosine and the
+    # contact sheet showed no shadow it removed (905 kept its); the lower-risk variant
+    # below relights.
+    Variant("natural", shape=1.0, jaw_shape=0.5, forehead=0.22, relight=False),
+    # The lower-risk one: more of ori's shape and outline, a smaller mask, ori's light.
+    Variant("ori-shape", shape=0.7, jaw_shape=0.25, forehead=0.14, erode=0.05),
+    Variant("poisson", shape=1.0, jaw_shape=0.5, blend="poisson", lowfreq=0.15),
+    Variant("tight", shape=0.7, forehead=0.10, erode=0.06),
+)
+
+
+MOUTH = range(48, 60)
+INNER_MOUTH = range(60, 68)
+LEFT_EYE, RIGHT_EYE = range(36, 42), range(42, 48)
+FOLD_AREA = 0.004  # twice a triangle's area, share of the face size squared, to count
+MIN_SHAPE = 0.4  # below this the swap keeps too little of target's face to be worth it
+MOUTH_GAP = 0.1  # difference in mouth opening (share of the face size) that keeps ori's
+
+
+def mouth_open(points: np.ndarray) -> float:
+    """How far the lips are apart (inner lip points), as a share of the face size."""
+    span = points.max(axis=0) - points.min(axis=0)
+    gap = float(np.linalg.norm(points[[61, 62, 63]] - points[[67, 66, 65]], axis=1).mean())
+    return gap / float(max(span[0], span[1], 1.0))
+
+
+# iBUG 68-point order mirrored left <-> right.
+MIRROR = np.array(
+    [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31,
+     45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+     54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+)
+
+
+def yaw(points: np.ndarray) -> float:
+    """Head turn from landmarks, -1..1: where the nose tip sits between the jaw sides,
+    measured along the eye axis (0 = frontal)."""
+    axis = points[45] - points[36]
+    axis = axis / max(float(np.linalg.norm(axis)), 1e-6)
+    left = float(np.dot(points[30] - points[2], axis))
+    right = float(np.dot(points[14] - points[30], axis))
+    total = abs(left) + abs(right)
+    return 0.0 if total <= 0 else (right - left) / total
+
+
+def mirrored(img: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The picture flipped left-right and its landmarks renumbered to match."""
+    flipped = np.ascontiguousarray(img[:, ::-1])
+    pts = points.copy()
+    pts[:, 0] = img.shape[1] - 1 - pts[:, 0]
+    return flipped, pts[MIRROR]
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (Umeyama) mapping ``src`` points onto ``dst``: a 2x3 matrix."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    e = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[1, 1] = -1
+    r = u @ e @ vt
+    var = (s**2).sum() / len(src)
+    scale = float((sig * np.diag(e)).sum() / max(var, 1e-9))
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * r
+    m[:, 2] = mu_d - scale * r @ mu_s
+    return m
+
+
+def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def invert(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(m)
+
+
+def forehead_points(points: np.ndarray, amount: float) -> np.ndarray:
+    """The brow points pushed up along the face's vertical axis by ``amount`` x face height."""
+    brows = points[BROWS]
+    chin = points[8]
+    up = brows.mean(axis=0) - chin
+    height = float(np.linalg.norm(up))
+    up = up / max(height, 1e-6)
+    return brows + up * amount * height
+
+
+def ring_points(points: np.ndarray, margin: float = 0.35) -> np.ndarray:
+    """Eight points on a box around the face: they anchor the warp to the global alignment."""
+    x0, y0 = points.min(axis=0)
+    x1, y1 = points.max(axis=0)
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    x0, x1, y0, y1 = x0 - mx, x1 + mx, y0 - my * 1.5, y1 + my
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array(
+        [[x0, y0], [cx, y0], [x1, y0], [x1, cy], [x1, y1], [cx, y1], [x0, y1], [x0, cy]]
+    )
+
+
+def count_folds(dst: np.ndarray, src: np.ndarray) -> int:
+    """Triangles of the face (Delaunay of ``dst``) whose corners run the other way round in
+    ``src``: the warp would fold the picture over itself there."""
+    tri = delaunay(dst)
+    if len(tri) == 0:
+        return 0
+
+    def signed(p: np.ndarray) -> np.ndarray:
+        a, b, c = p[tri[:, 0]], p[tri[:, 1]], p[tri[:, 2]]
+        return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+
+    s_dst, s_src = signed(dst), signed(src)
+    # Thin triangles (along the jaw, the lids) flip on a pixel of landmark noise: only
+    # triangles of some area in both pictures count.
+    span_d, span_s = np.ptp(dst, axis=0).max(), np.ptp(src, axis=0).max()
+    big = (np.abs(s_dst) > FOLD_AREA * span_d**2) & (np.abs(s_src) > FOLD_AREA * span_s**2)
+    return int(((np.sign(s_dst) != np.sign(s_src)) & big).sum())
+
+
+def delaunay(points: np.ndarray) -> np.ndarray:
+    """Delaunay triangles of ``points`` as index triples (OpenCV's Subdiv2D)."""
+    # Subdiv2D may drop a flat triangle on the convex hull; the hull is the ring of anchor
+    # points outside the face, where the warp falls back to the global alignment anyway.
+    x0, y0 = np.floor(points.min(axis=0)) - 2
+    x1, y1 = np.ceil(points.max(axis=0)) + 2
+    subdiv = cv2.Subdiv2D((int(x0), int(y0), int(x1 - x0) + 1, int(y1 - y0) + 1))
+    for x, y in points:
+        subdiv.insert((float(x), float(y)))
+    triangles = subdiv.getTriangleList().reshape(-1, 3, 2)
+    # Subdiv2D answers with coordinates: map each vertex back to the nearest input point.
+    dist = np.linalg.norm(triangles[:, :, None, :] - points[None, None, :, :], axis=3)
+    index = dist.argmin(axis=2)
+    ok = (dist.min(axis=2) < 0.5).all(axis=1) & (np.ptp(index, axis=1) > 0)
+    return index[ok]
+
+
+def piecewise_warp(src_img: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray,
+                   out_shape: tuple[int, int], fallback: np.ndarray) -> np.ndarray:
+    """Warp ``src_img`` so ``src_pts`` land on ``dst_pts`` (Delaunay triangles of dst).
+
+    One backward map and a single remap: no seams between triangles. Pixels outside the
+    triangulation follow ``fallback`` (a dst->src affine), so the warp is defined everywhere
+    and the soft mask may reach past the hull without showing black.
+    """
+    h, w = out_shape
+    tri = delaunay(dst_pts)
+    index = np.full((h, w), -1, dtype=np.int32)
+    coeffs = [fallback.astype(np.float64)]
+    for t, simplex in enumerate(tri):
+        d = dst_pts[simplex].astype(np.float32)
+        s = src_pts[simplex].astype(np.float32)
+        e1, e2 = d[1] - d[0], d[2] - d[0]
+        area = abs(float(e1[0] * e2[1] - e1[1] * e2[0]))
+        if area < 1e-3:
+            coeffs.append(fallback.astype(np.float64))
+            continue
+        coeffs.append(cv2.getAffineTransform(d, s).astype(np.float64))
+        cv2.fillConvexPoly(index, np.round(d).astype(np.int32), t, lineType=cv2.LINE_8)
+    table = np.stack(coeffs)  # (T + 1, 2, 3); index -1 -> row 0, the fallback
+    m = table[index + 1]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    map_x = (m[..., 0, 0] * xs + m[..., 0, 1] * ys + m[..., 0, 2]).astype(np.float32)
+    map_y = (m[..., 1, 0] * xs + m[..., 1, 1] * ys + m[..., 1, 2]).astype(np.float32)
+    return cv2.remap(src_img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+
+
+def crop_padded(img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``img[y0:y1, x0:x1]`` where the box may leave the picture (mirrored there)."""
+    h, w = img.shape[:2]
+    top, left = max(0, -y0), max(0, -x0)
+    bottom, right = max(0, y1 - h), max(0, x1 - w)
+    inner = img[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+    if top or left or bottom or right:
+        # REFLECT_101 needs the border smaller than the picture; repeat if it is not.
+        mode = cv2.BORDER_REFLECT101 if max(top, bottom) < inner.shape[0] and max(
+            left, right) < inner.shape[1] else cv2.BORDER_REPLICATE
+        inner = cv2.copyMakeBorder(inner, top, bottom, left, right, mode)
+    return np.ascontiguousarray(inner)
+
+
+def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
+         variant: Variant) -> tuple[np.ndarray, dict[str, Any]]:
+    """ori (RGB uint8) with target's face; returns the picture and what was done."""
+    size = ori_face.size
+    o_full = ori_face.points
+    t_pts = target_face.points
+    # A target turned the other way shows its far cheek squeezed, or background where ori
+    # shows cheek: its mirror image matches ori's pose and keeps the identity (faces are
+    # nearly symmetric; hair, where a parting would tell, is outside the mask).
+    yaw_o, yaw_t = yaw(o_full), yaw(t_pts)
+    flip = abs(-yaw_t - yaw_o) + 0.1 < abs(yaw_t - yaw_o)
+    if flip:
+        target, t_pts = mirrored(target, t_pts)
+
+    # Target aligned into ori's frame (similarity on pose-stable points).
+    m_align = similarity(t_pts[ALIGN], o_full[ALIGN])
+    t_in_o = apply(m_align, t_pts)
+    # Pose or expression too different: target's shape forced onto ori's landmarks folds
+    # triangles over each other (a torn face). Less of target's shape until nothing folds.
+    shape, jaw_shape = variant.shape, variant.jaw_shape
+    while True:
+        dst = o_full.copy()
+        dst[INNER] = o_full[INNER] + shape * (t_in_o[INNER] - o_full[INNER])
+        dst[JAW] = o_full[JAW] + jaw_shape * (t_in_o[JAW] - o_full[JAW])
+        folds = count_folds(dst, t_pts)
+        if folds == 0 or shape <= MIN_SHAPE:
+            break
+        shape, jaw_shape = max(MIN_SHAPE, shape - 0.15), max(0.0, jaw_shape - 0.1)
+    dst_ring = ring_points(dst)
+
+    # Work on a box around the face only (big pictures stay cheap); the box may leave the
+    # picture for faces at the border: it is mirrored there and cut off again at the end.
+    margin = 0.1 * size
+    x0, y0 = np.floor(dst_ring.min(axis=0) - margin).astype(int)
+    x1, y1 = np.ceil(dst_ring.max(axis=0) + margin).astype(int)
+    roi = crop_padded(ori, x0, y0, x1, y1)
+    shift = np.array([x0, y0], dtype=np.float64)
+    o_pts = o_full - shift
+    dst = dst - shift
+    dst_ring = dst_ring - shift
+    m_roi = m_align.copy()
+    m_roi[:, 2] -= shift
+
+    dst_fh = forehead_points(dst, variant.forehead)
+    src_fh = forehead_points(t_pts, variant.forehead)
+    inv_align = invert(m_roi)
+    src_ring = apply(inv_align, dst_ring)
+    dst_all = np.vstack([dst, dst_fh, dst_ring])
+    src_all = np.vstack([t_pts, src_fh, src_ring])
+    warped = piecewise_warp(target, src_all, dst_all, roi.shape[:2], inv_align)
+
+    # Skin statistics from below the brows only: above them ori may have a fringe or a cap.
+    skin_src = blend.skin_mask(roi.shape, dst[np.r_[JAW, BROWS]], dst, size)
+    skin_ref = blend.skin_mask(roi.shape, o_pts[np.r_[JAW, BROWS]], o_pts, size)
+
+    binary = blend.hull_mask(roi.shape, np.vstack([dst[JAW], dst_fh]))
+    # The mask also stays inside ori's own outline: ori's hair and ears are kept.
+    own = np.vstack([o_pts[JAW], forehead_points(o_pts, variant.forehead)])
+    binary *= blend.hull_mask(roi.shape, own)
+    # Above the brows the landmarks know nothing: target's cap or fringe must not be pasted
+    # there, nor ori's own cap or fringe painted over. Only skin-coloured pixels (in both
+    # pictures) of that band are swapped.
+    band = binary * (1.0 - blend.hull_mask(roi.shape, dst[np.r_[JAW, BROWS]]))
+    if band.any():
+        skin = blend.skin_likelihood(warped, skin_src) * blend.skin_likelihood(roi, skin_ref)
+        skin = cv2.GaussianBlur(skin, (0, 0), 0.02 * size + 0.5)
+        binary = binary * (1.0 - band * (1.0 - skin))
+    # Target's occluders (a microphone, a hand, strands of hair) are not pasted: over the
+    # whole face, pixels of the warped target that look like neither its skin nor one of
+    # its features keep ori's picture.
+    occluded = (blend.occluders(warped, skin_src, dst, size) * binary if variant.occluders
+                else np.zeros_like(binary))
+    binary = binary * (1.0 - occluded)
+    # Expression: an open mouth bent onto a closed one (or the reverse) is the grotesque
+    # kind of failure. ori keeps its own mouth then: a partial swap.
+    # Only as a last resort (the shape could not be unfolded): it costs identity.
+    mouth_gap = abs(mouth_open(o_pts) - mouth_open(apply(m_roi, t_pts)))
+    keep_mouth = folds > 0 and mouth_gap > MOUTH_GAP
+    if keep_mouth:
+        binary = binary * (1.0 - blend.feature_mask(roi.shape, o_pts, [MOUTH], size, 0.05))
+    alpha = blend.soft_mask(binary, size, variant.erode, variant.feather)
+    core = blend.soft_mask(binary, size, variant.erode + 0.05, 0.01)
+
+    # Glasses whole or not at all: target's frame lines that the mask's edge would cut are
+    # painted out of the warped face, ori's out of the result, whole (see ``glasses``).
+    t_frames = o_frames = np.zeros_like(alpha)
+    if variant.glasses:
+        t_frames = glasses.cut_lines(warped, dst, size, alpha)
+        warped = glasses.remove_frames(warped, t_frames, size)
+        o_frames = glasses.cut_lines(roi, o_pts, size, alpha)
+
+    # Light: target's own directional shading out, ori's in; then the colour statistics
+    # (eyes and mouth interior keep their own colour) and the finer shading.
+    face = warped
+    if variant.relight:
+        # Shading is read from skin-coloured pixels only: a beard or stubble is not shadow.
+        light_src = skin_src * blend.skin_likelihood(warped, skin_src)
+        light_ref = skin_ref * blend.skin_likelihood(roi, skin_ref)
+        face = blend.relight(warped, roi, light_src, light_ref)
+    keep = blend.feature_mask(roi.shape, dst, [INNER_MOUTH, LEFT_EYE, RIGHT_EYE], size, 0.01)
+    face = blend.transfer_colour(face, roi, skin_src, skin_ref, variant.colour, keep=keep)
+    if variant.lowfreq > 0:
+        face = blend.lowfreq_correct(face, roi, skin_src, skin_ref, variant.lowfreq * size)
+    face, sharp = blend.match_sharpness(face, roi, core)
+    if variant.blend == "poisson":
+        # The Poisson region stays on skin (the mask's half-way line): a boundary across
+        # hair or glasses would smear their colour over the face.
+        face = blend.poisson(face, roi, (alpha > 0.5).astype(np.float32))
+    mixed = blend.alpha_blend(face, roi, alpha)
+    if o_frames.any():
+        # Removed whole: the parts outside the new face go too. (Putting them back over
+        # the new face instead was tried: ori's frames are part of ori's look to any face
+        # embedding, and the outputs moved back towards ori, 0.05 in FaceNet cosine.)
+        mixed = glasses.remove_frames(mixed, o_frames * (alpha < 0.9), size)
+
+    out = ori.copy()
+    h, w = ori.shape[:2]
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    out[cy0:cy1, cx0:cx1] = mixed[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    info = {
+        "variant": variant.name,
+        "mirrored": flip,
+        "yaw_ori": round(yaw_o, 2),
+        "yaw_target": round(yaw_t, 2),
+        "sharpness_ratio": round(sharp, 3),
+        "occluded_share": round(float(occluded.sum()) / max(1.0, float(size * size)), 4),
+        "glasses_removed": bool(o_frames.any() or t_frames.any()),
+        "ori_frames_px": int(o_frames.sum()),
+        "frames_removed_px": int(t_frames.sum()),
+        "kept_ori_mouth": bool(keep_mouth),
+        "seam": round(blend.seam(mixed, roi, alpha), 2),
+        "shape": round(shape, 2),
+        "folds": folds,
+    }
+    return out, info

@@ -1,0 +1,1 @@
+"""The local VIEScore judge: asks a vision-language model to score candidates."""

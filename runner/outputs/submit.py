@@ -1,0 +1,200 @@
+"""The competition zip: ``result.csv`` + ``imgs/<index>.jpg`` for every row, in task order.
+
+It packs the task list of the run in ``out_dir`` (remembered in its journal, absolute) unless
+given another, and refuses, writing nothing, when the folder holds no run, when the given
+list is not the one the run used (by fingerprint), or when a row changed since its image was
+made. A row without a result gets the best fallback (its ori_image for tie/vttie/deepfake, a
+neutral grey picture for t2i) and is named in the report; ``strict`` refuses instead.
+Emulator placeholders are refused unless ``allow_emulated``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from runner.errors import RunnerError
+from runner.images import ImageProblem, encode_jpeg, open_image, placeholder_jpeg
+from runner.store.files import OutLock, write_atomic_sync
+from runner.store.fingerprint import fingerprints, tasklist_fingerprint
+from runner.store.journal import JOURNAL_NAME, JournalState, replay
+from runner.tasks import TaskList, load_tasks
+
+
+class SubmitRefused(RunnerError):
+    """The zip was not written; the message says why."""
+
+
+class SubmitReport(BaseModel):
+    zip_path: Path
+    tasks: Path  # the task list that was packed
+    rows: int
+    generated: int
+    fallbacks: dict[str, str] = Field(default_factory=dict)  # index -> what was used and why
+    emulated: list[str] = Field(default_factory=list)
+
+
+def zip_name(team: str) -> str:
+    return f"{team}_图片生成_result.zip"
+
+
+def _valid_jpeg(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+        open_image(path)  # proves it decodes whole
+    except (OSError, ImageProblem):
+        return None
+    return data if data[:3] == b"\xff\xd8\xff" else None
+
+
+def _the_run(out_dir: Path) -> JournalState:
+    """The journal of the run in ``out_dir``; SubmitRefused when there is none."""
+    journal = out_dir / JOURNAL_NAME
+    if not journal.is_file():
+        raise SubmitRefused(
+            f"{out_dir} holds no run (no {JOURNAL_NAME}): give the --out of a finished run"
+        )
+    state = replay(journal)
+    if state.last_run is None:
+        raise SubmitRefused(f"{journal} records no run: give the --out of a finished run")
+    return state
+
+
+def _check_same_list(
+    state: JournalState, tasklist: TaskList, fps: dict[str, str], out_dir: Path
+) -> None:
+    """The task list must be the one the last run used, and every done row unchanged."""
+    last = state.last_run or {}
+    used, used_fp = last.get("tasks"), last.get("tasks_fp")
+    if used_fp and tasklist_fingerprint(tasklist, fps) != used_fp:
+        raise SubmitRefused(
+            f"{tasklist.path} is not the task list the run in {out_dir} used ({used}): "
+            "their rows differ; pack that list, or run this one first"
+        )
+    changed = [
+        index
+        for index in tasklist.order
+        if (row := state.rows.get(index)) is not None
+        and row.done
+        and row.fp is not None
+        and row.fp != fps.get(index)
+    ]
+    if changed:
+        raise SubmitRefused(
+            f"{len(changed)} row(s) changed since their image was made (rows {_few(changed)}): "
+            "run the task list again to remake them, then submit"
+        )
+
+
+def pack(
+    out_dir: Path,
+    team: str,
+    *,
+    tasks: Path | None = None,
+    images: Path | None = None,
+    strict: bool = False,
+    allow_emulated: bool = False,
+) -> SubmitReport:
+    """Write ``out_dir/<team>_图片生成_result.zip``; SubmitRefused (nothing written) else."""
+    _the_run(out_dir)  # before the lock, which would create the folder
+    with OutLock(out_dir, "submit"):  # no run may write images while they are packed
+        return _pack(out_dir, team, tasks, images, strict, allow_emulated)
+
+
+def _pack(
+    out_dir: Path,
+    team: str,
+    tasks: Path | None,
+    images: Path | None,
+    strict: bool,
+    allow_emulated: bool,
+) -> SubmitReport:
+    state = _the_run(out_dir)  # read under the lock: no run is adding to it now
+    last = state.last_run or {}
+    if tasks is None:
+        if not last.get("tasks"):
+            raise SubmitRefused(f"the run in {out_dir} does not name its task list: give --tasks")
+        tasks = Path(last["tasks"])
+        if images is None and last.get("images"):
+            images = Path(last["images"])
+    tasklist = load_tasks(tasks, images)
+    fps = fingerprints(tasklist)
+    _check_same_list(state, tasklist, fps, out_dir)
+    by_index = {t.index: t for t in tasklist.tasks}
+    bad_by_index = {b.index: b for b in tasklist.bad}
+    files: dict[str, bytes] = {}
+    fallbacks: dict[str, str] = {}
+    emulated: list[str] = []
+    for index in tasklist.order:
+        row = state.rows.get(index)
+        produced = out_dir / "imgs" / f"{index}.jpg"
+        data = _valid_jpeg(produced) if row is not None and row.done else None
+        if data is not None:
+            files[index] = data
+            if row is not None and row.emulated:
+                emulated.append(index)
+            continue
+        task_type = tasklist.types.get(index, "")
+        why = (row.failed_reason if row else None) or "no result"
+        ori: Path | None = None
+        if index in by_index:
+            ori = by_index[index].ori_image
+        elif index in bad_by_index and bad_by_index[index].ori_name:
+            candidate = (tasklist.images_dir / bad_by_index[index].ori_name).resolve()
+            if candidate.is_relative_to(tasklist.images_dir.resolve()) and candidate.is_file():
+                ori = candidate
+        if task_type != "t2i" and ori is not None:
+            try:
+                # the API's own bound: a huge source is never decoded at full size here
+                files[index] = encode_jpeg(open_image(ori, max_side=4096), 95)
+                fallbacks[index] = f"ori_image copied ({why})"
+                continue
+            except ImageProblem:
+                pass
+        files[index] = placeholder_jpeg()
+        fallbacks[index] = f"grey placeholder ({why})"
+    if tasklist.order and len(fallbacks) == len(tasklist.order):
+        raise SubmitRefused(
+            f"no row of the run in {out_dir} has a result: the zip would hold only "
+            "fallbacks; run the task list first (or check --out)"
+        )
+    if emulated and not allow_emulated:
+        raise SubmitRefused(
+            f"{len(emulated)} image(s) are emulator placeholders (rows {_few(emulated)}); "
+            "run with DASHSCOPE_API_KEY set, or pass --allow-emulated to pack them anyway"
+        )
+    if strict and fallbacks:
+        raise SubmitRefused(
+            f"{len(fallbacks)} row(s) have no result (rows {_few(list(fallbacks))}); "
+            "without --strict they would get fallbacks"
+        )
+    csv_buf = io.StringIO()
+    writer = csv.writer(csv_buf, lineterminator="\n")
+    writer.writerow(["index", "gen_image"])
+    writer.writerows([index, f"{index}.jpg"] for index in tasklist.order)
+    zbuf = io.BytesIO()
+    # JPEGs do not compress: store them; only the CSV is deflated
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("result.csv", csv_buf.getvalue().encode("utf-8-sig"), zipfile.ZIP_DEFLATED)
+        for index in tasklist.order:
+            zf.writestr(f"imgs/{index}.jpg", files[index])
+    path = out_dir / zip_name(team)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic_sync(path, zbuf.getvalue())
+    return SubmitReport(
+        zip_path=path,
+        tasks=tasklist.path,
+        rows=len(tasklist.order),
+        generated=len(tasklist.order) - len(fallbacks),
+        fallbacks=fallbacks,
+        emulated=emulated,
+    )
+
+
+def _few(items: list[str], n: int = 8) -> str:
+    head = ", ".join(items[:n])
+    return head + (f" and {len(items) - n} more" if len(items) > n else "")

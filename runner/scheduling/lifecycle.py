@@ -1,0 +1,343 @@
+"""One remote task, start to end: submit -> journal -> poll -> download -> close.
+
+The same steps serve a fresh request and a task resumed from the journal, so a task the
+service accepted is paid for once and its image is never lost:
+
+* The submit and the journal record of its answer run as one shielded step: a stop or a
+  Ctrl-C in between waits for the record (``drain``), it never drops a paid id. A sync call
+  (qwen-image-edit) journals its result URLs the moment its answer arrives, before any
+  download: they are its only proof of payment.
+* Retries belong to the step that failed: a poll error polls again (``TaskWatcher``), a
+  download error downloads again (a refused, expired URL is re-polled for fresh ones).
+  Only a task that FAILED, is UNKNOWN/CANCELED, succeeded without an image, or ran past
+  the watch timeout is closed and is a reason to submit anew (``Resubmit``).
+* A result that cannot be downloaded now keeps its task open in the journal: the row fails
+  for this run and the next run fetches it without paying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from pydantic import BaseModel
+
+from runner.errors import (
+    DashScopeError,
+    DownloadError,
+    ResultExpired,
+    Retryable,
+    RunnerError,
+    ServerError,
+    classify,
+)
+from runner.images import ImageProblem, result_to_jpeg
+from runner.retry import backoff_delay
+from runner.scheduling.polling import TaskWatcher, WatchTimeout
+from runner.store.journal import Journal, PendingTask
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Rounds of downloading one result (each round is the client's own retried GET) before the
+# row gives up for this run; the task stays open, so the next run fetches it for free.
+DOWNLOAD_ROUNDS = 4
+
+
+class Candidate(BaseModel):
+    """One generated image, checked and re-encoded, before it is chosen or not."""
+
+    model: str
+    jpeg: bytes
+    width: int
+    height: int
+    task_id: str | None = None
+    url: str | None = None  # a sync call's result URL (no task id to ask again)
+    actual_prompt: str | None = None
+
+
+class Resubmit(RunnerError):
+    """The paid task can give no image (closed in the journal): a new request is needed.
+    ``cause`` is the typed error that says why (FAILED code, expired, timed out)."""
+
+    def __init__(self, message: str, cause: DashScopeError) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ResultUnreachable(RunnerError):
+    """The image exists but could not be fetched in this run; its task stays open."""
+
+
+@dataclass
+class Request:
+    """What one paid request asks for; the scheduler fills it, the lifecycle sends it."""
+
+    index: str
+    model: str
+    prompt: str
+    n: int = 1
+    seed: int | None = None
+    negative: str | None = None
+    source: str | None = None  # an edit's source image: URL or data: URI
+    size: str | None = None  # t2i size "W*H"
+    fp: str | None = None  # the row's fingerprint, kept with the paid id
+    sync: bool = False  # sync multimodal call (no task id)
+    strength: float = 0.5
+    prompt_extend: bool = True
+    # how the model takes its input (runner.models): prompt (t2i), function
+    # (wanx2.1-imageedit), images (wan2.5-i2i-preview), messages (the sync qwen-image-edit)
+    input_style: str = "prompt"
+
+
+class Client(Protocol):
+    async def submit_text2image(self, model: str, prompt: str, **kw: Any) -> Any: ...
+    async def submit_image_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any: ...
+    async def fetch_task(self, task_id: str) -> Any: ...
+    async def cancel_task(self, task_id: str) -> None: ...
+    async def multimodal_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any: ...
+    async def download(self, url: str) -> bytes: ...
+
+
+class _Lane(Protocol):
+    name: str
+
+
+CpuRun = Callable[..., Awaitable[Any]]
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        client: Client,
+        journal: Journal,
+        watcher: TaskWatcher,
+        *,
+        cpu: CpuRun,
+        jpeg_quality: int = 95,
+        backoff_max_s: float = 8.0,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.watcher = watcher
+        self.cpu = cpu
+        self.jpeg_quality = jpeg_quality
+        self.backoff_max_s = backoff_max_s
+        self._critical: set[asyncio.Task[Any]] = set()
+        self.billed: dict[str, int] = {}  # model -> images paid for in this run
+        self.retries = 0  # download rounds and URL renewals (no payment)
+
+    # --- the paid step -------------------------------------------------------
+    async def _shielded(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` to its end even if the caller is cancelled (``drain`` waits for it)."""
+        task = asyncio.ensure_future(coro)
+        self._critical.add(task)
+        task.add_done_callback(self._critical.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait for paid steps still in flight to be journaled (on a stop or Ctrl-C)."""
+        pending = [t for t in self._critical if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    async def submit(self, req: Request) -> PendingTask:
+        """Send the request; return the journaled proof of payment (task id or sync URLs)."""
+        return await self._shielded(self._submit_and_journal(req))
+
+    async def _submit_and_journal(self, req: Request) -> PendingTask:
+        now = time.time()
+        if req.sync:
+            assert req.source is not None
+            res = await self.client.multimodal_edit(
+                req.model,
+                req.prompt,
+                req.source,
+                n=req.n,
+                seed=req.seed,
+                negative_prompt=req.negative,
+            )
+            call_id = "sync-" + uuid.uuid4().hex[:16]
+            urls = list(res.urls)
+            await self.journal.write(
+                "sync_answer",
+                index=req.index,
+                model=req.model,
+                call_id=call_id,
+                urls=urls,
+                n=req.n,
+                fp=req.fp,
+            )
+            self._bill(req.model, len(urls))
+            return PendingTask(
+                task_id=call_id, model=req.model, submitted_at=now, fp=req.fp, urls=urls
+            )
+        if req.input_style == "images":
+            assert req.source is not None
+            sub = await self.client.submit_images_edit(
+                req.model,
+                req.prompt,
+                [req.source],
+                n=req.n,
+                negative_prompt=req.negative,
+                seed=req.seed,
+            )
+        elif req.source is not None:
+            sub = await self.client.submit_image_edit(
+                req.model,
+                req.prompt,
+                req.source,
+                function="description_edit",
+                strength=req.strength,
+                n=req.n,
+                seed=req.seed,
+            )
+        else:
+            sub = await self.client.submit_text2image(
+                req.model,
+                req.prompt,
+                negative_prompt=req.negative,
+                size=req.size or "1024*1024",
+                n=req.n,
+                seed=req.seed,
+                prompt_extend=req.prompt_extend,
+            )
+        await self.journal.write(
+            "submitted",
+            index=req.index,
+            model=req.model,
+            task_id=sub.task_id,
+            n=req.n,
+            fp=req.fp,
+            prompt_sent=req.prompt,
+        )
+        self._bill(req.model, req.n)
+        return PendingTask(task_id=sub.task_id, model=req.model, submitted_at=now, fp=req.fp)
+
+    def _bill(self, model: str, images: int) -> None:
+        self.billed[model] = self.billed.get(model, 0) + images
+
+    # --- waiting -------------------------------------------------------------
+    async def wait(self, index: str, lane: Any, paid: PendingTask, *, resumed: bool) -> Any:
+        """Poll an async task to its end; SUCCEEDED with images returns its state.
+
+        Anything else closes the task in the journal and raises ``Resubmit``.
+        """
+        try:
+            state = await self.watcher.wait_terminal(
+                lane, paid.task_id, submitted_at=paid.submitted_at, resumed=resumed
+            )
+        except WatchTimeout as exc:
+            try:
+                await self.client.cancel_task(paid.task_id)
+            except RunnerError:
+                pass
+            await self.close(index, paid.task_id, "timed out")
+            raise Resubmit(
+                f"task {paid.task_id} did not end in time",
+                ServerError(str(exc), model=paid.model),
+            ) from None
+        if state.status == "SUCCEEDED":
+            if getattr(state, "item_errors", None):
+                log.info("partial_success", index=index, errors=state.item_errors[:4])
+            if state.urls:
+                return state
+            await self.close(index, paid.task_id, "succeeded without images")
+            raise Resubmit(
+                "task succeeded without an image",
+                ServerError("task succeeded but returned no image", model=paid.model),
+            )
+        if state.status == "FAILED":
+            await self.close(index, paid.task_id, f"FAILED {state.code}")
+            raise Resubmit(
+                f"task {paid.task_id} FAILED",
+                classify(None, state.code, state.message or "", model=paid.model),
+            )
+        await self.close(index, paid.task_id, state.status)
+        raise Resubmit(
+            f"task {paid.task_id} is {state.status}",
+            ResultExpired(f"task {paid.task_id} is {state.status}", model=paid.model),
+        )
+
+    async def close(self, index: str, task_id: str, why: str) -> None:
+        """Journal that a paid id can give no result any more, so no rerun waits on it."""
+        await self.journal.write("task_closed", index=index, task_id=task_id, why=why)
+
+    # --- downloading ---------------------------------------------------------
+    async def fetch(
+        self, index: str, paid: PendingTask, urls: list[str], actual: str | None
+    ) -> list[Candidate]:
+        """Download and check every result image; at least one must be usable.
+
+        A failed round is retried (pausing between rounds); an expired URL of an async task
+        is re-polled for fresh ones. A sync call's URLs cannot be renewed: when refused they
+        close the call (``Resubmit``). Raises ``ResultUnreachable`` with the task left open
+        when the images exist but could not be fetched in this run.
+        """
+        last: Exception | None = None
+        for round_ in range(1, DOWNLOAD_ROUNDS + 1):
+            out: list[Candidate] = []
+            expired = False
+            for url in urls:
+                try:
+                    body = await self.client.download(url)
+                    jpeg, w, h = await self.cpu(result_to_jpeg, body, self.jpeg_quality)
+                except ResultExpired as exc:
+                    expired, last = True, exc
+                    continue
+                except (DownloadError, Retryable, ImageProblem) as exc:
+                    last = exc
+                    continue
+                out.append(
+                    Candidate(
+                        model=paid.model,
+                        jpeg=jpeg,
+                        width=w,
+                        height=h,
+                        task_id=None if paid.sync else paid.task_id,
+                        url=url if paid.sync else None,
+                        actual_prompt=actual,
+                    )
+                )
+            if out:
+                return out
+            self.retries += 1
+            if expired:
+                urls = await self._fresh_urls(index, paid, last)
+                continue  # fresh URLs: try them at once
+            if round_ < DOWNLOAD_ROUNDS:
+                log.info("download_retry", index=index, round=round_, error=str(last))
+                await asyncio.sleep(backoff_delay(round_ + 1, None, max_s=self.backoff_max_s))
+        raise ResultUnreachable(
+            f"result of {paid.model} could not be downloaded ({last}); "
+            "it is kept: the next run fetches it without paying again"
+        )
+
+    async def _fresh_urls(self, index: str, paid: PendingTask, why: Exception | None) -> list[str]:
+        if paid.sync:  # no task to ask again: the call's images are gone
+            await self.close(index, paid.task_id, "result URLs expired")
+            raise Resubmit(
+                "the sync call's result URLs expired",
+                ResultExpired(f"result URLs expired ({why})", model=paid.model),
+            )
+        try:
+            state = await self.client.fetch_task(paid.task_id)
+        except Retryable as exc:  # the task is still there: keep it for the next run
+            raise ResultUnreachable(
+                f"result URLs expired and the task could not be asked again ({exc}); "
+                "it is kept: the next run fetches it without paying again"
+            ) from None
+        if state.status == "SUCCEEDED" and state.urls:
+            log.info("result_urls_renewed", index=index, task_id=paid.task_id)
+            return list(state.urls)
+        await self.close(index, paid.task_id, f"result gone ({state.status})")
+        raise Resubmit(
+            "the task's results are gone",
+            ResultExpired(f"task {paid.task_id} is {state.status}", model=paid.model),
+        )

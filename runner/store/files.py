@@ -1,0 +1,171 @@
+"""The output folder's files: atomic writes, the temp-file sweep, and the folder lock.
+
+A write goes to a temp file in the same folder, is fsynced, renamed, and the folder fsynced:
+a reader never sees half a file; a crash leaves the old file or the new one, plus at most a
+temp file that ``sweep_temp`` removes at the next start. ``OutLock`` keeps a second process
+off a folder that one run, submit or rejudge is using.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import secrets
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from runner.errors import DiskFull, RunnerError
+
+TEMP_MARK = ".part-"
+LOCK_NAME = ".runner.lock"
+# Local errors that will repeat for every row: stop the run rather than pay for rows that
+# cannot be stored.
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class FolderBusy(RunnerError):
+    """Another process holds the output folder."""
+
+
+class OutputUnwritable(DiskFull):
+    """The output folder refuses writes (permissions, read-only file system): stop the run."""
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
+    """Remove a failed write's temp file; a full disk becomes DiskFull."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    raise_local(exc, path)
+
+
+def raise_local(exc: BaseException, path: Path) -> None:
+    """A write error that every later write would repeat becomes the error that stops the run."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFull(f"no space left on the device writing {path}") from None
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        raise OutputUnwritable(f"cannot write {path}: {exc.strerror}") from None
+
+
+async def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that the file is either absent, old, or whole and new."""
+    tmp = _temp_name(path)
+    try:
+        async with aiofiles.open(tmp, "wb") as f:
+            await f.write(data)
+            await f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+        await aiofiles.os.replace(tmp, path)
+        await asyncio.to_thread(_fsync_dir, path.parent)
+    except BaseException as exc:  # cancelled or interrupted too: never leave the temp file
+        _discard(tmp, path, exc)
+        raise
+
+
+def write_atomic_sync(path: Path, data: bytes) -> None:
+    """The same, for code that is not in the event loop (submit, report)."""
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:  # cancelled or interrupted too: never leave the temp file
+        _discard(tmp, path, exc)
+        raise
+
+
+def sweep_temp(folder: Path) -> int:
+    """Remove temp files a killed run (or a full disk) left anywhere under ``folder``
+    (imgs, candidates, thumbs, the learned quotas); returns how many."""
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and TEMP_MARK in name:
+                try:
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+class OutLock:
+    """An exclusive lock on an output folder (flock on ``.runner.lock``).
+
+    The OS drops it when the process dies, so a killed run never leaves a stale lock. The
+    holder's pid is written into the file so a refused process can say who holds it.
+    """
+
+    def __init__(self, out_dir: Path, what: str = "run") -> None:
+        self.out_dir = out_dir
+        self.path = out_dir / LOCK_NAME
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputUnwritable(f"cannot use {self.out_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise FolderBusy(
+                f"{self.out_dir} is in use by another runner ({holder}); wait for it to "
+                "finish or use another --out"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} ({self.what})\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> OutLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"
