@@ -10,7 +10,7 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from runner.backends.dashscope.client import ClientConfig, DashScopeClient, TaskState
+from runner.backends.dashscope import ClientConfig, DashScopeClient, TaskState
 from runner.emulator import Emulator, EmulatorConfig
 from runner.emulator.images import render_t2i
 from runner.errors import ModelNotServed, RateLimited, TokensThrottled

@@ -1,32 +1,31 @@
-"""The DashScope client against mocked HTTP (aioresponses): wire format, errors, retries,
-downloads and secret hygiene. No sleeping: the retry pause is replaced to record delays."""
+"""The DashScope client over an in-memory transport (tests/http_fakes.py): wire format,
+errors, retries, downloads and secret hygiene. No sleeping: the retry pause is replaced to
+record delays. A few tests take the real aiohttp path against a loopback server."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
+import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from aioresponses import aioresponses
+from http_fakes import FakeTransport
 from structlog.testing import capture_logs
-from yarl import URL
 
-from runner.backends.dashscope import client as dashscope
-from runner.backends.dashscope.client import (
+from runner.backends.dashscope import (
     ClientConfig,
     DashScopeClient,
     DownloadTooLarge,
+    Request,
     Submitted,
     SyncResult,
     TaskState,
+    requester,
 )
 from runner.errors import (
     DashScopeError,
@@ -52,35 +51,16 @@ CHAT = "https://dashscope.test/compatible-mode/v1/chat/completions"
 RESULT = "https://oss.test/out/1.png?Expires=1700000000&Signature=abcDEF"
 
 
-class _CompatResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds ClientResponse without the ``stream_writer`` argument that
-    newer aiohttp requires; supply a stub (only used when the running aiohttp needs it)."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-_NEEDS_COMPAT = "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters
-
-
-class MockHTTP(aioresponses):
-    def add(self, url: Any, method: str = "GET", **kwargs: Any) -> None:  # type: ignore[override]
-        if _NEEDS_COMPAT:
-            kwargs.setdefault("response_class", _CompatResponse)
-        super().add(url, method, **kwargs)
-
-
 def task_url(task_id: str = "t-1") -> str:
     return f"{BASE}/tasks/{task_id}"
 
 
-def calls(m: aioresponses, method: str, url: str) -> list[Any]:
-    return m.requests.get((method, URL(url)), [])
+def calls(m: FakeTransport, method: str, url: str) -> list[Request]:
+    return m.calls(method, url)
 
 
-def sent_json(call: Any) -> dict[str, Any]:
-    return json.loads(call.kwargs["data"])
+def sent_json(call: Request) -> dict[str, Any]:
+    return call.json()
 
 
 Events = list[tuple[str, dict[str, Any]]]
@@ -98,21 +78,24 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def fake_sleep(seconds: float) -> None:
         recorded.append(seconds)
 
-    monkeypatch.setattr(dashscope, "_sleep", fake_sleep)
+    monkeypatch.setattr(requester, "_sleep", fake_sleep)
     return recorded
 
 
 @pytest.fixture
-async def client(events: Events, delays: list[float]) -> AsyncIterator[DashScopeClient]:
-    config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=3, download_max_bytes=1000)
-    async with DashScopeClient(config, on_event=lambda n, p: events.append((n, p))) as c:
-        yield c
+def mocked() -> FakeTransport:
+    return FakeTransport()
 
 
 @pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with MockHTTP() as m:
-        yield m
+async def client(
+    events: Events, delays: list[float], mocked: FakeTransport
+) -> AsyncIterator[DashScopeClient]:
+    config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=3, download_max_bytes=1000)
+    async with DashScopeClient(
+        config, transport=mocked, on_event=lambda n, p: events.append((n, p))
+    ) as c:
+        yield c
 
 
 def submitted_payload(task_id: str = "t-1") -> dict[str, Any]:
@@ -146,7 +129,7 @@ def test_config_rejects_empty_key_and_bad_url() -> None:
 
 
 async def test_text2image_submit_body_and_headers(
-    client: DashScopeClient, mocked: aioresponses, events: Events
+    client: DashScopeClient, mocked: FakeTransport, events: Events
 ) -> None:
     mocked.post(T2I, payload=submitted_payload())
     sub = await client.submit_text2image("wanx2.1-t2i-turbo", "a red fox")
@@ -157,7 +140,7 @@ async def test_text2image_submit_body_and_headers(
         "input": {"prompt": "a red fox"},
         "parameters": {"size": "1024*1024", "n": 1, "prompt_extend": True, "watermark": False},
     }
-    headers = call.kwargs["headers"]
+    headers = call.headers
     assert headers["Authorization"] == f"Bearer {KEY}"
     assert headers["Content-Type"] == "application/json"
     assert headers["X-DashScope-Async"] == "enable"
@@ -165,7 +148,7 @@ async def test_text2image_submit_body_and_headers(
     assert events == [("request", {"kind": "submit", "model": "wanx2.1-t2i-turbo"})]
 
 
-async def test_text2image_optional_fields(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_text2image_optional_fields(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.post(T2I, payload=submitted_payload())
     await client.submit_text2image(
         "qwen-image",
@@ -188,7 +171,7 @@ async def test_text2image_optional_fields(client: DashScopeClient, mocked: aiore
 
 
 async def test_image_edit_uses_image2image_path(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     mocked.post(I2I, payload=submitted_payload("t-9"))
     image = "data:image/png;base64,iVBORw0KGgo="
@@ -205,11 +188,11 @@ async def test_image_edit_uses_image2image_path(
         },
         "parameters": {"n": 2, "watermark": False, "strength": 0.5, "seed": 7},
     }
-    assert call.kwargs["headers"]["X-DashScope-Async"] == "enable"
+    assert call.headers["X-DashScope-Async"] == "enable"
 
 
 async def test_multimodal_edit_is_sync_and_parsed(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     answer = {
         "output": {
@@ -227,8 +210,8 @@ async def test_multimodal_edit_is_sync_and_parsed(
         urls=["https://oss.test/a.png"], request_id="r-mm", model="qwen-image-edit"
     )
     (call,) = calls(mocked, "POST", MM)
-    assert "X-DashScope-Async" not in call.kwargs["headers"]
-    assert call.kwargs["timeout"].total == client.config.sync_timeout_s
+    assert "X-DashScope-Async" not in call.headers
+    assert call.timeout_s == client.config.sync_timeout_s
     assert sent_json(call) == {
         "model": "qwen-image-edit",
         "input": {
@@ -247,14 +230,14 @@ async def test_multimodal_edit_is_sync_and_parsed(
 
 
 async def test_multimodal_without_image_is_server_error(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     mocked.post(MM, payload={"output": {"choices": []}, "request_id": "r"})
     with pytest.raises(ServerError, match=r"no output\.choices"):
         await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
 
 
-async def test_cancel_task(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_cancel_task(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.post(task_url() + "/cancel", payload={"request_id": "r"})
     assert await client.cancel_task("t-1") is None
     assert len(calls(mocked, "POST", task_url() + "/cancel")) == 1
@@ -301,7 +284,7 @@ ERROR_TABLE = [
 @pytest.mark.parametrize(("status", "code", "message", "kind"), ERROR_TABLE)
 async def test_error_table_on_submit(
     client: DashScopeClient,
-    mocked: aioresponses,
+    mocked: FakeTransport,
     status: int,
     code: str,
     message: str,
@@ -337,7 +320,7 @@ async def test_error_table_on_submit(
 )
 async def test_non_json_error_bodies(
     client: DashScopeClient,
-    mocked: aioresponses,
+    mocked: FakeTransport,
     status: int,
     body: str,
     kind: type[DashScopeError],
@@ -351,7 +334,9 @@ async def test_non_json_error_bodies(
         assert ("Bad Gateway" if status == 502 else body) in str(info.value)
 
 
-async def test_submit_answer_without_task_id(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_submit_answer_without_task_id(
+    client: DashScopeClient, mocked: FakeTransport
+) -> None:
     # A 200 submit whose answer cannot be read: the task may exist and be billed.
     mocked.post(T2I, payload={"output": {"task_status": "PENDING"}, "request_id": "r"})
     with pytest.raises(SubmitUncertain, match=r"task_id.*MAY have been accepted"):
@@ -366,7 +351,7 @@ async def test_submit_answer_without_task_id(client: DashScopeClient, mocked: ai
 
 
 async def test_429_on_submit_raises_once_with_retry_after(
-    client: DashScopeClient, mocked: aioresponses, events: Events, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, events: Events, delays: list[float]
 ) -> None:
     mocked.post(
         T2I,
@@ -401,7 +386,7 @@ async def test_429_on_submit_raises_once_with_retry_after(
     ],
 )
 async def test_network_errors_are_server_errors_and_post_not_retried(
-    client: DashScopeClient, mocked: aioresponses, exc: Exception
+    client: DashScopeClient, mocked: FakeTransport, exc: Exception
 ) -> None:
     mocked.post(T2I, exception=exc)
     mocked.post(T2I, payload=submitted_payload())  # would succeed if (wrongly) retried
@@ -410,7 +395,7 @@ async def test_network_errors_are_server_errors_and_post_not_retried(
     assert len(calls(mocked, "POST", T2I)) == 1
 
 
-async def test_sync_and_chat_not_retried(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_sync_and_chat_not_retried(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.post(MM, status=500, payload={"code": "InternalError", "message": "boom"})
     with pytest.raises(ServerError):
         await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/a.png")
@@ -425,7 +410,7 @@ async def test_sync_and_chat_not_retried(client: DashScopeClient, mocked: aiores
 
 
 async def test_poll_retries_honour_retry_after_then_succeed(
-    client: DashScopeClient, mocked: aioresponses, events: Events, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, events: Events, delays: list[float]
 ) -> None:
     url = task_url()
     mocked.get(url, status=429, payload={"code": "Throttling"}, headers={"Retry-After": "3"})
@@ -446,7 +431,7 @@ async def test_poll_retries_honour_retry_after_then_succeed(
 
 
 async def test_retry_after_above_cap_falls_back_to_backoff(
-    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, delays: list[float]
 ) -> None:
     url = task_url()
     mocked.get(url, status=429, payload={"code": "Throttling"}, headers={"Retry-After": "600"})
@@ -456,7 +441,7 @@ async def test_retry_after_above_cap_falls_back_to_backoff(
 
 
 async def test_poll_retries_exhausted(
-    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, delays: list[float]
 ) -> None:
     url = task_url()
     mocked.get(url, status=503, payload={"code": "ModelUnavailable"}, repeat=True)
@@ -468,7 +453,7 @@ async def test_poll_retries_exhausted(
 
 
 async def test_poll_non_retryable_error_raises_at_once(
-    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, delays: list[float]
 ) -> None:
     mocked.get(task_url(), status=401, payload={"code": "InvalidApiKey", "message": "bad key"})
     with pytest.raises(Fatal):
@@ -481,7 +466,7 @@ async def test_poll_non_retryable_error_raises_at_once(
 
 
 async def test_failed_task_is_returned_not_raised(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     mocked.get(
         task_url(),
@@ -506,7 +491,7 @@ async def test_failed_task_is_returned_not_raised(
     assert state.terminal and state.urls == []
 
 
-async def test_partial_success_parsed(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_partial_success_parsed(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.get(
         task_url(),
         payload={
@@ -532,7 +517,7 @@ async def test_partial_success_parsed(client: DashScopeClient, mocked: aiorespon
     assert state.request_id == "r-s"
 
 
-async def test_unknown_and_pending_states(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_unknown_and_pending_states(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.get(task_url(), payload={"output": {"task_id": "t-1", "task_status": "UNKNOWN"}})
     state = await client.fetch_task("t-1")
     assert state.status == "UNKNOWN" and state.terminal
@@ -552,10 +537,10 @@ async def test_unknown_and_pending_states(client: DashScopeClient, mocked: aiore
     ],
 )
 async def test_malformed_poll_answers(
-    mocked: aioresponses, delays: list[float], payload: dict[str, Any]
+    mocked: FakeTransport, delays: list[float], payload: dict[str, Any]
 ) -> None:
     config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=0)
-    async with DashScopeClient(config) as c:
+    async with DashScopeClient(config, transport=mocked) as c:
         mocked.get(task_url(), payload=payload)
         with pytest.raises(ServerError):
             await c.fetch_task("t-1")
@@ -564,18 +549,20 @@ async def test_malformed_poll_answers(
 # --------------------------------------------------------------------------- downloads
 
 
-async def test_download_sends_no_auth_header(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_download_sends_no_auth_header(
+    client: DashScopeClient, mocked: FakeTransport
+) -> None:
     mocked.get(RESULT, body=b"\x89PNG fake bytes", content_type="image/png")
     data = await client.download(RESULT)
     assert data == b"\x89PNG fake bytes"
     (call,) = calls(mocked, "GET", RESULT)
-    headers = {k.lower(): v for k, v in call.kwargs["headers"].items()}
+    headers = {k.lower(): v for k, v in call.headers.items()}
     assert "authorization" not in headers
-    assert KEY not in repr(call.kwargs)
+    assert KEY not in repr((call.url, dict(call.headers), call.body))  # nothing sent has it
 
 
 async def test_download_content_length_over_cap_rejected_early(
-    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, delays: list[float]
 ) -> None:
     mocked.get(RESULT, body=b"x" * 10, headers={"Content-Length": "5000"})
     with pytest.raises(DownloadTooLarge) as info:
@@ -584,14 +571,14 @@ async def test_download_content_length_over_cap_rejected_early(
     assert len(calls(mocked, "GET", RESULT)) == 1 and delays == []  # not retried
 
 
-async def test_download_streaming_over_cap(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_download_streaming_over_cap(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.get(RESULT, body=b"x" * 5000)  # no Content-Length: the stream must be cut
     with pytest.raises(DownloadError, match="cap"):
         await client.download(RESULT)
     assert len(calls(mocked, "GET", RESULT)) == 1
 
 
-async def test_download_at_cap_is_fine(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_download_at_cap_is_fine(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.get(RESULT, body=b"y" * 1000)
     assert len(await client.download(RESULT)) == 1000
 
@@ -600,16 +587,16 @@ async def test_download_at_cap_is_fine(client: DashScopeClient, mocked: aiorespo
     "url", ["data:image/png;base64,AAAA", "file:///etc/passwd", "ftp://h/x.png", "oss://k/x"]
 )
 async def test_download_refuses_non_http(
-    client: DashScopeClient, mocked: aioresponses, url: str
+    client: DashScopeClient, mocked: FakeTransport, url: str
 ) -> None:
     with pytest.raises(RowFailed):
         await client.download(url)
-    assert mocked.requests == {}
+    assert mocked.requests == []
 
 
 @pytest.mark.parametrize("status", [403, 404, 410])
 async def test_download_expired_url(
-    client: DashScopeClient, mocked: aioresponses, status: int, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, status: int, delays: list[float]
 ) -> None:
     xml = "<Error><Code>AccessDenied</Code><Message>Request has expired.</Message></Error>"
     mocked.get(RESULT, status=status, body=xml, content_type="application/xml")
@@ -621,7 +608,7 @@ async def test_download_expired_url(
 
 
 async def test_download_retries_server_errors(
-    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, delays: list[float]
 ) -> None:
     mocked.get(RESULT, status=503, body="busy")
     mocked.get(RESULT, exception=aiohttp.ClientPayloadError("cut"))
@@ -631,10 +618,10 @@ async def test_download_retries_server_errors(
 
 
 async def test_download_empty_body_is_download_error(
-    mocked: aioresponses, delays: list[float]
+    mocked: FakeTransport, delays: list[float]
 ) -> None:
     config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=0)
-    async with DashScopeClient(config) as c:
+    async with DashScopeClient(config, transport=mocked) as c:
         mocked.get(RESULT, body=b"")
         with pytest.raises(DownloadError, match="empty"):
             await c.download(RESULT)
@@ -643,7 +630,7 @@ async def test_download_empty_body_is_download_error(
 # --------------------------------------------------------------------------- chat
 
 
-async def test_chat_parses_content(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_chat_parses_content(client: DashScopeClient, mocked: FakeTransport) -> None:
     answer = {
         "id": "chatcmpl-1",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": '{"score": 4}'}}],
@@ -666,7 +653,7 @@ async def test_chat_parses_content(client: DashScopeClient, mocked: aioresponses
         "temperature": 0.0,
         "max_tokens": 64,
     }
-    assert call.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert call.headers["Authorization"] == f"Bearer {KEY}"
     mocked.post(
         CHAT, payload={"choices": [{"message": {"content": [{"text": "a"}, {"text": "b"}]}}]}
     )
@@ -676,7 +663,7 @@ async def test_chat_parses_content(client: DashScopeClient, mocked: aioresponses
         await client.chat("qwen-vl-max", messages)
 
 
-async def test_chat_compatible_error_shape(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_chat_compatible_error_shape(client: DashScopeClient, mocked: FakeTransport) -> None:
     err = {"error": {"code": "invalid_api_key", "message": "Incorrect API key provided."}}
     mocked.post(CHAT, status=401, payload=err)
     with pytest.raises(Fatal) as info:
@@ -691,11 +678,13 @@ async def test_chat_compatible_error_shape(client: DashScopeClient, mocked: aior
 # --------------------------------------------------------------------------- secrets, lifecycle
 
 
-async def test_key_never_leaks(mocked: aioresponses, delays: list[float]) -> None:
+async def test_key_never_leaks(mocked: FakeTransport, delays: list[float]) -> None:
     events: Events = []
     config = ClientConfig(base_url=BASE, api_key=KEY, max_retries=1)
     with capture_logs() as logs:
-        async with DashScopeClient(config, on_event=lambda n, p: events.append((n, p))) as c:
+        async with DashScopeClient(
+            config, transport=mocked, on_event=lambda n, p: events.append((n, p))
+        ) as c:
             assert KEY not in repr(c) and KEY not in str(c)
             # A server that echoes the key (and the header) back in its error message.
             echo = {
@@ -724,29 +713,60 @@ async def test_key_never_leaks(mocked: aioresponses, delays: list[float]) -> Non
     assert "Signature=abcDEF" not in blob  # pre-signed query strings stay out of logs too
 
 
-async def test_event_hook_failure_does_not_fail_request(mocked: aioresponses) -> None:
+async def test_event_hook_failure_does_not_fail_request(mocked: FakeTransport) -> None:
     def broken(name: str, payload: dict[str, Any]) -> None:
         raise RuntimeError("counter bug")
 
-    async with DashScopeClient(ClientConfig(base_url=BASE, api_key=KEY), on_event=broken) as c:
+    config = ClientConfig(base_url=BASE, api_key=KEY)
+    async with DashScopeClient(config, transport=mocked, on_event=broken) as c:
         mocked.post(T2I, payload=submitted_payload())
         assert (await c.submit_text2image("m", "p")).task_id == "t-1"
 
 
-async def test_given_session_is_not_closed_and_own_session_is(mocked: aioresponses) -> None:
+@contextlib.asynccontextmanager
+async def loopback_submits() -> AsyncIterator[str]:
+    """A loopback server that accepts text2image submits; yields its base URL."""
+
+    async def submit(request: web.Request) -> web.Response:
+        return web.json_response(submitted_payload())
+
+    app = web.Application()
+    app.router.add_post("/api/v1/services/aigc/text2image/image-synthesis", submit)
+    async with TestServer(app) as server:
+        yield str(server.make_url("/api/v1"))
+
+
+async def test_given_session_is_not_closed_and_own_session_is() -> None:
+    async with loopback_submits() as base:
+        config = ClientConfig(base_url=base, api_key=KEY)
+        async with aiohttp.ClientSession() as session:
+            async with DashScopeClient(config, session=session) as c:
+                await c.submit_text2image("m", "p")
+            assert not session.closed
+        own = DashScopeClient(config)
+        await own.submit_text2image("m", "p")  # session created lazily inside the loop
+        inner = own._transport._session  # type: ignore[attr-defined]
+        assert inner is not None and not inner.closed
+        await own.close()
+        assert inner.closed
+
+
+def test_a_session_and_a_transport_are_exclusive(mocked: FakeTransport) -> None:
     config = ClientConfig(base_url=BASE, api_key=KEY)
-    async with aiohttp.ClientSession() as session:
-        async with DashScopeClient(config, session=session) as c:
-            mocked.post(T2I, payload=submitted_payload())
-            await c.submit_text2image("m", "p")
-        assert not session.closed
-    own = DashScopeClient(config)
+    with pytest.raises(ValueError, match="not both"):
+        DashScopeClient(config, session=object(), transport=mocked)  # type: ignore[arg-type]
+
+
+async def test_a_request_shows_neither_the_key_nor_a_signature(
+    client: DashScopeClient, mocked: FakeTransport
+) -> None:
     mocked.post(T2I, payload=submitted_payload())
-    await own.submit_text2image("m", "p")  # session created lazily inside the loop
-    inner = own._session
-    assert inner is not None and not inner.closed
-    await own.close()
-    assert inner.closed
+    mocked.get(RESULT, body=b"png")
+    await client.submit_text2image("m", "p")
+    await client.download(RESULT)
+    submit, download = mocked.requests
+    assert submit.headers["Authorization"] == f"Bearer {KEY}"  # sent, but never shown
+    assert KEY not in repr(submit) and "Signature" not in repr(download)
 
 
 async def test_invalid_n_rejected(client: DashScopeClient) -> None:
@@ -758,8 +778,8 @@ async def test_invalid_n_rejected(client: DashScopeClient) -> None:
 
 
 async def test_against_real_loopback_server(delays: list[float]) -> None:
-    """aioresponses stubs out aiohttp's request path; check the real one once (headers on
-    the wire, chunked streaming past the cap, a read timeout)."""
+    """The fake transport stands in for aiohttp's request path; check the real one once
+    (headers on the wire, chunked streaming past the cap, a read timeout)."""
     seen: dict[str, Any] = {}
 
     async def submit(request: web.Request) -> web.Response:
@@ -806,7 +826,7 @@ async def test_against_real_loopback_server(delays: list[float]) -> None:
 
 
 async def test_poll_carries_service_timestamps(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     output = {
         "task_id": "t-1",
@@ -828,7 +848,7 @@ async def test_poll_carries_service_timestamps(
 
 
 async def test_poll_answer_not_json_is_retried(
-    client: DashScopeClient, mocked: aioresponses, delays: list[float]
+    client: DashScopeClient, mocked: FakeTransport, delays: list[float]
 ) -> None:
     mocked.get(task_url(), status=200, body="<html>gateway</html>", content_type="text/html")
     mocked.get(task_url(), payload={"output": {"task_id": "t-1", "task_status": "RUNNING"}})
@@ -836,7 +856,7 @@ async def test_poll_answer_not_json_is_retried(
     assert len(delays) == 1
 
 
-async def test_qwen_image_edit_plus_takes_n(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_qwen_image_edit_plus_takes_n(client: DashScopeClient, mocked: FakeTransport) -> None:
     urls = [f"https://oss.test/{i}.png?Signature=s" for i in range(3)]
     answer = {
         "output": {"choices": [{"message": {"content": [{"image": u} for u in urls]}}]},
@@ -857,7 +877,7 @@ async def test_qwen_image_edit_plus_takes_n(client: DashScopeClient, mocked: aio
         await client.submit_text2image("qwen-image", "p", n=2)
 
 
-async def test_images_edit_body(client: DashScopeClient, mocked: aioresponses) -> None:
+async def test_images_edit_body(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.post(I2I, payload=submitted_payload())
     await client.submit_images_edit(
         "wan2.5-i2i-preview", "paint it blue", ["https://img.test/a.png"], n=2, seed=9
@@ -866,11 +886,11 @@ async def test_images_edit_body(client: DashScopeClient, mocked: aioresponses) -
     body = sent_json(call)
     assert body["input"] == {"prompt": "paint it blue", "images": ["https://img.test/a.png"]}
     assert body["parameters"] == {"n": 2, "watermark": False, "seed": 9}
-    assert call.kwargs["headers"]["X-DashScope-Async"] == "enable"
+    assert call.headers["X-DashScope-Async"] == "enable"
 
 
 async def test_foreign_keys_in_answers_are_redacted(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     other = "sk-0123456789abcdefOTHER"
     body = {"code": "InvalidParameter", "message": f"bad key {other} / Bearer {other}"}
@@ -949,7 +969,7 @@ def test_breaker_needs_a_streak_without_success() -> None:
 
 
 async def test_failed_task_words_are_scrubbed(
-    client: DashScopeClient, mocked: aioresponses
+    client: DashScopeClient, mocked: FakeTransport
 ) -> None:
     other = "sk-0123456789abcdefOTHER"
     output = {

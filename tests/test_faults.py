@@ -1,9 +1,10 @@
 """Every fault of the issue, end to end, with the handling of dashscope.md's error table.
 
 The emulator injects each fault kind into a real run (the runner uses its real-service code
-path: a key and DASHSCOPE_HTTP_BASE_URL pointing at the emulator); aioresponses gives the
-exact cases (a Retry-After of exactly N seconds, partial success with n > 1, a 401 in the
-middle of polling). For every fault the test checks the handling, not just survival:
+path: a key and DASHSCOPE_HTTP_BASE_URL pointing at the emulator); an in-memory transport
+(tests/http_fakes.py) gives the exact cases (a Retry-After of exactly N seconds, partial
+success with n > 1, a 401 in the middle of polling). For every fault the test checks the
+handling, not just survival:
 
 - retried: 429 (with and without Retry-After), 500, 503, connection reset, stall past the
   timeout, FAILED tasks, truncated / corrupt / non-image / oversized downloads
@@ -31,9 +32,11 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import fault_emulator, paid_twice, png_bytes, row_prompt
+from http_fakes import Answer, FakeTransport, answer
 from PIL import Image
 
 from runner import run_all
+from runner.backends.dashscope import Request
 from runner.emulator import Emulator
 from runner.errors import DiskFull
 from runner.settings import Settings, load_settings
@@ -491,7 +494,8 @@ async def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes(job, tmp_p
 
 
 def test_a_read_only_folder_is_one_clear_error(tmp_path: Path) -> None:
-    from runner.store.files import OutLock, OutputUnwritable
+    from runner.store.files import OutputUnwritable
+    from runner.store.lock import OutLock
 
     with small_disk(tmp_path / "disk", "1m") as out:
         subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)
@@ -518,20 +522,6 @@ def test_journal_raises_diskfull_when_the_disk_is_full(tmp_path: Path, monkeypat
 
 
 # --------------------------------------------------------------------------- exact cases
-
-try:  # the aioresponses workaround of test_dashscope_client (aiohttp 3.14 compatibility)
-    from aioresponses import CallbackResult
-    from test_dashscope_client import _NEEDS_COMPAT, MockHTTP, _CompatResponse
-except Exception:  # pragma: no cover - the file is someone else's
-    MockHTTP = None  # type: ignore[assignment,misc]
-
-
-def answer(**kw: Any) -> Any:
-    """A callback's answer, with the same aiohttp 3.14 workaround as MockHTTP.add."""
-    if _NEEDS_COMPAT:
-        kw.setdefault("response_class", _CompatResponse)
-    return CallbackResult(**kw)
-
 
 BASE = "https://dashscope.test/api/v1"
 T2I_URL = f"{BASE}/services/aigc/text2image/image-synthesis"
@@ -561,16 +551,12 @@ def _exact_settings(**kw: Any) -> Settings:
     return load_settings(**base)
 
 
-needs_mock = pytest.mark.skipif(MockHTTP is None, reason="aioresponses workaround unavailable")
-
-
-@needs_mock
 @pytest.mark.parametrize("retry_after", [None, "2"], ids=["no-retry-after", "retry-after-2s"])
 async def test_exact_429_on_submit(job, tmp_path: Path, retry_after: str | None) -> None:
     tasks = job([("1", "t2i", "a cat", "", "")])
     stamps: list[float] = []
 
-    def on_submit(url: Any, **kwargs: Any) -> Any:
+    def on_submit(request: Request) -> Answer:
         stamps.append(time.monotonic())
         if len(stamps) == 1:
             headers = {"Retry-After": retry_after} if retry_after else {}
@@ -581,7 +567,7 @@ async def test_exact_429_on_submit(job, tmp_path: Path, retry_after: str | None)
             )
         return answer(payload=_submitted("t-1"))
 
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, callback=on_submit, repeat=True)
         m.get(f"{BASE}/tasks/t-1", payload=_succeeded("t-1", {"url": RESULT.format(1)}))
         m.get(RESULT.format(1), body=png_bytes(), content_type="image/png")
@@ -594,17 +580,16 @@ async def test_exact_429_on_submit(job, tmp_path: Path, retry_after: str | None)
         assert gap < 1.0  # jittered backoff under backoff_max_s
 
 
-@needs_mock
 async def test_exact_partial_success_keeps_the_good_image(job, tmp_path: Path) -> None:
     """n=2: the answer has one URL and one InternalError.Timeout item."""
     tasks = job([("1", "t2i", "a cat", "", "")])
     bodies: list[dict[str, Any]] = []
 
-    def on_submit(url: Any, **kwargs: Any) -> Any:
-        bodies.append(json.loads(kwargs["data"]))
+    def on_submit(request: Request) -> Answer:
+        bodies.append(request.json())
         return answer(payload=_submitted(f"t-{len(bodies)}"))
 
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, callback=on_submit, repeat=True)
         m.get(
             f"{BASE}/tasks/t-1",
@@ -623,10 +608,9 @@ async def test_exact_partial_success_keeps_the_good_image(job, tmp_path: Path) -
     assert [b["parameters"]["n"] for b in bodies] == [2, 1]  # only the missing one again
 
 
-@needs_mock
 async def test_exact_invalid_key_while_polling_stops_the_run(job, tmp_path: Path) -> None:
     tasks = job([("1", "t2i", "a cat", "", ""), ("2", "t2i", "a dog", "", "")])
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, payload=_submitted("t-1"))
         m.post(T2I_URL, payload=_submitted("t-2"))
         for tid in ("t-1", "t-2"):
@@ -649,10 +633,9 @@ async def test_exact_invalid_key_while_polling_stops_the_run(job, tmp_path: Path
     assert {p.task_id for r in state.rows.values() for p in r.pending} == submitted
 
 
-@needs_mock
 async def test_exact_connection_reset_and_timeout_on_poll(job, tmp_path: Path) -> None:
     tasks = job([("1", "t2i", "a cat", "", "")])
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, payload=_submitted("t-1"))
         m.get(f"{BASE}/tasks/t-1", exception=aiohttp.ServerDisconnectedError())
         m.get(f"{BASE}/tasks/t-1", exception=TimeoutError())
@@ -665,10 +648,9 @@ async def test_exact_connection_reset_and_timeout_on_poll(job, tmp_path: Path) -
     assert sum(1 for e in events(tmp_path / "o") if e["ev"] == "submitted") == 1
 
 
-@needs_mock
 async def test_exact_poll_outage_polls_the_same_task_again(job, tmp_path: Path) -> None:
     tasks = job([("1", "t2i", "a cat", "", "")])
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, payload=_submitted("t-1"))
         m.post(T2I_URL, payload=_submitted("t-2"))
         for _ in range(6):  # more than the client's own retries of one poll

@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 from conftest import emulator_process, make_image, write_tasks
+from http_fakes import FakeTransport
 
 from runner import run_all
-from runner.backends.dashscope.client import ClientConfig, DashScopeClient
+from runner.backends.dashscope import ClientConfig, DashScopeClient
 from runner.errors import DashScopeError, RowFailed, SettingsError
 from runner.settings import Settings, load_settings
 
@@ -193,17 +194,10 @@ def test_the_key_is_in_no_output_of_any_run(tmp_path: Path, key: str, emulator_p
 
 # --------------------------------------------------------------------------- echoing servers
 
-try:  # the aioresponses workaround of test_dashscope_client (aiohttp 3.14 compatibility)
-    from test_dashscope_client import MockHTTP
-except Exception:  # pragma: no cover - the file is someone else's
-    MockHTTP = None  # type: ignore[assignment,misc]
-
 BASE = "https://dashscope.test/api/v1"
 T2I_URL = f"{BASE}/services/aigc/text2image/image-synthesis"
-needs_mock = pytest.mark.skipif(MockHTTP is None, reason="aioresponses workaround unavailable")
 
 
-@needs_mock
 async def test_a_server_echoing_the_key_does_not_make_it_leak(tmp_path: Path) -> None:
     """Error answers that quote the key and the Authorization header: the row's reason, the
     stop reason, every file and every log line stay clean."""
@@ -212,7 +206,7 @@ async def test_a_server_echoing_the_key_does_not_make_it_leak(tmp_path: Path) ->
     tasks = write_tasks(
         tmp_path / "task.csv", [("1", "t2i", "a cat", "", ""), ("2", "t2i", "a dog", "", "")]
     )
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, status=400, payload={"code": "InvalidParameter", "message": echo})
         m.post(T2I_URL, payload={"output": {"task_id": "t-2", "task_status": "PENDING"}})
         m.get(
@@ -238,17 +232,16 @@ async def test_a_server_echoing_the_key_does_not_make_it_leak(tmp_path: Path) ->
     assert scan_tree(tmp_path / "out", key) == {}
 
 
-@needs_mock
 async def test_exceptions_and_tracebacks_hold_no_key() -> None:
     key = new_key()
     echo = f"bad key {key}; Authorization: Bearer {key}"
     cfg = ClientConfig(base_url=BASE, api_key=key, max_retries=0)
-    async with DashScopeClient(cfg) as client:
+    m = FakeTransport()
+    async with DashScopeClient(cfg, transport=m) as client:
         for status, code in ((401, "InvalidApiKey"), (400, "InvalidParameter"), (500, "")):
-            with MockHTTP() as m:
-                m.post(T2I_URL, status=status, payload={"code": code, "message": echo})
-                with pytest.raises(DashScopeError) as info:
-                    await client.submit_text2image("wanx2.1-t2i-turbo", "a cat")
+            m.post(T2I_URL, status=status, payload={"code": code, "message": echo})
+            with pytest.raises(DashScopeError) as info:
+                await client.submit_text2image("wanx2.1-t2i-turbo", "a cat")
             exc = info.value
             shown = "".join(traceback.format_exception(exc)) + repr(exc) + str(exc)
             shown += repr(vars(exc))
@@ -307,7 +300,6 @@ def test_a_key_in_a_settings_file_is_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- what is fetched
 
 
-@needs_mock
 @pytest.mark.parametrize(
     "url",
     [
@@ -321,7 +313,7 @@ def test_a_key_in_a_settings_file_is_refused(tmp_path: Path) -> None:
 async def test_only_http_result_urls_are_fetched(tmp_path: Path, url: str) -> None:
     """A result URL that is not http(s) fails the row with its reason; nothing is fetched."""
     tasks = write_tasks(tmp_path / "task.csv", [("1", "t2i", "a cat", "", "")])
-    with MockHTTP() as m:
+    with FakeTransport() as m:
         m.post(T2I_URL, payload={"output": {"task_id": "t-1", "task_status": "PENDING"}})
         m.get(
             f"{BASE}/tasks/t-1",
@@ -337,7 +329,7 @@ async def test_only_http_result_urls_are_fetched(tmp_path: Path, url: str) -> No
             models={"t2i": ["wanx2.1-t2i-turbo"]},
         )
         summary = await run_all(tasks, out=tmp_path / "out", settings=settings)
-        fetched = [str(u) for (method, u) in m.requests if method == "GET"]
+        fetched = [r.url for r in m.requests if r.method == "GET"]
     (row,) = summary.rows
     assert row.status == "failed" and "non-http(s) URL" in (row.reason or ""), row.reason
     assert fetched == [f"{BASE}/tasks/t-1"]  # the poll only

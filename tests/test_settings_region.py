@@ -120,7 +120,7 @@ def test_thin_aliases_come_from_the_table() -> None:
 def test_judge_url_follows_the_region() -> None:
     from pydantic import SecretStr
 
-    from runner.backends.dashscope.client import ClientConfig
+    from runner.backends.dashscope import ClientConfig
 
     for region, host in (("intl", "dashscope-intl"), ("cn", "dashscope")):
         s = load_settings(region=region)
