@@ -1,4 +1,5 @@
-"""The typed error tree. Every layer raises these; the scheduler decides by type alone.
+"""The typed error tree. Every layer raises these; ``runner.policy`` decides by type (and by
+the ``step`` that failed, where the raiser knows it) what happens next.
 
 - ``Retryable``: back off and try the same thing again (429 throttling, 5xx, timeouts, resets);
   ``TokensThrottled`` (a tokens-a-minute 429) always carries a ``retry_after`` pause.
@@ -7,9 +8,30 @@
 - ``RowFailed``: the row itself is wrong (bad input, rejected prompt on every model); fail it.
 - ``Fatal``: nothing else can succeed either (bad key, no money, disk full); stop the run.
   ``ServiceUnreachable``: every connection to the host failed for about 30 s.
+- ``Resubmit``: a paid task can give nothing (closed); its ``cause`` is decided as above.
+  ``ResultUnreachable``: a paid image could not be downloaded now; the row fails, the task
+  stays open for the next run.
+
+``Step`` names the call that failed (submit, poll, download, sync call, local generation,
+judge call); the lifecycle, the row steps and the judge stamp it on the error with ``at``.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+
+class Step(StrEnum):
+    """The call an error came from: the same error means another thing at another step
+    (a failed download keeps the paid task; a failed submit paid nothing)."""
+
+    SUBMIT = "submit"
+    POLL = "poll"
+    DOWNLOAD = "download"
+    SYNC_CALL = "sync call"  # qwen-image-edit: one call that answers with the result
+    LOCAL = "local generation"
+    JUDGE_CALL = "judge call"
 
 
 class RunnerError(Exception):
@@ -35,12 +57,20 @@ class DashScopeError(RunnerError):
         status: int | None = None,
         request_id: str | None = None,
         model: str | None = None,
+        step: Step | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
         self.request_id = request_id
         self.model = model
+        self.step = step
+
+    def at(self, step: Step) -> Self:
+        """Stamp the step this error came from, unless an inner layer already did."""
+        if self.step is None:
+            self.step = step
+        return self
 
     def __str__(self) -> str:
         parts = [p for p in (self.code, str(self.status) if self.status else "") if p]
@@ -113,6 +143,19 @@ class DownloadError(Retryable):
 
 class ResultExpired(DashScopeError):
     """The task is gone (UNKNOWN) or its result URL expired: submit the row again."""
+
+
+class Resubmit(RunnerError):
+    """A paid task can give no image (closed in the journal): a new request is needed.
+    ``cause`` is the typed error that says why (FAILED code, expired, timed out)."""
+
+    def __init__(self, message: str, cause: DashScopeError) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ResultUnreachable(RunnerError):
+    """A paid image exists but could not be fetched in this run; its task stays open."""
 
 
 class DiskFull(RunnerError):

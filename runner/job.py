@@ -20,26 +20,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
-from pydantic import SecretStr
 
 from runner import logs
-from runner.backends.dashscope.client import ClientConfig, DashScopeClient
-from runner.cost import Budget, billed_images, billed_rows, check_budget, price_book
+from runner.backends.dashscope import DashScopeClient
+from runner.cost import Budget, billed_images, billed_rows, check_budget
 from runner.errors import DiskFull, SettingsError
 from runner.guard import check_script_guard
 from runner.interrupts import Interrupts
 from runner.outcomes import runs_view
+from runner.outputs.report import SUMMARY_NAME
+from runner.policy import RetryPolicy
 from runner.scheduling.scheduler import RowResult, RunSummary, Scheduler
 from runner.settings import Settings, load_settings
-from runner.store.files import OutLock, sweep_temp, write_atomic_sync
-from runner.store.fingerprint import fingerprints, tasklist_fingerprint
-from runner.store.journal import JOURNAL_NAME, Journal, JournalState, replay
-from runner.tasks import TaskList, load_tasks
+from runner.startup import (
+    Opened,
+    Workers,
+    banner,
+    client_config,
+    folder_budget,
+    judge_for,
+    open_job,
+)
+from runner.store.files import write_atomic_sync
+from runner.store.journal import Journal
+from runner.store.lock import OutLock
+from runner.tasks import TaskList
 
 log = structlog.get_logger(__name__)
 
 FAILED_NAME = "failed.csv"
-SUMMARY_NAME = "summary.json"
 LOG_NAME = "run.log"
 
 
@@ -70,18 +79,6 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
         yield emu.base_url, "emulator-key", True
 
 
-def _client_config(settings: Settings, base_url: str, api_key: str) -> ClientConfig:
-    return ClientConfig(
-        base_url=base_url,
-        api_key=SecretStr(api_key),
-        timeout_s=settings.request_timeout_s,
-        sync_timeout_s=settings.sync_timeout_s,
-        backoff_max_s=settings.backoff_max_s,
-        retry_after_cap_s=settings.retry_after_cap_s,
-        download_max_bytes=settings.download_max_bytes,
-    )
-
-
 def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
     if not any(t.task_type == "deepfake" for t in tasks.tasks):
         return None, None
@@ -96,54 +93,6 @@ def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
             settings.faceswap, settings.ray, jpeg_quality=settings.jpeg_quality
         ), None
     return FaceSwapPool(settings.faceswap, jpeg_quality=settings.jpeg_quality), None
-
-
-class _Opened:
-    """What start-up found: the rows, their fingerprints, the journal's state."""
-
-    def __init__(
-        self, tasklist: TaskList, fps: dict[str, str], swept: int, state: JournalState
-    ) -> None:
-        self.tasklist = tasklist
-        self.fps = fps
-        self.tasks_fp = tasklist_fingerprint(tasklist, fps)
-        self.swept = swept
-        self.state = state
-        # absolute: submit and rejudge find them from any working folder
-        self.tasks_path = str(Path(tasklist.path).resolve())
-        self.images_path = str(Path(tasklist.images_dir).resolve())
-
-
-def _open_job(tasks: Path, images: Path | None, out_dir: Path) -> _Opened:
-    """Blocking start-up work (under the folder lock): read the task file, fingerprint its
-    rows, tidy the output folder, replay the journal."""
-    tasklist = load_tasks(tasks, images)
-    fps = fingerprints(tasklist)
-    swept = sweep_temp(out_dir)
-    return _Opened(tasklist, fps, swept, replay(out_dir / JOURNAL_NAME))
-
-
-def _local(settings: Settings, task_types: set[str]) -> Any:
-    """The local diffusion workers, when a task type of this run lists a ``local:`` model
-    (its workers start on first use; torch is imported only there)."""
-    if not any(m.startswith("local:") for t in task_types for m in settings.models.get(t, [])):
-        return None
-    if settings.ray:  # only then is ray imported
-        from runner.backends.local.ray_pool import RayPool
-
-        return RayPool(settings, settings.ray)
-    from runner.backends.local import LocalPool
-
-    return LocalPool(settings)
-
-
-def _judge(settings: Settings, client: DashScopeClient, emulated: bool) -> Any:
-    """The VIEScore judge, when scoring is on or a row has several candidates."""
-    if not settings.judge.enabled and max(settings.candidates.values()) <= 1:
-        return None
-    from runner.backends.judge.scorer import Judge
-
-    return Judge(client, settings.judge, emulated=emulated)
 
 
 async def run_all(
@@ -197,9 +146,9 @@ async def _run_locked(
     configure_logging: bool,
 ) -> RunSummary:
     opened = await asyncio.to_thread(
-        _open_job, tasks, Path(images) if images is not None else None, out_dir
+        open_job, tasks, Path(images) if images is not None else None, out_dir
     )
-    tasklist, swept, state = opened.tasklist, opened.swept, opened.state
+    tasklist = opened.tasklist
     key = settings.key()
     if configure_logging:
         # stderr: a script's terminal, or the notebook's cell (the notices, the warnings)
@@ -207,105 +156,14 @@ async def _run_locked(
     api_types = {t.task_type for t in tasklist.tasks} - {"deepfake"}
     check_budget(settings, api_types)
     journal = Journal(out_dir)
-    swapper, swap_problem = _faceswap(settings, tasklist)
-    local = _local(settings, api_types)
-    # rows made only by local models are real images, even when the API side is emulated
-    api_models = any(
-        not m.startswith("local:") for t in api_types for m in settings.models.get(t, [])
-    )
+    workers = Workers.for_run(settings, api_types, _faceswap(settings, tasklist))
     try:
         async with _backend(settings) as (base_url, api_key, emulated):
-            backend = "emulator" if emulated else base_url
-            banner = [
-                f"{len(tasklist.order)} rows from {tasklist.path} "
-                f"({len(tasklist.bad)} unusable), images from {tasklist.images_dir}",
-            ]
-            if not api_types:
-                banner.append("backend: none needed (face swap only, on this machine)")
-            elif not api_models:
-                banner.append("backend: none needed (local models only, on this machine)")
-            elif not emulated:
-                banner.append(
-                    f"backend: DashScope at {base_url} (set by {settings.base_url_from}, "
-                    f"region {settings.region})"
-                )
-            else:
-                banner.append(
-                    "backend: the embedded DashScope EMULATOR (no DASHSCOPE_API_KEY): "
-                    "images are placeholders, not real generations"
-                )
-            if swapper is not None:
-                banner.append("face swap: " + swapper.describe())
-            elif swap_problem:
-                banner.append("face swap: " + swap_problem)
-            if local is not None:
-                banner.append("local generation: " + local.describe())
-            if swept:
-                banner.append(f"removed {swept} temp file(s) left by an interrupted run")
-            resumable = sum(1 for r in state.rows.values() if r.pending and not r.done)
-            done_before = sum(1 for r in state.rows.values() if r.done)
-            if state.runs:
-                banner.append(
-                    f"resuming: {done_before} rows done before, {resumable} with tasks to fetch"
-                )
-            run_id = uuid.uuid4().hex[:12]
-            earlier = runs_view(state.runs_info)
-            # the budget covers the folder: earlier runs of the same kind count against it
-            book = price_book(settings)
-            spent_before = sum(
-                book.cost(m, n) or 0.0
-                for m, n in billed_images(earlier, emulated=emulated).items()
+            summary = await _run_with(
+                settings, opened, out_dir, journal, workers, observer, base_url, api_key, emulated
             )
-            budget = Budget(book, settings.budget, spent_before=spent_before)
-            started = time.time()
-            await journal.write(
-                "run_start",
-                run=run_id,
-                emulated=emulated,
-                backend=backend,
-                tasks=opened.tasks_path,
-                tasks_fp=opened.tasks_fp,
-                images=opened.images_path,
-                rows=len(tasklist.order),
-            )
-            async with DashScopeClient(_client_config(settings, base_url, api_key)) as client:
-                if swapper is not None:
-                    await swapper.start()
-                scheduler = Scheduler(
-                    settings,
-                    out_dir=out_dir,
-                    journal=journal,
-                    client=client,
-                    swapper=swapper,
-                    swapper_problem=swap_problem,
-                    judge=_judge(settings, client, emulated),
-                    emulated=emulated and api_models,
-                    backend=backend,
-                    on_row=observer.row if observer else None,
-                    budget=budget,
-                    local=local,
-                )
-                for line in banner:
-                    log.info("run_banner", line=line)
-                if observer:
-                    observer.started(tasklist, scheduler, banner)
-                # Ctrl-C / SIGTERM: the scheduler stops, the closing files are still written
-                with Interrupts(scheduler.interrupt) as interrupts:
-                    summary = await scheduler.run(tasklist, state, opened.fps)
-                summary.faceswap = swapper.describe() if swapper is not None else swap_problem
-                summary.interrupted = interrupts.name
-                try:
-                    await _close_run(
-                        journal, run_id, started, summary, budget, earlier, emulated
-                    )
-                except DiskFull as exc:  # the rows' records are on disk; say why, go on
-                    log.error("run_end_not_journaled", error=str(exc))
     finally:
-        # local first: with --ray the swapper started (and so shuts down) the Ray cluster
-        if local is not None:
-            await local.close()
-        if swapper is not None:
-            await swapper.close()
+        await workers.close()
         journal.close()
     try:
         await journal_end(out_dir, summary)
@@ -316,6 +174,70 @@ async def _run_locked(
     )
     if observer:
         observer.finished(summary)
+    return summary
+
+
+async def _run_with(
+    settings: Settings,
+    opened: Opened,
+    out_dir: Path,
+    journal: Journal,
+    workers: Workers,
+    observer: Observer | None,
+    base_url: str,
+    api_key: str,
+    emulated: bool,
+) -> RunSummary:
+    """The run itself, on a backend: journal its start, schedule every row, journal its end."""
+    backend = "emulator" if emulated else base_url
+    lines = banner(opened, settings, workers, base_url, emulated)
+    run_id = uuid.uuid4().hex[:12]
+    earlier = runs_view(opened.state.runs_info)
+    budget = folder_budget(settings, earlier, emulated)
+    started = time.time()
+    await journal.write(
+        "run_start",
+        run=run_id,
+        emulated=emulated,
+        backend=backend,
+        tasks=opened.tasks_path,
+        tasks_fp=opened.tasks_fp,
+        images=opened.images_path,
+        rows=len(opened.tasklist.order),
+    )
+    swapper = workers.swapper
+    policy = RetryPolicy.from_settings(settings)  # one object decides for the rows and the judge
+    async with DashScopeClient(client_config(settings, base_url, api_key)) as client:
+        if swapper is not None:
+            await swapper.start()
+        scheduler = Scheduler(
+            settings,
+            out_dir=out_dir,
+            journal=journal,
+            client=client,
+            swapper=swapper,
+            swapper_problem=workers.swap_problem,
+            judge=judge_for(settings, client, emulated, policy),
+            policy=policy,
+            emulated=emulated and workers.api_models,
+            backend=backend,
+            on_row=observer.row if observer else None,
+            budget=budget,
+            local=workers.local,
+        )
+        for line in lines:
+            log.info("run_banner", line=line)
+        if observer:
+            observer.started(opened.tasklist, scheduler, lines)
+        # Ctrl-C / SIGTERM: the scheduler stops, the closing files are still written
+        with Interrupts(scheduler.interrupt) as interrupts:
+            summary = await scheduler.run(opened.tasklist, opened.state, opened.fps)
+        summary.faceswap = swapper.describe() if swapper is not None else workers.swap_problem
+        summary.interrupted = interrupts.name
+        try:
+            await _close_run(journal, run_id, started, summary, budget, earlier, emulated)
+        except DiskFull as exc:  # the rows' records are on disk; say why, go on
+            log.error("run_end_not_journaled", error=str(exc))
     return summary
 
 
@@ -397,7 +319,7 @@ async def rejudge_all(
     out_dir = Path(out)
     logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=None)
     async with _backend(settings) as (base_url, api_key, _emulated):
-        async with DashScopeClient(_client_config(settings, base_url, api_key)) as client:
+        async with DashScopeClient(client_config(settings, base_url, api_key)) as client:
             result = await rejudge(
                 out_dir, Path(tasks), Path(images) if images else None, settings, client
             )

@@ -162,7 +162,7 @@ class ProgressObserver:
             return 0.0
         latency: dict[str, float] = {}
         limits: dict[str, int] = {}
-        for v in sched.pool.views():
+        for v in sched.model_views():
             if v.get("p50_s"):
                 latency[str(v["model"])] = float(v["p50_s"])
             if v.get("limit"):
@@ -184,7 +184,7 @@ class ProgressObserver:
         for col in ("model", "slots", "done", "429", "p50 s", "p90 s"):
             table.add_column(col)
         if self.scheduler is not None:
-            for v in self.scheduler.pool.views():
+            for v in self.scheduler.model_views():
                 if not (v["submits"] or v["in_flight"]):
                     continue
                 learned = "~" if v["learned"] else ""

@@ -18,7 +18,7 @@ from conftest import make_image, write_tasks
 from PIL import Image, ImageFilter
 from pydantic import SecretStr
 
-from runner.backends.dashscope.client import ClientConfig, DashScopeClient
+from runner.backends.dashscope import ClientConfig, DashScopeClient
 from runner.backends.judge.scorer import (
     AnswerError,
     Judge,

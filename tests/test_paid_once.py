@@ -28,8 +28,8 @@ from conftest import (
 from runner import run_all
 from runner.emulator import Emulator
 from runner.settings import Settings, load_settings
-from runner.store.files import FolderBusy, OutLock
 from runner.store.journal import JOURNAL_NAME, JournalError, replay
+from runner.store.lock import FolderBusy, OutLock
 
 KEY = "sk-paidonce0123456789abcdef"
 FAST = {"submits_per_second": 100, "in_flight": 4}
@@ -218,7 +218,7 @@ def test_the_lock_is_held_across_processes(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "import sys, time; from pathlib import Path; from runner.store.files import OutLock\n"
+        "import sys, time; from pathlib import Path; from runner.store.lock import OutLock\n"
         "l = OutLock(Path(sys.argv[1]), 'run'); l.acquire(); print('held', flush=True)\n"
         "time.sleep(30)\n"
     )
@@ -320,6 +320,30 @@ async def test_a_stop_while_the_journal_write_waits_keeps_the_paid_id(
         assert paid >= 1 and journaled == paid
         monkeypatch.setattr(journal_mod.Journal, "_commit", real)
         emu.advance(60)
+        summary = await run_all(tasks, out=out, settings=settings_for(emu))
+        assert summary.exit_code == 0
+        assert paid_twice(out, emu.billed()) == {}
+
+
+async def test_a_run_cancelled_mid_sync_call_journals_the_answer_first(tmp_path: Path) -> None:
+    """The whole run is cancelled (a caller's timeout) while sync calls are running: the
+    client stays open until they answer and are journaled, so the rerun pays nothing."""
+    tasks = make_job(tmp_path, n_t2i=0, n_tie=0, n_vttie=3)
+    out = tmp_path / "out"
+    async with emulator(time_scale=1.0) as emu:  # a sync call takes seconds here
+        run = asyncio.ensure_future(run_all(tasks, out=out, settings=settings_for(emu)))
+        for _ in range(2000):  # until the calls are on the wire, none answered yet
+            if emu.stats.sync_calls or run.done():
+                break
+            await asyncio.sleep(0.005)
+        assert not emu.billed()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        billed = billed_per_row(emu.billed())
+        assert billed  # the calls in flight were answered and billed ...
+        journaled = {i for i, r in replay(out / JOURNAL_NAME).rows.items() if r.pending}
+        assert journaled == set(billed)  # ... and every one of them is journaled
         summary = await run_all(tasks, out=out, settings=settings_for(emu))
         assert summary.exit_code == 0
         assert paid_twice(out, emu.billed()) == {}

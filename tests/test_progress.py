@@ -30,9 +30,7 @@ def _tasks(n: int, task_type: str = "t2i") -> TaskList:
 
 def _scheduler(views: list[dict[str, Any]]) -> Any:
     settings = load_settings(None, models={"t2i": ["m"]}, quotas={"m": {"in_flight": 2}})
-    return SimpleNamespace(
-        settings=settings, emulated=False, pool=SimpleNamespace(views=lambda: views)
-    )
+    return SimpleNamespace(settings=settings, emulated=False, model_views=lambda: views)
 
 
 def _observer(console: Console | None = None) -> tuple[ProgressObserver, list[tuple[str, str]]]:

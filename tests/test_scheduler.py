@@ -363,3 +363,45 @@ async def test_candidates_one_request_with_n_and_best_chosen(job, tmp_path: Path
     cands = sorted((out / "candidates" / "1").iterdir())
     assert [p.name for p in cands] == ["0.jpg", "1.jpg", "2.jpg"]
     assert (out / "imgs" / "1.jpg").read_bytes() == cands[0].read_bytes()  # unjudged: first
+
+
+async def test_edit_sources_are_prepared_a_few_rows_ahead_not_the_whole_window(
+    job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prepared source is megabytes: rows waiting for a slot hold at most a few (the rows
+    window of a rate-bound model is far larger), and a row drops its source once done."""
+    from runner.scheduling import rowsteps
+
+    prepared: list[int] = []
+    live = {"n": 0, "peak": 0}
+    real = rowsteps.prepare_source
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        live["n"] += 1
+        live["peak"] = max(live["peak"], live["n"])
+        prepared.append(1)
+        return real(*a, **kw)
+
+    real_submit = FakeService._start
+
+    def submitted(self: FakeService, model: str, prompt: str, n: int = 1) -> str:
+        tid = real_submit(self, model, prompt, n)
+        live["n"] -= 1  # the source went out with the request
+        return tid
+
+    monkeypatch.setattr(rowsteps, "prepare_source", counting)
+    monkeypatch.setattr(FakeService, "_start", submitted)
+    tasks = job(_rows(40, "tie", 1), img_size=(300, 200))
+    svc = FakeService(latency=0.05, true_limit={"edit-x": 1000})
+    # a rate-bound model: its rows window is large, and every row of it would prepare at once
+    settings = _settings(
+        models={"t2i": ["m-a"], "tie": ["edit-x"], "vttie": ["edit-x"]},
+        quotas={"m-a": Quota(submits_per_second=200, in_flight=2),
+                "edit-x": Quota(submits_per_second=10, in_flight=None)},
+    )
+    summary, _ = await _run(tmp_path, tasks, svc, settings)
+    assert summary.exit_code == 0, summary.failed
+    assert len(prepared) == 40
+    # prepared and not yet sent: the ready places, plus the slot holders the rate-bound lane
+    # lets wait for their turns (10: its window's count); unbounded, 30 of the 40 wait
+    assert live["peak"] <= rowsteps.READY_SOURCES + 10

@@ -19,7 +19,7 @@ import pytest
 from conftest import emulator_get, emulator_process, make_image, write_tasks
 from PIL import Image
 
-import runner.scheduling.scheduler as scheduler_mod
+import runner.scheduling.finishing as scheduler_mod
 from runner import run_all
 from runner.settings import load_settings
 from runner.store.files import TEMP_MARK

@@ -8,7 +8,8 @@ service accepted is paid for once and its image is never lost:
   (qwen-image-edit) journals its result URLs the moment its answer arrives, before any
   download: they are its only proof of payment.
 * Retries belong to the step that failed: a poll error polls again (``TaskWatcher``), a
-  download error downloads again (a refused, expired URL is re-polled for fresh ones).
+  download error downloads again (a refused, expired URL is re-polled for fresh ones), as
+  ``runner.policy`` decides; errors leave here stamped with their ``Step``.
   Only a task that FAILED, is UNKNOWN/CANCELED, succeeded without an image, or ran past
   the watch timeout is closed and is a reason to submit anew (``Resubmit``).
 * A result that cannot be downloaded now keeps its task open in the journal: the row fails
@@ -21,7 +22,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -30,24 +31,25 @@ from pydantic import BaseModel
 from runner.errors import (
     DashScopeError,
     DownloadError,
+    Resubmit,
     ResultExpired,
+    ResultUnreachable,
     Retryable,
     RunnerError,
     ServerError,
+    Step,
     classify,
 )
 from runner.images import ImageProblem, result_to_jpeg
-from runner.retry import backoff_delay
+from runner.policy import Action, RetryPolicy, Tries
 from runner.scheduling.polling import TaskWatcher, WatchTimeout
 from runner.store.journal import Journal, PendingTask
+
+__all__ = ["Candidate", "Lifecycle", "Request", "Resubmit", "ResultUnreachable"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-# Rounds of downloading one result (each round is the client's own retried GET) before the
-# row gives up for this run; the task stays open, so the next run fetches it for free.
-DOWNLOAD_ROUNDS = 4
 
 
 class Candidate(BaseModel):
@@ -60,19 +62,6 @@ class Candidate(BaseModel):
     task_id: str | None = None
     url: str | None = None  # a sync call's result URL (no task id to ask again)
     actual_prompt: str | None = None
-
-
-class Resubmit(RunnerError):
-    """The paid task can give no image (closed in the journal): a new request is needed.
-    ``cause`` is the typed error that says why (FAILED code, expired, timed out)."""
-
-    def __init__(self, message: str, cause: DashScopeError) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-class ResultUnreachable(RunnerError):
-    """The image exists but could not be fetched in this run; its task stays open."""
 
 
 @dataclass
@@ -99,39 +88,35 @@ class Request:
 class Client(Protocol):
     async def submit_text2image(self, model: str, prompt: str, **kw: Any) -> Any: ...
     async def submit_image_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any: ...
+    async def submit_images_edit(
+        self, model: str, prompt: str, images: list[str], **kw: Any
+    ) -> Any: ...
     async def fetch_task(self, task_id: str) -> Any: ...
     async def cancel_task(self, task_id: str) -> None: ...
     async def multimodal_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any: ...
     async def download(self, url: str) -> bytes: ...
 
 
-class _Lane(Protocol):
-    name: str
-
-
 CpuRun = Callable[..., Awaitable[Any]]
 
 
+@dataclass(eq=False)
 class Lifecycle:
-    def __init__(
-        self,
-        client: Client,
-        journal: Journal,
-        watcher: TaskWatcher,
-        *,
-        cpu: CpuRun,
-        jpeg_quality: int = 95,
-        backoff_max_s: float = 8.0,
-    ) -> None:
-        self.client = client
-        self.journal = journal
-        self.watcher = watcher
-        self.cpu = cpu
-        self.jpeg_quality = jpeg_quality
-        self.backoff_max_s = backoff_max_s
-        self._critical: set[asyncio.Task[Any]] = set()
-        self.billed: dict[str, int] = {}  # model -> images paid for in this run
-        self.retries = 0  # download rounds and URL renewals (no payment)
+    client: Client
+    journal: Journal
+    watcher: TaskWatcher
+    _: KW_ONLY
+    cpu: CpuRun
+    jpeg_quality: int = 95
+    backoff_max_s: float = 8.0  # the default policy's, when none is given
+    policy: RetryPolicy | None = None
+    billed: dict[str, int] = field(default_factory=dict)  # model -> images paid in this run
+    retries: int = 0  # download rounds and URL renewals (no payment)
+    _critical: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = RetryPolicy(backoff_max_s=self.backoff_max_s)
 
     # --- the paid step -------------------------------------------------------
     async def _shielded(self, coro: Awaitable[T]) -> T:
@@ -148,80 +133,48 @@ class Lifecycle:
             await asyncio.wait(pending, timeout=timeout_s)
 
     async def submit(self, req: Request) -> PendingTask:
-        """Send the request; return the journaled proof of payment (task id or sync URLs)."""
-        return await self._shielded(self._submit_and_journal(req))
+        """Send the request; return the journaled proof of payment (task id or sync URLs).
+        A failure comes back as a typed error stamped with its step (submit or sync call)."""
+        try:
+            return await self._shielded(self._submit_and_journal(req))
+        except DashScopeError as exc:
+            raise exc.at(Step.SYNC_CALL if req.sync else Step.SUBMIT) from None
 
-    async def _submit_and_journal(self, req: Request) -> PendingTask:
-        now = time.time()
+    async def _send(self, req: Request) -> Any:
+        """The one request, in the form the model takes its input."""
+        c, common = self.client, {"n": req.n, "seed": req.seed}
         if req.sync:
             assert req.source is not None
-            res = await self.client.multimodal_edit(
-                req.model,
-                req.prompt,
-                req.source,
-                n=req.n,
-                seed=req.seed,
-                negative_prompt=req.negative,
-            )
-            call_id = "sync-" + uuid.uuid4().hex[:16]
-            urls = list(res.urls)
-            await self.journal.write(
-                "sync_answer",
-                index=req.index,
-                model=req.model,
-                call_id=call_id,
-                urls=urls,
-                n=req.n,
-                fp=req.fp,
-            )
-            self._bill(req.model, len(urls))
-            return PendingTask(
-                task_id=call_id, model=req.model, submitted_at=now, fp=req.fp, urls=urls
+            return await c.multimodal_edit(
+                req.model, req.prompt, req.source, negative_prompt=req.negative, **common
             )
         if req.input_style == "images":
             assert req.source is not None
-            sub = await self.client.submit_images_edit(
-                req.model,
-                req.prompt,
-                [req.source],
-                n=req.n,
-                negative_prompt=req.negative,
-                seed=req.seed,
+            return await c.submit_images_edit(
+                req.model, req.prompt, [req.source], negative_prompt=req.negative, **common
             )
-        elif req.source is not None:
-            sub = await self.client.submit_image_edit(
-                req.model,
-                req.prompt,
-                req.source,
-                function="description_edit",
-                strength=req.strength,
-                n=req.n,
-                seed=req.seed,
-            )
-        else:
-            sub = await self.client.submit_text2image(
-                req.model,
-                req.prompt,
-                negative_prompt=req.negative,
-                size=req.size or "1024*1024",
-                n=req.n,
-                seed=req.seed,
-                prompt_extend=req.prompt_extend,
-            )
-        await self.journal.write(
-            "submitted",
-            index=req.index,
-            model=req.model,
-            task_id=sub.task_id,
-            n=req.n,
-            fp=req.fp,
-            prompt_sent=req.prompt,
+        if req.source is not None:
+            edit = {"function": "description_edit", "strength": req.strength}
+            return await c.submit_image_edit(req.model, req.prompt, req.source, **edit, **common)
+        t2i = {"size": req.size or "1024*1024", "prompt_extend": req.prompt_extend}
+        return await c.submit_text2image(
+            req.model, req.prompt, negative_prompt=req.negative, **t2i, **common
         )
-        self._bill(req.model, req.n)
-        return PendingTask(task_id=sub.task_id, model=req.model, submitted_at=now, fp=req.fp)
 
-    def _bill(self, model: str, images: int) -> None:
-        self.billed[model] = self.billed.get(model, 0) + images
+    async def _submit_and_journal(self, req: Request) -> PendingTask:
+        now = time.time()
+        answer = await self._send(req)
+        urls: list[str] = []
+        if req.sync:
+            # its result URLs are its only proof of payment: journaled before any download
+            task_id, urls = "sync-" + uuid.uuid4().hex[:16], list(answer.urls)
+            ev, record = "sync_answer", {"call_id": task_id, "urls": urls}
+        else:
+            task_id = answer.task_id
+            ev, record = "submitted", {"task_id": task_id, "prompt_sent": req.prompt}
+        await self.journal.write(ev, index=req.index, model=req.model, n=req.n, fp=req.fp, **record)
+        self.billed[req.model] = self.billed.get(req.model, 0) + (len(urls) if req.sync else req.n)
+        return PendingTask(task_id=task_id, model=req.model, submitted_at=now, fp=req.fp, urls=urls)
 
     # --- waiting -------------------------------------------------------------
     async def wait(self, index: str, lane: Any, paid: PendingTask, *, resumed: bool) -> Any:
@@ -241,7 +194,7 @@ class Lifecycle:
             await self.close(index, paid.task_id, "timed out")
             raise Resubmit(
                 f"task {paid.task_id} did not end in time",
-                ServerError(str(exc), model=paid.model),
+                ServerError(str(exc), model=paid.model, step=Step.POLL),
             ) from None
         if state.status == "SUCCEEDED":
             if getattr(state, "item_errors", None):
@@ -251,18 +204,22 @@ class Lifecycle:
             await self.close(index, paid.task_id, "succeeded without images")
             raise Resubmit(
                 "task succeeded without an image",
-                ServerError("task succeeded but returned no image", model=paid.model),
+                ServerError(
+                    "task succeeded but returned no image", model=paid.model, step=Step.POLL
+                ),
             )
         if state.status == "FAILED":
             await self.close(index, paid.task_id, f"FAILED {state.code}")
             raise Resubmit(
                 f"task {paid.task_id} FAILED",
-                classify(None, state.code, state.message or "", model=paid.model),
+                classify(None, state.code, state.message or "", model=paid.model).at(Step.POLL),
             )
         await self.close(index, paid.task_id, state.status)
         raise Resubmit(
             f"task {paid.task_id} is {state.status}",
-            ResultExpired(f"task {paid.task_id} is {state.status}", model=paid.model),
+            ResultExpired(
+                f"task {paid.task_id} is {state.status}", model=paid.model, step=Step.POLL
+            ),
         )
 
     async def close(self, index: str, task_id: str, why: str) -> None:
@@ -275,49 +232,63 @@ class Lifecycle:
     ) -> list[Candidate]:
         """Download and check every result image; at least one must be usable.
 
-        A failed round is retried (pausing between rounds); an expired URL of an async task
-        is re-polled for fresh ones. A sync call's URLs cannot be renewed: when refused they
-        close the call (``Resubmit``). Raises ``ResultUnreachable`` with the task left open
-        when the images exist but could not be fetched in this run.
+        A round that gave nothing is retried as the policy says (an expired URL of an async
+        task is re-polled for fresh ones first). A sync call's URLs cannot be renewed: when
+        refused they close the call (``Resubmit``). Raises ``ResultUnreachable`` with the task
+        left open when the images exist but could not be fetched in this run.
         """
-        last: Exception | None = None
-        for round_ in range(1, DOWNLOAD_ROUNDS + 1):
-            out: list[Candidate] = []
-            expired = False
-            for url in urls:
-                try:
-                    body = await self.client.download(url)
-                    jpeg, w, h = await self.cpu(result_to_jpeg, body, self.jpeg_quality)
-                except ResultExpired as exc:
-                    expired, last = True, exc
-                    continue
-                except (DownloadError, Retryable, ImageProblem) as exc:
-                    last = exc
-                    continue
-                out.append(
-                    Candidate(
-                        model=paid.model,
-                        jpeg=jpeg,
-                        width=w,
-                        height=h,
-                        task_id=None if paid.sync else paid.task_id,
-                        url=url if paid.sync else None,
-                        actual_prompt=actual,
-                    )
-                )
+        assert self.policy is not None
+        tries = Tries()
+        while True:
+            out, last, expired = await self._round(paid, urls, actual)
             if out:
                 return out
             self.retries += 1
-            if expired:
+            # a body that is no image is a failed download too: fetching again may help
+            error = expired or (
+                last if isinstance(last, DashScopeError) else DownloadError(str(last))
+            )
+            decision = self.policy.decide(error.at(Step.DOWNLOAD), tries)
+            if expired is not None:
                 urls = await self._fresh_urls(index, paid, last)
-                continue  # fresh URLs: try them at once
-            if round_ < DOWNLOAD_ROUNDS:
-                log.info("download_retry", index=index, round=round_, error=str(last))
-                await asyncio.sleep(backoff_delay(round_ + 1, None, max_s=self.backoff_max_s))
-        raise ResultUnreachable(
-            f"result of {paid.model} could not be downloaded ({last}); "
-            "it is kept: the next run fetches it without paying again"
-        )
+            if decision.action is not Action.RETRY:
+                raise ResultUnreachable(
+                    f"result of {paid.model} could not be downloaded ({last}); "
+                    "it is kept: the next run fetches it without paying again"
+                )
+            if decision.delay_s:
+                log.info("download_retry", index=index, round=tries.count, error=str(last))
+                await asyncio.sleep(decision.delay_s)
+
+    async def _round(
+        self, paid: PendingTask, urls: list[str], actual: str | None
+    ) -> tuple[list[Candidate], Exception | None, ResultExpired | None]:
+        """One try at every URL: the usable images, the last error, the last expiry."""
+        out: list[Candidate] = []
+        last: Exception | None = None
+        expired: ResultExpired | None = None
+        for url in urls:
+            try:
+                body = await self.client.download(url)
+                jpeg, w, h = await self.cpu(result_to_jpeg, body, self.jpeg_quality)
+            except ResultExpired as exc:
+                expired = last = exc
+                continue
+            except (Retryable, ImageProblem) as exc:
+                last = exc
+                continue
+            out.append(
+                Candidate(
+                    model=paid.model,
+                    jpeg=jpeg,
+                    width=w,
+                    height=h,
+                    task_id=None if paid.sync else paid.task_id,
+                    url=url if paid.sync else None,
+                    actual_prompt=actual,
+                )
+            )
+        return out, last, expired
 
     async def _fresh_urls(self, index: str, paid: PendingTask, why: Exception | None) -> list[str]:
         if paid.sync:  # no task to ask again: the call's images are gone

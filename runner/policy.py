@@ -1,0 +1,210 @@
+"""What happens after an error: one ``RetryPolicy`` decides, from the typed error (``errors``),
+the step it came from (``errors.Step``) and the tries so far. The callers carry out the
+decision; they look at error types only for bookkeeping (a 429 teaches a lane its quota; a
+judge 429 is no billed call and pauses every judge call).
+
+Who retries what (one owner per layer):
+
+* A request (one HTTP call): the transport, ``backends/dashscope/requester.py``
+  ``Requester._retrying``, retries 429s, 5xx, timeouts and resets of idempotent GETs (polls,
+  downloads) up to ``max_retries`` (per call), honouring Retry-After up to the cap. Submits,
+  the sync call and judge chats are sent once. What it gives up on reaches the callers below
+  as a typed error (``errors``); ``errors.classify`` (via ``backends/dashscope/failures.py``)
+  picks the class.
+* A poll: ``scheduling/polling.py`` ``TaskWatcher.wait_terminal`` polls again after any
+  ``Retryable`` (a 429 also pauses the shared poll budget): the task exists, it is never
+  paid twice.
+* A row: ``scheduling/rowsteps.py`` ``RowSteps._generate`` asks ``decide`` after a failed
+  submit, sync call, local generation, or a task that ended without an image
+  (``Resubmit``: the closed task's cause is decided), and carries it out in
+  ``RowSteps._after_error``. A 429 on a submit also teaches the model's lane its quota
+  (``scheduling/model_lane.py`` ``ModelLane.on_throttled``, from ``RowSteps._request``). A
+  ``Fatal`` stops the run in ``scheduling/scheduler.py`` ``Scheduler._row``.
+* A download: ``scheduling/lifecycle.py`` ``Lifecycle.fetch`` asks ``decide`` after each
+  round that gave no usable image (an expired URL is renewed first, ``_fresh_urls``).
+* A judge call: ``backends/judge/scorer.py`` ``Judge._call`` asks ``decide``.
+
+Where each error class is handled (``decide`` is the rule, the caller acts):
+
+=====================  =========================================================
+error                  decision
+=====================  =========================================================
+RateLimited (429)      row: resubmit after backoff (Retry-After honoured, capped)
+                       until ``max_throttled``, then fail the row; judge: retry
+                       up to ``call_retries``
+TokensThrottled (429)  as RateLimited; the judge pauses all its calls instead, up
+                       to ``tokens_pause_max_s`` in all
+ServerError, other     row: resubmit after backoff until ``max_attempts``;
+Retryable, ResultExp.  download: download again (expired: with renewed URLs)
+                       until ``download_rounds``, then fail the row, task kept
+SubmitUncertain        fail the row: another submit might pay twice
+ModelNotServed         set the model aside for the run; the row takes the next
+ModelRefused           the row takes its next model
+RowFailed, other       fail the row (judge: the candidate stays unscored)
+Fatal                  stop the run
+=====================  =========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from runner.errors import (
+    TOKENS_RETRY_AFTER_S,
+    DashScopeError,
+    Fatal,
+    ModelNotServed,
+    ModelRefused,
+    RateLimited,
+    Resubmit,
+    ResultExpired,
+    Retryable,
+    Step,
+    SubmitUncertain,
+    TokensThrottled,
+)
+from runner.retry import backoff_delay
+
+__all__ = ["Action", "Decision", "RetryPolicy", "Tries"]
+
+
+class Action(StrEnum):
+    RETRY = "retry"  # the same step again (a download, a judge call) after ``delay_s``
+    RESUBMIT = "resubmit"  # a new request for the row after ``delay_s``
+    NEXT_MODEL = "next model"  # this row on its next model
+    SET_ASIDE = "set aside"  # this model for the rest of the run, the row on its next one
+    FAIL = "fail"  # the row fails (the judge: the candidate stays unscored)
+    STOP = "stop"  # the whole run stops
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    delay_s: float = 0.0
+    reason: str = ""  # for FAIL: what the row (or the judge) reports
+    attempts: int | None = None  # for FAIL: the attempts to report, where they are known
+    model: str | None = None  # the model to blame, set aside or leave for the next
+
+
+@dataclass
+class Tries:
+    """Failures so far of one row, one download or one judge call; ``decide`` counts."""
+
+    count: int = 0  # failures that count against the step's limit
+    throttled: int = 0  # a row's 429s, which have their own, larger limit
+    paused_s: float = 0.0  # a judge call's tokens-a-minute pauses
+
+    @property
+    def total(self) -> int:
+        return self.count + self.throttled
+
+
+class _Limits(Protocol):
+    """The run settings the policy reads (``runner.settings.Settings`` has them)."""
+
+    max_attempts: int
+    max_throttled: int
+    backoff_max_s: float
+    retry_after_cap_s: float
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6  # a row's failed requests, across models
+    max_throttled: int = 200  # a row's 429s
+    backoff_max_s: float = 8.0
+    retry_after_cap_s: float = 120.0
+    download_rounds: int = 4  # each round is already the transport's retried GET
+    call_retries: int = 4  # a judge call's, after the transport's own
+    tokens_pause_max_s: float = 900.0  # a judge call's tokens-a-minute pauses, in all
+
+    @classmethod
+    def from_settings(cls, settings: _Limits) -> RetryPolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            max_throttled=settings.max_throttled,
+            backoff_max_s=settings.backoff_max_s,
+            retry_after_cap_s=settings.retry_after_cap_s,
+        )
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Backoff before retry ``attempt`` (1 = first); the server's hint wins, capped."""
+        if retry_after is not None:
+            retry_after = min(retry_after, self.retry_after_cap_s)
+        return backoff_delay(attempt, retry_after, max_s=self.backoff_max_s)
+
+    def decide(self, error: BaseException, tries: Tries) -> Decision:
+        """What to do after ``error``; counts it in ``tries``. An error that is not a
+        ``DashScopeError`` (a bad image, a result out of reach) fails the row."""
+        if isinstance(error, Fatal):
+            return Decision(Action.STOP, reason=str(error))
+        if isinstance(error, Resubmit):  # the task is closed: only a new request can help
+            cause = error.cause
+            if isinstance(cause, Fatal):
+                return Decision(Action.STOP, reason=str(cause))
+            return self._row(cause, tries)
+        if not isinstance(error, DashScopeError):
+            return Decision(Action.FAIL, reason=str(error), attempts=tries.count + 1)
+        if error.step is Step.DOWNLOAD:
+            return self._download(error, tries)
+        if error.step is Step.JUDGE_CALL:
+            return self._judge_call(error, tries)
+        return self._row(error, tries)
+
+    def _row(self, exc: DashScopeError, tries: Tries) -> Decision:
+        model = exc.model or None
+        if isinstance(exc, SubmitUncertain):
+            return Decision(
+                Action.FAIL,
+                reason=f"{exc}; the service may have accepted the task, so it was not sent "
+                "again (run again to retry the row)",
+                attempts=tries.count + 1,
+                model=model,
+            )
+        if isinstance(exc, RateLimited):
+            tries.throttled += 1
+            if tries.throttled > self.max_throttled:
+                return Decision(Action.FAIL, reason=f"throttled {tries.throttled} times: {exc}")
+            delay = self.delay(min(tries.throttled, 6), exc.retry_after)
+            return Decision(Action.RESUBMIT, delay, model=model)
+        if isinstance(exc, Retryable | ResultExpired):
+            tries.count += 1
+            if tries.count >= self.max_attempts:
+                why = f"gave up after {tries.count} attempts: {exc}"
+                return Decision(Action.FAIL, reason=why, attempts=tries.count)
+            retry_after = exc.retry_after if isinstance(exc, Retryable) else None
+            return Decision(Action.RESUBMIT, self.delay(tries.count, retry_after), model=model)
+        if isinstance(exc, ModelNotServed):
+            return Decision(Action.SET_ASIDE, reason=str(exc), model=model)
+        if isinstance(exc, ModelRefused):
+            return Decision(Action.NEXT_MODEL, reason=str(exc), model=model)
+        return Decision(Action.FAIL, reason=str(exc), attempts=tries.count + 1, model=model)
+
+    def _download(self, exc: DashScopeError, tries: Tries) -> Decision:
+        if not isinstance(exc, Retryable | ResultExpired):
+            return self._row(exc, tries)
+        tries.count += 1
+        if tries.count >= self.download_rounds:
+            return Decision(Action.FAIL, reason=str(exc), attempts=tries.count)
+        if isinstance(exc, ResultExpired):
+            return Decision(Action.RETRY)  # renewed URLs are tried at once
+        # the transport already honoured any Retry-After within the round
+        return Decision(Action.RETRY, self.delay(tries.count + 1))
+
+    def _judge_call(self, exc: DashScopeError, tries: Tries) -> Decision:
+        if isinstance(exc, TokensThrottled):
+            # clears within a minute: waited out, a candidate is not left unscored for it
+            pause = min(exc.retry_after or TOKENS_RETRY_AFTER_S, self.retry_after_cap_s)
+            tries.paused_s += pause
+            if tries.paused_s > self.tokens_pause_max_s:
+                why = f"judge throttled for {tries.paused_s:.0f} s: {exc}"
+                return Decision(Action.FAIL, reason=why)
+            return Decision(Action.RETRY, pause)
+        if isinstance(exc, Retryable):
+            tries.count += 1
+            if tries.count > self.call_retries:
+                return Decision(Action.FAIL, reason=f"judge call failed {tries.count} times: {exc}")
+            return Decision(Action.RETRY, self.delay(tries.count, exc.retry_after))
+        return Decision(Action.FAIL, reason=f"judge refused: {exc}")

@@ -1,0 +1,206 @@
+"""A row's end: its images on disk, judged, journaled.
+
+An API row with several candidates writes each under ``candidates/<index>/``, lets the
+judge pick, and writes the best as ``imgs/<index>.jpg``; a single candidate is written there
+at once. A deepfake row is the face-swap pool's one image. A row that cannot end well ends
+as ``RowStop`` (a failed ``RowResult``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from runner.backends.judge.answers import JudgeScore, pick
+from runner.errors import DiskFull, Fatal, RunnerError
+from runner.outcomes import RowResult
+from runner.prompts import PromptPlan
+from runner.scheduling.lifecycle import Candidate
+from runner.settings import Settings
+from runner.store.files import write_atomic
+from runner.store.journal import Journal
+from runner.tasks import Task
+
+if TYPE_CHECKING:
+    from runner.backends.faceswap.pool import FaceSwapPool
+    from runner.backends.judge.scorer import Judge
+
+__all__ = ["Finisher", "RowStop", "failed"]
+
+log = structlog.get_logger(__name__)
+
+
+class RowStop(Exception):
+    """Internal: the row ends here with this result."""
+
+    def __init__(self, result: RowResult) -> None:
+        self.result = result
+
+
+def failed(task: Task, reason: str, **kw: Any) -> RowStop:
+    """The row's failure, to raise."""
+    return RowStop(
+        RowResult(index=task.index, task_type=task.task_type, status="failed", reason=reason, **kw)
+    )
+
+
+@dataclass(eq=False)
+class Finisher:
+    settings: Settings
+    out_dir: Path
+    journal: Journal
+    judge: Judge | None  # None: nothing is judged, the first candidate is kept
+    emulated: bool
+    swapper: FaceSwapPool | None = None
+    swapper_problem: str | None = None  # why there is no swapper, for the deepfake rows
+    _judge_off: bool = False  # the judge's budget is spent (or it broke): stop asking
+
+    @property
+    def imgs_dir(self) -> Path:
+        return self.out_dir / "imgs"
+
+    # --- API rows ------------------------------------------------------------
+    async def finish(
+        self, task: Task, plan: PromptPlan, got: list[Candidate], attempts: int, fp: str | None
+    ) -> RowResult:
+        """Score the candidates (when judging), write the best as imgs/<index>.jpg, journal."""
+        path = self.imgs_dir / f"{task.index}.jpg"
+        rel = str(path.relative_to(self.out_dir))
+        files = await self._write_candidates(task, got, path)
+        scores = await self._judge_all(task, [p for p, _ in files])
+        chosen = pick(scores) if scores else None
+        chosen = 0 if chosen is None else chosen
+        best = files[chosen][1]
+        if len(got) > 1:
+            await write_atomic(path, best.jpeg)
+        # a local model's image is real even when the API side is the emulator
+        emulated = self.emulated and not best.model.startswith("local:")
+        score = scores[chosen].overall if scores else None
+        fields: dict[str, Any] = {
+            "model": best.model,
+            "task_id": best.task_id,
+            "url": best.url,
+            "file": rel,
+            "emulated": emulated,
+            "fp": fp,
+            "width": best.width,
+            "height": best.height,
+            "bytes": len(best.jpeg),
+            "prompt": task.prompt,
+            "prompt_sent": plan.sent,
+            "negative_prompt": plan.negative,
+            "actual_prompt": best.actual_prompt,
+        }
+        if len(got) > 1:
+            fields["candidates"] = [
+                {
+                    "file": str(p.relative_to(self.out_dir)),
+                    "model": c.model,
+                    "task_id": c.task_id,
+                    "overall": scores[k].overall if scores else None,
+                }
+                for k, (p, c) in enumerate(files)
+            ]
+            fields["chosen"] = chosen
+        if scores:
+            fields["score"] = score
+        await self.journal.write("done", index=task.index, **fields)
+        return RowResult(
+            index=task.index,
+            task_type=task.task_type,
+            status="done",
+            model=best.model,
+            attempts=attempts,
+            file=rel,
+            emulated=emulated,
+            score=score,
+        )
+
+    async def _write_candidates(
+        self, task: Task, got: list[Candidate], path: Path
+    ) -> list[tuple[Path, Candidate]]:
+        """Each candidate on disk: several under candidates/<index>/, one as the output."""
+        if len(got) == 1:
+            await write_atomic(path, got[0].jpeg)
+            return [(path, got[0])]
+        folder = self.out_dir / "candidates" / task.index
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        files: list[tuple[Path, Candidate]] = []
+        for k, cand in enumerate(got):
+            cpath = folder / f"{k}.jpg"
+            await write_atomic(cpath, cand.jpeg)
+            files.append((cpath, cand))
+        return files
+
+    # --- deepfake rows -------------------------------------------------------
+    async def swap_row(self, task: Task, fp: str | None) -> RowResult:
+        """A face swap from the pool, written, judged (when judging) and journaled."""
+        if self.swapper is None:
+            raise failed(task, self.swapper_problem or "no face-swap backend is available")
+        assert task.ori_image is not None and task.target_image is not None
+        try:
+            out = await self.swapper.swap(task.index, task.ori_image, task.target_image)
+        except (Fatal, DiskFull):
+            raise
+        except RunnerError as exc:
+            raise failed(task, str(exc)) from None
+        path = self.imgs_dir / f"{task.index}.jpg"
+        await write_atomic(path, out.jpeg)
+        fields = {
+            "file": str(path.relative_to(self.out_dir)),
+            "model": f"faceswap:{out.backend}",
+            "emulated": False,
+            "fp": fp,
+            "identity_target": out.identity_target,
+            "identity_ori": out.identity_ori,
+            "embedding": getattr(out, "embedding", None),
+            "detail": getattr(out, "detail", {}),
+        }
+        scores = await self._judge_all(task, [path], identity=out.identity_target)
+        if scores:
+            fields["score"] = scores[0].overall
+        await self.journal.write("done", index=task.index, **fields)
+        return RowResult(
+            index=task.index,
+            task_type=task.task_type,
+            status="done",
+            model=fields["model"],
+            file=fields["file"],
+            identity_target=out.identity_target,
+            identity_ori=out.identity_ori,
+            score=fields.get("score"),
+        )
+
+    # --- judging -------------------------------------------------------------
+    async def _judge_all(
+        self, task: Task, paths: list[Path], identity: float | None = None
+    ) -> list[JudgeScore]:
+        """Judge scores for each file, journaled; [] when the judge is off or spent."""
+        if self.judge is None or self._judge_off:
+            return []
+        if len(paths) == 1 and not self.settings.judge.enabled:
+            return []
+        scores: list[JudgeScore] = []
+        for p in paths:
+            try:
+                sc = await self.judge.score(
+                    task.task_type, task.prompt, p, source=task.ori_image, identity=identity
+                )
+            except (Fatal, DiskFull):
+                raise
+            except RunnerError as exc:  # budget spent and the like: stop judging, keep going
+                self._judge_off = True
+                log.warning("judge_off", reason=str(exc))
+                return []
+            scores.append(sc)
+            await self.journal.write(
+                "judged",
+                index=task.index,
+                file=str(p.relative_to(self.out_dir)),
+                **sc.model_dump(mode="json"),
+            )
+        return scores
