@@ -47,7 +47,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, wall)
     "thumb": """
 import resource, sys, time
 from pathlib import Path
-from runner.outputs.report import _make_thumb
+from runner.outputs.thumbs import _make_thumb
 src = Path(sys.argv[1])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from runner.images import (
     prepare_source,
     result_to_jpeg,
 )
+from tests.image_helpers import png_bomb
 
 
 def _decode_uri(uri: str) -> Image.Image:
@@ -110,25 +110,6 @@ def test_results_checked_and_converted() -> None:
 
 
 # --------------------------------------------------------------------------- the guarded opener
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb(path: Path, side: int) -> Path:
-    """A real, valid greyscale PNG of side x side zeros: about a megabyte that would decode
-    to side**2 bytes (20000: 400 MB as L, 1.2 GB as RGB). Streamed, never held whole."""
-    z = zlib.compressobj(1)
-    row = bytes(side + 1)  # filter byte 0 + zeros
-    parts = [z.compress(row) for _ in range(side)]
-    parts.append(z.flush())
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts))
-        + _chunk(b"IEND", b"")
-    )
-    return path
-
 
 def _orient6(img: Image.Image) -> bytes:
     exif = Image.Exif()
@@ -263,7 +244,7 @@ _PEAK_SCRIPT = """
 import resource, sys
 from pathlib import Path
 from runner.images import ImageProblem, load_bgr, prepare_source
-from runner.outputs.report import _make_thumb
+from runner.outputs.thumbs import _make_thumb
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 bomb = Path(sys.argv[1])
 for call in (prepare_source, lambda p: load_bgr(p, max_side=640)):
@@ -297,7 +278,7 @@ def test_thumbnail_temp_files_are_named_for_the_sweep(
 ) -> None:
     import errno
 
-    import runner.outputs.report as report
+    import runner.outputs.thumbs as report
     from runner.store.files import TEMP_MARK, sweep_temp
 
     src = make_image(tmp_path / "src.png", (640, 480))

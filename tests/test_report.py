@@ -15,7 +15,8 @@ import pytest
 from conftest import make_image, write_tasks
 from PIL import Image
 
-from runner.outputs.report import REPORT_NAME, THUMB_SIDE, write_report
+from runner.outputs.report import REPORT_NAME, write_report
+from runner.outputs.thumbs import THUMB_SIDE
 from runner.store.journal import Journal
 
 

@@ -14,9 +14,11 @@ import structlog
 from pydantic import BaseModel, Field
 
 from runner.backends.judge.scorer import ChatClient, Judge, JudgeBudgetExhausted, JudgeScore, pick
+from runner.outputs.candidates import candidate_files
+from runner.policy import RetryPolicy
 from runner.settings import Settings
 from runner.store.files import write_atomic
-from runner.store.journal import JOURNAL_NAME, Journal, RowState, replay
+from runner.store.journal import JOURNAL_NAME, Journal, JournalState, RowState, replay
 from runner.tasks import Task, load_tasks
 
 log = structlog.get_logger(__name__)
@@ -45,41 +47,6 @@ class RejudgeSummary(BaseModel):
     by_type: dict[str, TypeStats] = Field(default_factory=dict)
 
 
-def candidate_files(out_dir: Path, index: str, row: RowState) -> list[dict[str, Any]]:
-    """The outputs of one row, relative to ``out_dir``: the current result's candidates (and
-    any others under candidates/<index>/ when it had candidates), else imgs/<index>.jpg.
-
-    Each entry: {"file", "model", "identity_target"} (the last two may be None).
-    """
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-
-    def add(rel: str, model: Any = None, identity: Any = None) -> None:
-        rel = rel.replace("\\", "/")
-        if rel in seen or not (out_dir / rel).is_file():
-            return
-        seen.add(rel)
-        out.append({"file": rel, "model": model, "identity_target": identity})
-
-    listed = row.result.get("candidates") or []
-    for c in listed:
-        if isinstance(c, dict) and isinstance(c.get("file"), str):
-            add(c["file"], c.get("model"), c.get("identity_target"))
-    folder = out_dir / "candidates" / index
-    # Only a result made with candidates owns the folder: files left there by an earlier
-    # result of the row are stale and must never replace the current image.
-    if listed and folder.is_dir():
-        files = [p for p in folder.iterdir() if p.suffix.lower() == ".jpg" and p.is_file()]
-        files.sort(
-            key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name)
-        )
-        for p in files:
-            add(f"candidates/{index}/{p.name}")
-    if not out:
-        add(f"imgs/{index}.jpg", row.result.get("model"), row.result.get("identity_target"))
-    return out
-
-
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -99,7 +66,7 @@ async def rejudge(
     Holds the folder's lock: no run may write images or the journal meanwhile.
     """
     from runner.errors import TaskFileError
-    from runner.store.files import OutLock
+    from runner.store.lock import OutLock
 
     out_dir = Path(out_dir)
     if not (out_dir / JOURNAL_NAME).is_file():
@@ -119,87 +86,142 @@ async def _rejudge(
     # absolute: a relative path would be read against whatever folder the user is in
     tasklist = await asyncio.to_thread(lambda: load_tasks(Path(tasks_path).resolve(), images))
     state = await asyncio.to_thread(replay, out_dir / JOURNAL_NAME)
-    judge = Judge(client, settings.judge, emulated=settings.emulated)
-    summary = RejudgeSummary()
-    chosen: dict[str, tuple[str, JudgeScore]] = {}
-    gate = asyncio.Semaphore(max(1, concurrency))
+    policy = RetryPolicy.from_settings(settings)
+    judge = Judge(client, settings.judge, emulated=settings.emulated, policy=policy)
     journal = Journal(out_dir)
-
-    async def one(task: Task) -> None:
-        row = state.rows.get(task.index)
-        if row is None:
-            return
-        imgs_path = out_dir / "imgs" / f"{task.index}.jpg"
-        if not (row.done or imgs_path.is_file()):
-            return
-        files = candidate_files(out_dir, task.index, row)
-        if not files:
-            return
-        summary.rows += 1
-        summary.by_type.setdefault(task.task_type, TypeStats()).rows += 1
-        async with gate:
-            scores: list[JudgeScore | None] = []
-            for entry in files:
-                if summary.budget_exhausted:
-                    return  # a partly judged row keeps its current choice
-                identity = entry["identity_target"]
-                if identity is None and task.task_type == "deepfake":
-                    identity = await asyncio.to_thread(
-                        _same_file_identity, out_dir / entry["file"], imgs_path, row
-                    )
-                try:
-                    s = await judge.score(
-                        task.task_type,
-                        task.prompt,
-                        out_dir / entry["file"],
-                        source=task.ori_image,
-                        identity=identity,
-                    )
-                except JudgeBudgetExhausted as exc:
-                    if not summary.budget_exhausted:
-                        log.warning("judge.budget_exhausted", message=str(exc))
-                    summary.budget_exhausted = True
-                    return
-                summary.files += 1
-                if s.scored:
-                    summary.scored += 1
-                else:
-                    summary.unscored += 1
-                    log.info("judge.unscored", index=task.index, file=entry["file"], error=s.error)
-                await journal.write("judged", index=task.index, file=entry["file"], **s.record())
-                scores.append(s)
-            best = pick(scores)
-            if best is None:
-                return
-            rel = files[best]["file"]
-            best_score = scores[best]
-            assert best_score is not None
-            chosen[task.index] = (rel, best_score)
-            if rel != f"imgs/{task.index}.jpg":
-                data = (out_dir / rel).read_bytes()
-                if not imgs_path.is_file() or imgs_path.read_bytes() != data:
-                    imgs_path.parent.mkdir(parents=True, exist_ok=True)
-                    await write_atomic(imgs_path, data)
-                    summary.changed += 1
-            await journal.write("chosen", index=task.index, file=rel, overall=best_score.overall)
-
+    run = _Pass(out_dir, state, judge, journal, concurrency)
     try:
-        await asyncio.gather(*(one(t) for t in tasklist.tasks))
+        await asyncio.gather(*(run.row(t) for t in tasklist.tasks))
     finally:
         journal.close()
 
+    summary = run.summary
     types = {t.index: t.task_type for t in tasklist.tasks}
     for ttype, stats in summary.by_type.items():
-        picked = [s for idx, (_, s) in chosen.items() if types.get(idx) == ttype]
-        stats.scored = len(picked)
-        stats.mean_sc = _mean([min(s.sc) for s in picked if s.sc])
-        stats.mean_pq = _mean([min(s.pq) for s in picked if s.pq])
-        stats.mean_overall = _mean([s.overall for s in picked if s.overall is not None])
-        stats.mean_identity = _mean([s.identity for s in picked if s.identity is not None])
+        _fill_stats(stats, [s for idx, (_, s) in run.chosen.items() if types.get(idx) == ttype])
     summary.calls = judge.calls
     summary.throttled = judge.throttled
     log.info("rejudge.done", **summary.model_dump(exclude={"by_type"}))
     return summary
+
+
+def _fill_stats(stats: TypeStats, picked: list[JudgeScore]) -> None:
+    """A type's means over the chosen scores of its rows."""
+    stats.scored = len(picked)
+    stats.mean_sc = _mean([min(s.sc) for s in picked if s.sc])
+    stats.mean_pq = _mean([min(s.pq) for s in picked if s.pq])
+    stats.mean_overall = _mean([s.overall for s in picked if s.overall is not None])
+    stats.mean_identity = _mean([s.identity for s in picked if s.identity is not None])
+
+
+class _Pass:
+    """One rejudge of a run folder: what the rows, judged concurrently, share."""
+
+    def __init__(
+        self, out_dir: Path, state: JournalState, judge: Judge, journal: Journal, concurrency: int
+    ) -> None:
+        self.out_dir = out_dir
+        self.state = state
+        self.judge = judge
+        self.journal = journal
+        self.summary = RejudgeSummary()
+        self.chosen: dict[str, tuple[str, JudgeScore]] = {}  # index -> file, its score
+        self.gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def row(self, task: Task) -> None:
+        """Judge every output of a row that has any, then keep its best."""
+        row = self.state.rows.get(task.index)
+        if row is None:
+            return
+        imgs_path = self.out_dir / "imgs" / f"{task.index}.jpg"
+        if not (row.done or imgs_path.is_file()):
+            return
+        files = candidate_files(self.out_dir, task.index, row)
+        if not files:
+            return
+        self.summary.rows += 1
+        self.summary.by_type.setdefault(task.task_type, TypeStats()).rows += 1
+        async with self.gate:
+            scores = await self._score_all(task, row, files, imgs_path)
+            if scores is not None:
+                await self._keep_best(task, files, scores, imgs_path)
+
+    async def _score_all(
+        self, task: Task, row: RowState, files: list[dict[str, Any]], imgs_path: Path
+    ) -> list[JudgeScore | None] | None:
+        """The files' scores in order; None once the judge's budget is spent (a partly judged
+        row keeps its current choice)."""
+        scores: list[JudgeScore | None] = []
+        for entry in files:
+            if self.summary.budget_exhausted:
+                return None
+            s = await self._score(task, row, entry, imgs_path)
+            if s is None:
+                return None
+            scores.append(s)
+        return scores
+
+    async def _score(
+        self, task: Task, row: RowState, entry: dict[str, Any], imgs_path: Path
+    ) -> JudgeScore | None:
+        """One file judged and journalled; None when the judge's budget is spent."""
+        identity = entry["identity_target"]
+        if identity is None and task.task_type == "deepfake":
+            identity = await asyncio.to_thread(
+                _same_file_identity, self.out_dir / entry["file"], imgs_path, row
+            )
+        try:
+            s = await self.judge.score(
+                task.task_type,
+                task.prompt,
+                self.out_dir / entry["file"],
+                source=task.ori_image,
+                identity=identity,
+            )
+        except JudgeBudgetExhausted as exc:
+            if not self.summary.budget_exhausted:
+                log.warning("judge.budget_exhausted", message=str(exc))
+            self.summary.budget_exhausted = True
+            return None
+        self.summary.files += 1
+        if s.scored:
+            self.summary.scored += 1
+        else:
+            self.summary.unscored += 1
+            log.info("judge.unscored", index=task.index, file=entry["file"], error=s.error)
+        await self.journal.write("judged", index=task.index, file=entry["file"], **s.record())
+        return s
+
+    async def _keep_best(
+        self,
+        task: Task,
+        files: list[dict[str, Any]],
+        scores: list[JudgeScore | None],
+        imgs_path: Path,
+    ) -> None:
+        """The best scored file becomes imgs/<index>.jpg (when it is another), journalled."""
+        best = pick(scores)
+        if best is None:
+            return
+        rel = files[best]["file"]
+        best_score = scores[best]
+        assert best_score is not None
+        self.chosen[task.index] = (rel, best_score)
+        if rel != f"imgs/{task.index}.jpg":
+            data = await asyncio.to_thread(_replacement, self.out_dir / rel, imgs_path)
+            if data is not None:
+                await write_atomic(imgs_path, data)
+                self.summary.changed += 1
+        await self.journal.write("chosen", index=task.index, file=rel, overall=best_score.overall)
+
+
+def _replacement(src: Path, dst: Path) -> bytes | None:
+    """Blocking: src's bytes when dst is missing or holds others (its folder made), else None."""
+    data = src.read_bytes()
+    if dst.is_file() and dst.read_bytes() == data:
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return data
 
 
 def _same_file_identity(candidate: Path, chosen: Path, row: RowState) -> float | None:

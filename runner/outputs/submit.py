@@ -19,10 +19,11 @@ from pydantic import BaseModel, Field
 
 from runner.errors import RunnerError
 from runner.images import ImageProblem, encode_jpeg, open_image, placeholder_jpeg
-from runner.store.files import OutLock, write_atomic_sync
+from runner.store.files import write_atomic_sync
 from runner.store.fingerprint import fingerprints, tasklist_fingerprint
 from runner.store.journal import JOURNAL_NAME, JournalState, replay
-from runner.tasks import TaskList, load_tasks
+from runner.store.lock import OutLock
+from runner.tasks import BadRow, TaskList, load_tasks
 
 
 class SubmitRefused(RunnerError):
@@ -114,16 +115,42 @@ def _pack(
     allow_emulated: bool,
 ) -> SubmitReport:
     state = _the_run(out_dir)  # read under the lock: no run is adding to it now
-    last = state.last_run or {}
-    if tasks is None:
-        if not last.get("tasks"):
-            raise SubmitRefused(f"the run in {out_dir} does not name its task list: give --tasks")
-        tasks = Path(last["tasks"])
-        if images is None and last.get("images"):
-            images = Path(last["images"])
-    tasklist = load_tasks(tasks, images)
+    tasklist = load_tasks(*_list_of_the_run(state, out_dir, tasks, images))
     fps = fingerprints(tasklist)
     _check_same_list(state, tasklist, fps, out_dir)
+    files, fallbacks, emulated = _row_images(out_dir, state, tasklist)
+    _check_packable(out_dir, tasklist, fallbacks, emulated, strict, allow_emulated)
+    path = out_dir / zip_name(team)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic_sync(path, _zip_bytes(tasklist.order, files))
+    return SubmitReport(
+        zip_path=path,
+        tasks=tasklist.path,
+        rows=len(tasklist.order),
+        generated=len(tasklist.order) - len(fallbacks),
+        fallbacks=fallbacks,
+        emulated=emulated,
+    )
+
+
+def _list_of_the_run(
+    state: JournalState, out_dir: Path, tasks: Path | None, images: Path | None
+) -> tuple[Path, Path | None]:
+    """The task list (and images folder) to pack: the one given, else the run's own."""
+    if tasks is not None:
+        return tasks, images
+    last = state.last_run or {}
+    if not last.get("tasks"):
+        raise SubmitRefused(f"the run in {out_dir} does not name its task list: give --tasks")
+    if images is None and last.get("images"):
+        images = Path(last["images"])
+    return Path(last["tasks"]), images
+
+
+def _row_images(
+    out_dir: Path, state: JournalState, tasklist: TaskList
+) -> tuple[dict[str, bytes], dict[str, str], list[str]]:
+    """Each row's JPEG; the rows given a fallback (and why); the rows the emulator made."""
     by_index = {t.index: t for t in tasklist.tasks}
     bad_by_index = {b.index: b for b in tasklist.bad}
     files: dict[str, bytes] = {}
@@ -138,25 +165,47 @@ def _pack(
             if row is not None and row.emulated:
                 emulated.append(index)
             continue
-        task_type = tasklist.types.get(index, "")
         why = (row.failed_reason if row else None) or "no result"
         ori: Path | None = None
         if index in by_index:
             ori = by_index[index].ori_image
-        elif index in bad_by_index and bad_by_index[index].ori_name:
-            candidate = (tasklist.images_dir / bad_by_index[index].ori_name).resolve()
-            if candidate.is_relative_to(tasklist.images_dir.resolve()) and candidate.is_file():
-                ori = candidate
-        if task_type != "t2i" and ori is not None:
-            try:
-                # the API's own bound: a huge source is never decoded at full size here
-                files[index] = encode_jpeg(open_image(ori, max_side=4096), 95)
-                fallbacks[index] = f"ori_image copied ({why})"
-                continue
-            except ImageProblem:
-                pass
-        files[index] = placeholder_jpeg()
-        fallbacks[index] = f"grey placeholder ({why})"
+        elif index in bad_by_index:
+            ori = _bad_row_ori(tasklist, bad_by_index[index])
+        files[index], fallbacks[index] = _fallback(tasklist.types.get(index, ""), ori, why)
+    return files, fallbacks, emulated
+
+
+def _bad_row_ori(tasklist: TaskList, bad: BadRow) -> Path | None:
+    """A bad row's ori_image, when it names a file inside the images folder."""
+    if not bad.ori_name:
+        return None
+    candidate = (tasklist.images_dir / bad.ori_name).resolve()
+    if candidate.is_relative_to(tasklist.images_dir.resolve()) and candidate.is_file():
+        return candidate
+    return None
+
+
+def _fallback(task_type: str, ori: Path | None, why: str) -> tuple[bytes, str]:
+    """The stand-in for a row without a result, and what the report says of it."""
+    if task_type != "t2i" and ori is not None:
+        try:
+            # the API's own bound: a huge source is never decoded at full size here
+            return encode_jpeg(open_image(ori, max_side=4096), 95), f"ori_image copied ({why})"
+        except ImageProblem:
+            pass
+    return placeholder_jpeg(), f"grey placeholder ({why})"
+
+
+def _check_packable(
+    out_dir: Path,
+    tasklist: TaskList,
+    fallbacks: dict[str, str],
+    emulated: list[str],
+    strict: bool,
+    allow_emulated: bool,
+) -> None:
+    """SubmitRefused when the zip would hold no result, emulator pictures, or (strict) any
+    fallback."""
     if tasklist.order and len(fallbacks) == len(tasklist.order):
         raise SubmitRefused(
             f"no row of the run in {out_dir} has a result: the zip would hold only "
@@ -172,27 +221,21 @@ def _pack(
             f"{len(fallbacks)} row(s) have no result (rows {_few(list(fallbacks))}); "
             "without --strict they would get fallbacks"
         )
+
+
+def _zip_bytes(order: list[str], files: dict[str, bytes]) -> bytes:
+    """result.csv and imgs/<index>.jpg for every row, in task order."""
     csv_buf = io.StringIO()
     writer = csv.writer(csv_buf, lineterminator="\n")
     writer.writerow(["index", "gen_image"])
-    writer.writerows([index, f"{index}.jpg"] for index in tasklist.order)
+    writer.writerows([index, f"{index}.jpg"] for index in order)
     zbuf = io.BytesIO()
     # JPEGs do not compress: store them; only the CSV is deflated
     with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("result.csv", csv_buf.getvalue().encode("utf-8-sig"), zipfile.ZIP_DEFLATED)
-        for index in tasklist.order:
+        for index in order:
             zf.writestr(f"imgs/{index}.jpg", files[index])
-    path = out_dir / zip_name(team)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic_sync(path, zbuf.getvalue())
-    return SubmitReport(
-        zip_path=path,
-        tasks=tasklist.path,
-        rows=len(tasklist.order),
-        generated=len(tasklist.order) - len(fallbacks),
-        fallbacks=fallbacks,
-        emulated=emulated,
-    )
+    return zbuf.getvalue()
 
 
 def _few(items: list[str], n: int = 8) -> str:
