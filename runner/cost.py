@@ -148,8 +148,12 @@ def billed_rows(prices: PriceBook, images: Mapping[str, int]) -> list[dict[str, 
 
 def total_cost(rows: Iterable[Mapping[str, Any]]) -> tuple[float, bool]:
     """(sum of the known costs, whether every row had a price)."""
-    known = [r["cost"] for r in rows]
-    return sum(c for c in known if c is not None), all(c is not None for c in known)
+    return _known_sum([r["cost"] for r in rows])
+
+
+def _known_sum(costs: list[float | None]) -> tuple[float, bool]:
+    """(sum of the costs that are known, whether all of them are)."""
+    return sum(c for c in costs if c is not None), all(c is not None for c in costs)
 
 
 # --------------------------------------------------------------------------- dry run
@@ -173,8 +177,7 @@ class Estimate:
 
     @property
     def cost(self) -> tuple[float, bool]:
-        known = [p.cost for p in self.models]
-        return sum(c for c in known if c is not None), all(c is not None for c in known)
+        return _known_sum([p.cost for p in self.models])
 
 
 @dataclass(frozen=True)

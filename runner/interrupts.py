@@ -12,7 +12,6 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import structlog
@@ -53,12 +52,7 @@ class Interrupts:
         elif self._task is not None:
             self._task.cancel()  # asked twice: stop now, closing files or not
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._loop is None:
             return
         for sig, previous in self._previous.items():

@@ -176,21 +176,14 @@ def _by_pattern(model: str) -> ModelCaps:
         return _qwen_edit(model, n_max, documented=False)
     if name.startswith("qwen-image"):
         return _qwen_image(model, documented=False)
-    if "imageedit" in name:
+    if "imageedit" in name or "i2i" in name:
+        # an imageedit model takes function + base_image_url, an i2i one an images list
+        style: InputStyle = "function" if "imageedit" in name else "images"
         return ModelCaps(
             name=model,
             endpoint="image2image",
             kind="edit",
-            input_style="function",
-            max_side=4096,
-            documented=False,
-        )
-    if "i2i" in name:
-        return ModelCaps(
-            name=model,
-            endpoint="image2image",
-            kind="edit",
-            input_style="images",
+            input_style=style,
             max_side=4096,
             documented=False,
         )

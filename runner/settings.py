@@ -10,17 +10,12 @@ else may be set as ``RUNNER_<FIELD>`` (nested with ``__``, e.g.
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
     Field,
     PrivateAttr,
     SecretStr,
@@ -37,189 +32,54 @@ from pydantic_settings import (
 
 from runner.errors import SettingsError
 from runner.logs import add_secrets
-from runner.models import BASE_URLS, caps, default_models, known_models, region_of_url
+from runner.models import BASE_URLS, default_models, region_of_url
+from runner.settings_sources import (
+    REGION_NAMES,
+    DashScopeEnv,
+    base_url_origin,
+    is_loopback,
+    read_key_file,
+)
+from runner.settings_tables import (
+    API_TASK_TYPES,
+    DEFAULT_PRICES,
+    DEFAULT_QUOTAS,
+    MAX_WAIT_S,
+    MIN_POLL_QPS,
+    MIN_SUBMITS_PER_SECOND,
+    SINGLE_IMAGE_MODELS,
+    SYNC_MODELS,
+    EmulatorSettings,
+    FaceSwapSettings,
+    JudgeSettings,
+    LocalModel,
+    Quota,
+    RegionPrices,
+    TaskType,
+)
+
+# The tables live in runner.settings_tables; they stay importable from here, where callers
+# have always found them.
+__all__ = [
+    "API_TASK_TYPES",
+    "DEFAULT_BASE_URL",
+    "MAX_WAIT_S",
+    "MIN_POLL_QPS",
+    "MIN_SUBMITS_PER_SECOND",
+    "SINGLE_IMAGE_MODELS",
+    "SYNC_MODELS",
+    "EmulatorSettings",
+    "FaceSwapSettings",
+    "JudgeSettings",
+    "LocalModel",
+    "Quota",
+    "RegionPrices",
+    "Settings",
+    "TaskType",
+    "load_settings",
+]
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
-TaskType = Literal["t2i", "tie", "vttie", "deepfake"]
-API_TASK_TYPES: tuple[str, ...] = ("t2i", "tie", "vttie")
-# Bounds that keep every wait finite: a rate of 1e-6 a second is an 11-day sleep.
-MIN_POLL_QPS = 0.1  # a task looked at at least every 10 s
-MIN_SUBMITS_PER_SECOND = 0.01  # a submit at least every 100 s
-MAX_WAIT_S = 3600.0  # no timeout, back-off or single wait longer than an hour
-# What a key file must hold: one DashScope key (never a hostname or a password file's line).
-_KEY_SHAPE = re.compile(r"sk-[A-Za-z0-9_\-]{8,256}")
-_KEY_FILE_MAX_BYTES = 4096
-
-
-class Quota(BaseModel):
-    """What one model allows per account. ``learn`` = not published: adapt from 429s."""
-
-    submits_per_second: float = Field(2.0, ge=MIN_SUBMITS_PER_SECOND)
-    # None: no in-flight limit (sync qwen-image-edit calls): bounded by the rate and
-    # --concurrency only.
-    in_flight: int | None = Field(2, ge=1)
-    learn: bool = False
-    max_in_flight: int = Field(8, ge=1)  # the ceiling a learned limit may probe up to
-
-    @field_validator("in_flight", mode="before")
-    @classmethod
-    def _no_limit(cls, v: Any) -> Any:
-        # TOML has no null: in_flight = "none" (or 0) writes "no in-flight limit".
-        if v == 0 or (isinstance(v, str) and v.strip().lower() in ("none", "unlimited")):
-            return None
-        return v
-
-
-class FaceSwapSettings(BaseModel):
-    backend: str = "auto"  # "inswapper", "classic" or "auto" (inswapper when its weights exist)
-    models_dir: Path = Path("models")
-    workers: int = Field(0, ge=0)  # 0: chosen from the cores and the backend
-    candidates: int = Field(1, ge=1)
-
-
-class JudgeSettings(BaseModel):
-    """The VIEScore judge on DashScope's OpenAI-compatible endpoint."""
-
-    enabled: bool = True  # score candidates (always when a row has more than one)
-    model: str = "qwen-vl-max"
-    requests_per_minute: float = Field(600.0, ge=1)  # qwen-vl-max allows 1,200
-    # one call is a few thousand tokens: a lower budget would make one wait for minutes
-    tokens_per_minute: float = Field(600_000.0, ge=5_000)  # qwen-vl-max allows 1,000,000
-    budget: int = Field(3000, ge=0)  # most judge calls in one run
-    max_side: int = Field(1024, ge=256)  # images are shrunk to this before sending
-
-
-class EmulatorSettings(BaseModel):
-    """The embedded DashScope emulator started when no API key is set."""
-
-    time_scale: float = Field(0.1, gt=0)  # 1.0 = the real 5-15 s latency
-    seed: int = 0
-    faults: float = Field(0.0, ge=0, le=1)  # share of answers made faulty on purpose
-
-
-class LocalModel(BaseModel):
-    """A ``local:<name>`` model: a diffusers pipeline run on this machine's devices
-    (runner.backends.local). ``[local."qwen-image"] path = "models/Qwen-Image"``."""
-
-    model_config = {"extra": "forbid"}
-
-    path: str  # a save_pretrained folder, or a hub id found in the local HF cache
-    steps: int = Field(50, ge=1, le=1000)
-    size: str = "1328*1328"  # "W*H": t2i picks by the prompt's aspect ratio at this area
-    devices: list[str] = Field(default_factory=list)  # empty: every visible GPU, else cpu
-    dtype: str | None = None  # default bfloat16 on CUDA, float32 on CPU
-    guidance: float | None = Field(None, ge=0)  # default: the family's (runner.backends.local)
-    negative_prompt: str | None = None
-    batch: int = Field(1, ge=1, le=16)  # images one pipeline call makes on one device
-    lora: str | None = None  # fused at load (e.g. a few-step Lightning LoRA)
-    offload: bool = False  # model CPU offload: less GPU memory, slower
-    compile: bool = False  # torch.compile the denoiser
-    allow_download: bool = False  # else HF_HUB_OFFLINE: nothing downloaded during a run
-
-    @field_validator("size")
-    @classmethod
-    def _size_form(cls, v: str) -> str:
-        w, _, h = v.partition("*")
-        if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
-            raise ValueError(f"size must look like 1328*1328, not {v!r}")
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype_name(cls, v: str | None) -> str | None:
-        if v is not None and v not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"dtype must be bfloat16, float16 or float32, not {v!r}")
-        return v
-
-
-class RegionPrices(BaseModel):
-    """One region's list prices, per image: ``currency = "USD"`` and ``"model" = price``."""
-
-    currency: str = ""
-    per_image: dict[str, float] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        # TOML writes the models beside the currency: [prices.intl] "wan2.1-t2i-turbo" = 0.025
-        if isinstance(v, dict) and "per_image" not in v:
-            rest = {k: p for k, p in v.items() if k != "currency"}
-            return {"currency": v.get("currency", ""), "per_image": rest}
-        return v
-
-    @field_validator("per_image")
-    @classmethod
-    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
-        for model, price in v.items():
-            if price < 0:
-                raise ValueError(f"price of {model} cannot be negative")
-        return v
-
-
-# Public list prices (reference: dashscope.md, "Prices"); only what is documented.
-_DEFAULT_PRICES: dict[str, RegionPrices] = {
-    "intl": RegionPrices(currency="USD", per_image={"wan2.1-t2i-turbo": 0.025}),
-}
-
-
-# Per-region model lists live in runner.models (the capability table); this is Beijing's.
-_DEFAULT_MODELS: dict[str, list[str]] = default_models("cn")
-
-# The published quotas of every model in the table (both regions: the names differ);
-# the undocumented ones start from the same figures and learn from 429s.
-_DEFAULT_QUOTAS: dict[str, Quota] = {
-    name: Quota(
-        submits_per_second=caps(name).submits_per_second,
-        in_flight=caps(name).in_flight,
-        learn=not caps(name).quota_published,
-    )
-    for name in known_models()
-}
-
-# Thin aliases of the capability table, until the scheduler asks runner.models.caps().
-SYNC_MODELS = frozenset(name for name in known_models() if caps(name).sync)
-SINGLE_IMAGE_MODELS = frozenset(name for name in known_models() if caps(name).n_max == 1)
-
-# DASHSCOPE_REGION values the SDK and the console use, mapped onto ours.
-_REGION_NAMES: dict[str, str] = {
-    "cn": "cn",
-    "cn-beijing": "cn",
-    "beijing": "cn",
-    "intl": "intl",
-    "ap-southeast-1": "intl",
-    "singapore": "intl",
-    "us-east-1": "intl",
-}
-
-
-class _DashScopeEnv(PydanticBaseSettingsSource):
-    """Exactly the official SDK's variables, nothing un-prefixed (a stray ``API_KEY`` or
-    ``BASE_URL`` in a shell must not become the key or the endpoint):
-    DASHSCOPE_API_KEY before DASHSCOPE_API_KEY_FILE_PATH, DASHSCOPE_HTTP_BASE_URL before
-    DASHSCOPE_BASE_URL (SDK 2.x), DASHSCOPE_REGION."""
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ does the work
-
-    def __call__(self) -> dict[str, Any]:
-        env = os.environ
-        found: dict[str, Any] = {}
-        key = env.get("DASHSCOPE_API_KEY", "").strip()
-        if key:
-            found["api_key"] = key
-        elif env.get("DASHSCOPE_API_KEY_FILE_PATH", "").strip():
-            found["api_key_file"] = env["DASHSCOPE_API_KEY_FILE_PATH"].strip()
-        base = env.get("DASHSCOPE_HTTP_BASE_URL", "").strip()
-        if not base and env.get("DASHSCOPE_BASE_URL", "").strip():
-            base = env["DASHSCOPE_BASE_URL"].strip().rstrip("/")
-            if base.count("/") <= 2:  # a bare host root: the native API lives under /api/v1
-                base += "/api/v1"
-        if base:
-            found["base_url"] = base
-        region = env.get("DASHSCOPE_REGION", "").strip()
-        if region:
-            found["region"] = region
-        return found
 
 
 class Settings(BaseSettings):
@@ -231,7 +91,8 @@ class Settings(BaseSettings):
     )
 
     # From DASHSCOPE_API_KEY / DASHSCOPE_API_KEY_FILE_PATH / DASHSCOPE_HTTP_BASE_URL /
-    # DASHSCOPE_BASE_URL (see _DashScopeEnv) or RUNNER_*; never from un-prefixed names.
+    # DASHSCOPE_BASE_URL (see runner.settings_sources.DashScopeEnv) or RUNNER_*; never from
+    # un-prefixed names.
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     base_url: str = DEFAULT_BASE_URL
@@ -248,7 +109,7 @@ class Settings(BaseSettings):
 
     # Missing task types get the region's defaults (runner.models.DEFAULT_MODELS).
     models: dict[str, list[str]] = Field(default_factory=dict)
-    quotas: dict[str, Quota] = Field(default_factory=lambda: dict(_DEFAULT_QUOTAS))
+    quotas: dict[str, Quota] = Field(default_factory=lambda: dict(DEFAULT_QUOTAS))
     default_quota: Quota = Field(default_factory=lambda: Quota(learn=True))
 
     # shared by every task; the account limit is 20
@@ -282,7 +143,7 @@ class Settings(BaseSettings):
     # list prices per region and model (runner.cost); budget: most estimated spend a run may
     # commit, in the region's currency (None: no limit); expected_task_s: a task's typical
     # latency, for the dry run's duration before any has been observed
-    prices: dict[str, RegionPrices] = Field(default_factory=lambda: dict(_DEFAULT_PRICES))
+    prices: dict[str, RegionPrices] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     budget: float | None = Field(None, ge=0)
     expected_task_s: float = Field(10.0, gt=0, le=MAX_WAIT_S)
     # which source set base_url (a settings file's path, the environment...), for messages
@@ -313,7 +174,7 @@ class Settings(BaseSettings):
         host = (parts.hostname or "").lower()
         if parts.scheme == "https" and host:
             return v.strip()
-        if parts.scheme == "http" and _is_loopback(host):
+        if parts.scheme == "http" and is_loopback(host):
             return v.strip()  # the emulator, tests: the key never leaves this machine
         if parts.scheme == "http":
             raise ValueError(
@@ -326,7 +187,7 @@ class Settings(BaseSettings):
     @classmethod
     def _region_name(cls, v: Any) -> Any:
         if isinstance(v, str):
-            name = _REGION_NAMES.get(v.strip().lower())
+            name = REGION_NAMES.get(v.strip().lower())
             if name is None and v.strip().lower() != "auto":
                 raise ValueError(f"region must be cn or intl, not {v!r}")
             return name or "auto"
@@ -366,7 +227,7 @@ class Settings(BaseSettings):
     @field_validator("prices")
     @classmethod
     def _merge_prices(cls, v: dict[str, RegionPrices]) -> dict[str, RegionPrices]:
-        merged = dict(_DEFAULT_PRICES)
+        merged = dict(DEFAULT_PRICES)
         for region, table in v.items():
             if region not in BASE_URLS:  # [prices.beijing] would never be read: say so
                 raise ValueError(f"[prices] has unknown region {region!r} (one of cn, intl)")
@@ -383,7 +244,7 @@ class Settings(BaseSettings):
     @field_validator("quotas")
     @classmethod
     def _merge_quotas(cls, v: dict[str, Quota]) -> dict[str, Quota]:
-        return {**_DEFAULT_QUOTAS, **v}
+        return {**DEFAULT_QUOTAS, **v}
 
     @field_validator("size")
     @classmethod
@@ -405,7 +266,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [
             init_settings,
             env_settings,
-            _DashScopeEnv(settings_cls),
+            DashScopeEnv(settings_cls),
         ]
         for path in _toml_files:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -416,7 +277,7 @@ class Settings(BaseSettings):
         spec = self.local.get(model.removeprefix("local:")) if model.startswith("local:") else None
         if spec is not None:
             # a local lane's slots are its devices x batch; there is no submit rate to respect
-            from runner.backends.local.config import device_list
+            from runner.devices import device_list
 
             slots = len(device_list(spec.devices)) * spec.batch
             return Quota(submits_per_second=1000.0, in_flight=slots, max_in_flight=slots)
@@ -438,71 +299,13 @@ class Settings(BaseSettings):
             if any(not ch.isprintable() or ch.isspace() for ch in key):
                 raise SettingsError("the API key holds spaces or control characters")
         elif self.api_key_file is not None:
-            key = _read_key_file(self.api_key_file)
+            key = read_key_file(self.api_key_file)
         add_secrets(key)  # from here on, scrub_text removes it wherever it turns up
         return key
 
     @property
     def emulated(self) -> bool:
         return self.key() is None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name: 127.0.0.1.evil.example is not this machine
-        return False
-
-
-def _read_key_file(path: Path) -> str:
-    path = path.expanduser()
-    try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise SettingsError(f"api_key_file {path}: not a regular file")
-        with open(path, "rb") as f:
-            raw = f.read(_KEY_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise SettingsError(f"api_key_file {path}: {exc.strerror or exc}") from None
-    if len(raw) > _KEY_FILE_MAX_BYTES:
-        raise SettingsError(
-            f"api_key_file {path}: over {_KEY_FILE_MAX_BYTES} bytes; a key file holds one "
-            "line, the key"
-        )
-    try:
-        lines = [ln.strip() for ln in raw.decode("utf-8-sig").splitlines() if ln.strip()]
-    except UnicodeDecodeError:
-        raise SettingsError(f"api_key_file {path}: not text; it should hold one key") from None
-    if len(lines) != 1:
-        raise SettingsError(
-            f"api_key_file {path}: {len(lines)} non-empty lines; a key file holds exactly "
-            "one line, the key"
-        )
-    if not _KEY_SHAPE.fullmatch(lines[0]):
-        raise SettingsError(
-            f"api_key_file {path}: its line is not shaped like a DashScope key (sk- then "
-            "letters and digits); is it the right file?"
-        )
-    return lines[0]
-
-
-def _base_url_origin(files: list[Path], overrides: dict[str, Any]) -> str:
-    """Which source decides base_url, in the sources' order of precedence."""
-    if overrides.get("base_url") is not None:
-        return "the command line"
-    env = {k.upper(): v for k, v in os.environ.items()}
-    for name in ("RUNNER_BASE_URL", "DASHSCOPE_HTTP_BASE_URL", "DASHSCOPE_BASE_URL"):
-        if env.get(name, "").strip():
-            return f"the environment ({name})"
-    for f in files:
-        try:
-            if "base_url" in tomllib.loads(f.read_text(encoding="utf-8")):
-                return f"settings file {f.resolve()}"
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            continue
-    return "the built-in default"
 
 
 # Filled by load_settings just before construction; pydantic-settings reads sources from the
@@ -535,7 +338,7 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
             )
     global _toml_files
     _toml_files = files
-    origin = _base_url_origin(files, overrides)
+    origin = base_url_origin(files, overrides)
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         settings._base_url_from = origin

@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 from conftest import write_tasks
 from PIL import Image
-from test_images import png_bomb
 
 from runner.logs import REDACTED, scrub_text, scrub_value
+from tests.image_helpers import png_bomb
 
 # the bomb is refused by runner.images from its header; Pillow's own warning is noise here
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")

@@ -566,7 +566,7 @@ async def test_run_in_a_running_loop_says_to_await_run_all(tmp_path: Path) -> No
 async def test_submit_and_rejudge_wait_for_no_run(job, tmp_path: Path, quick) -> None:
     """A run holds the folder: submit and rejudge refuse with one line naming the holder."""
     from runner.outputs.rejudge import rejudge
-    from runner.store.files import FolderBusy, OutLock
+    from runner.store.lock import FolderBusy, OutLock
 
     tasks = job(_t2i_rows(1))
     out = tmp_path / "out"

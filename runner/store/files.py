@@ -1,16 +1,15 @@
-"""The output folder's files: atomic writes, the temp-file sweep, and the folder lock.
+"""The output folder's files: atomic writes and the temp-file sweep.
 
 A write goes to a temp file in the same folder, is fsynced, renamed, and the folder fsynced:
 a reader never sees half a file; a crash leaves the old file or the new one, plus at most a
-temp file that ``sweep_temp`` removes at the next start. ``OutLock`` keeps a second process
-off a folder that one run, submit or rejudge is using.
+temp file that ``sweep_temp`` removes at the next start. The folder lock is in
+``runner.store.lock``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import os
 import secrets
 from pathlib import Path
@@ -18,17 +17,12 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from runner.errors import DiskFull, RunnerError
+from runner.errors import DiskFull
 
 TEMP_MARK = ".part-"
-LOCK_NAME = ".runner.lock"
 # Local errors that will repeat for every row: stop the run rather than pay for rows that
 # cannot be stored.
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-class FolderBusy(RunnerError):
-    """Another process holds the output folder."""
 
 
 class OutputUnwritable(DiskFull):
@@ -109,63 +103,3 @@ def sweep_temp(folder: Path) -> int:
                 except OSError:
                     pass
     return removed
-
-
-class OutLock:
-    """An exclusive lock on an output folder (flock on ``.runner.lock``).
-
-    The OS drops it when the process dies, so a killed run never leaves a stale lock. The
-    holder's pid is written into the file so a refused process can say who holds it.
-    """
-
-    def __init__(self, out_dir: Path, what: str = "run") -> None:
-        self.out_dir = out_dir
-        self.path = out_dir / LOCK_NAME
-        self.what = what
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputUnwritable(f"cannot use {self.out_dir}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise FolderBusy(
-                f"{self.out_dir} is in use by another runner ({holder}); wait for it to "
-                "finish or use another --out"
-            ) from None
-        except OSError:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} ({self.what})\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def __enter__(self) -> OutLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "pid unknown"

@@ -21,20 +21,44 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import structlog
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-)
 
 from runner.errors import DiskFull, RunnerError
 from runner.logs import redactor
+from runner.store.records import (
+    Chosen,
+    Done,
+    Failed,
+    JournalState,
+    Judged,
+    PendingTask,
+    Record,
+    Reset,
+    RowState,
+    RunEnd,
+    RunStart,
+    Submitted,
+    SyncAnswer,
+    TaskClosed,
+    parse_record,
+)
+
+# The record and state types live in runner.store.records; callers import them from here too.
+__all__ = [
+    "JOURNAL_NAME",
+    "TASK_ID_TTL_S",
+    "Journal",
+    "JournalError",
+    "JournalState",
+    "JournalUnwritable",
+    "PendingTask",
+    "Record",
+    "RowState",
+    "last_tasks_path",
+    "replay",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -51,170 +75,7 @@ class JournalUnwritable(DiskFull):
     """A journal write failed (permissions, I/O): every later one would too, stop the run."""
 
 
-# --------------------------------------------------------------------------- records
-
-
-class _Rec(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    t: float = 0.0
-
-
-class _RowRec(_Rec):
-    index: str
-
-    @field_validator("index", mode="before")
-    @classmethod
-    def _index_text(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) else v
-
-
-class RunStart(_Rec):
-    ev: Literal["run_start"]
-    tasks: str | None = None
-    tasks_fp: str | None = None
-    emulated: bool = False
-
-
-class RunEnd(_Rec):
-    ev: Literal["run_end"]
-
-
-class Submitted(_RowRec):
-    """An async task the service accepted (paid for)."""
-
-    ev: Literal["submitted"]
-    task_id: str = Field(min_length=1)
-    model: str = ""
-    n: int = 1
-    fp: str | None = None
-
-
-class SyncAnswer(_RowRec):
-    """A sync call's answer: its result URLs are the only proof of payment (no task id)."""
-
-    ev: Literal["sync_answer"]
-    call_id: str = Field(min_length=1)
-    model: str = ""
-    urls: list[str] = Field(min_length=1)
-    fp: str | None = None
-
-
-class TaskClosed(_RowRec):
-    """A task id (or sync call) that can give no result any more: no rerun waits on it."""
-
-    ev: Literal["task_closed"]
-    task_id: str
-    why: str = ""
-
-
-class Done(_RowRec):
-    ev: Literal["done"]
-    file: str | None = None
-    model: str | None = None
-    emulated: bool = False
-    fp: str | None = None
-    task_id: str | None = None
-
-
-class Failed(_RowRec):
-    ev: Literal["failed"]
-    reason: str | None = None
-    task_id: str | None = None
-
-
-class Judged(_RowRec):
-    ev: Literal["judged"]
-    file: str
-
-
-class Chosen(_RowRec):
-    ev: Literal["chosen"]
-    file: str
-
-
-class Reset(_RowRec):
-    ev: Literal["reset"]
-
-
-Record = Annotated[
-    RunStart
-    | RunEnd
-    | Submitted
-    | SyncAnswer
-    | TaskClosed
-    | Done
-    | Failed
-    | Judged
-    | Chosen
-    | Reset,
-    Field(discriminator="ev"),
-]
-_RECORD: TypeAdapter[Record] = TypeAdapter(Record)
-_KNOWN_EVENTS = {
-    "run_start",
-    "run_end",
-    "submitted",
-    "sync_answer",
-    "task_closed",
-    "done",
-    "failed",
-    "judged",
-    "chosen",
-    "reset",
-}
-
-
-# --------------------------------------------------------------------------- state
-
-
-class PendingTask(BaseModel):
-    """A paid request whose result has not been taken yet: an async task id, or a sync
-    call's result URLs (``urls``; ``task_id`` is then the call's own id)."""
-
-    task_id: str
-    model: str
-    submitted_at: float
-    candidate: int = 0
-    fp: str | None = None
-    urls: list[str] = Field(default_factory=list)
-
-    @property
-    def sync(self) -> bool:
-        return bool(self.urls)
-
-
-class RowState(BaseModel):
-    """What the journal knows of one row."""
-
-    index: str
-    done: bool = False
-    file: str | None = None
-    model: str | None = None
-    emulated: bool = False
-    fp: str | None = None
-    failed_reason: str | None = None
-    pending: list[PendingTask] = Field(default_factory=list)
-    submits: int = 0  # accepted async tasks and answered sync calls: what was paid for
-    result: dict[str, Any] = Field(default_factory=dict)
-    judged: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> judge record
-    chosen: str | None = None  # the candidate file a rejudge copied to imgs/, if any
-
-
-class JournalState(BaseModel):
-    rows: dict[str, RowState] = Field(default_factory=dict)
-    runs: int = 0
-    runs_info: list[dict[str, Any]] = Field(default_factory=list)  # run_start / run_end
-    damaged_lines: int = 0
-
-    def row(self, index: str) -> RowState:
-        if index not in self.rows:
-            self.rows[index] = RowState(index=index)
-        return self.rows[index]
-
-    @property
-    def last_run(self) -> dict[str, Any] | None:
-        starts = [r for r in self.runs_info if r.get("ev") == "run_start"]
-        return starts[-1] if starts else None
+# --------------------------------------------------------------------------- replay
 
 
 def replay(path: Path, *, now: float | None = None) -> JournalState:
@@ -234,68 +95,32 @@ def replay(path: Path, *, now: float | None = None) -> JournalState:
             line = line.strip()
             if not line:
                 continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError:
+            parsed = parse_record(line)
+            if parsed is None:
                 state.damaged_lines += 1
                 continue
-            if not isinstance(raw, dict) or raw.get("ev") not in _KNOWN_EVENTS:
-                state.damaged_lines += 1
-                continue
-            try:
-                rec = _RECORD.validate_python(raw)
-            except ValidationError:
-                state.damaged_lines += 1
-                continue
-            _apply(state, rec, raw, now)
+            _apply(state, parsed[0], parsed[1], now)
     return state
 
 
-def _apply(state: JournalState, rec: Any, raw: dict[str, Any], now: float) -> None:
-    if isinstance(rec, RunStart):
-        state.runs += 1
+def _apply(state: JournalState, rec: Record, raw: dict[str, Any], now: float) -> None:
+    if isinstance(rec, RunStart | RunEnd):
+        if isinstance(rec, RunStart):
+            state.runs += 1
         state.runs_info.append(raw)
         return
-    if isinstance(rec, RunEnd):
-        state.runs_info.append(raw)
+    if isinstance(rec, Reset):
+        state.rows[rec.index] = RowState(index=rec.index)
         return
     row = state.row(rec.index)
-    if isinstance(rec, Submitted):
-        row.submits += 1
+    if isinstance(rec, Submitted | SyncAnswer):
+        row.submits += 1  # paid, whether or not its id is still worth fetching
         if now - rec.t < TASK_ID_TTL_S:
-            row.pending.append(
-                PendingTask(
-                    task_id=rec.task_id,
-                    model=rec.model,
-                    submitted_at=rec.t,
-                    candidate=int(raw.get("candidate", 0) or 0),
-                    fp=rec.fp,
-                )
-            )
-    elif isinstance(rec, SyncAnswer):
-        row.submits += 1
-        if now - rec.t < TASK_ID_TTL_S:
-            row.pending.append(
-                PendingTask(
-                    task_id=rec.call_id,
-                    model=rec.model,
-                    submitted_at=rec.t,
-                    fp=rec.fp,
-                    urls=rec.urls,
-                )
-            )
+            row.pending.append(_pending(rec, raw))
     elif isinstance(rec, TaskClosed):
         row.pending = [p for p in row.pending if p.task_id != rec.task_id]
     elif isinstance(rec, Done):
-        row.done = True
-        row.file = rec.file
-        row.model = rec.model
-        row.emulated = rec.emulated
-        row.fp = rec.fp
-        row.failed_reason = None
-        row.pending = []
-        row.result = {k: v for k, v in raw.items() if k not in ("ev", "index", "t")}
-        row.result["t"] = rec.t
+        _apply_done(row, rec, raw)
     elif isinstance(rec, Failed):
         row.done = False
         row.failed_reason = rec.reason
@@ -305,8 +130,30 @@ def _apply(state: JournalState, rec: Any, raw: dict[str, Any], now: float) -> No
         row.judged[rec.file] = {k: v for k, v in raw.items() if k not in ("ev", "index")}
     elif isinstance(rec, Chosen):
         row.chosen = rec.file
-    elif isinstance(rec, Reset):
-        state.rows[rec.index] = RowState(index=rec.index)
+
+
+def _pending(rec: Submitted | SyncAnswer, raw: dict[str, Any]) -> PendingTask:
+    """The paid request a record proves: an async task id, or a sync call's result URLs."""
+    if isinstance(rec, SyncAnswer):
+        return PendingTask(
+            task_id=rec.call_id, model=rec.model, submitted_at=rec.t, fp=rec.fp, urls=rec.urls
+        )
+    candidate = int(raw.get("candidate", 0) or 0)
+    return PendingTask(
+        task_id=rec.task_id, model=rec.model, submitted_at=rec.t, candidate=candidate, fp=rec.fp
+    )
+
+
+def _apply_done(row: RowState, rec: Done, raw: dict[str, Any]) -> None:
+    row.done = True
+    row.file = rec.file
+    row.model = rec.model
+    row.emulated = rec.emulated
+    row.fp = rec.fp
+    row.failed_reason = None
+    row.pending = []
+    row.result = {k: v for k, v in raw.items() if k not in ("ev", "index", "t")}
+    row.result["t"] = rec.t
 
 
 # --------------------------------------------------------------------------- writer
