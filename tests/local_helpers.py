@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -19,6 +20,13 @@ def digest(path: Path) -> str:
         img.load()
         assert img.format == "JPEG" and img.mode == "RGB" and img.size == (32, 32)
         return hashlib.sha256(img.tobytes()).hexdigest()
+
+
+def pixels_apart(a: Path, b: Path) -> float:
+    """Mean absolute difference of two outputs in 0-255 levels: the same seed made in another
+    batch (a retried job is batched with other jobs) differs by float rounding only."""
+    with Image.open(a) as x, Image.open(b) as y:
+        return float(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).mean())
 
 
 def kill_when_busy(monkeypatch: pytest.MonkeyPatch, model: str, killed: list[int]):

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from runner.emulator import Emulator, EmulatorConfig
 from runner.emulator.images import render_t2i
 from runner.emulator.latency import parse_profile
-from tests.test_emulator import (
+from tests.emulator_helpers import (
     ASYNC,
     AUTH,
     GEN,

@@ -24,6 +24,7 @@ from runner.settings import load_settings
 from runner.store.journal import replay
 from tests.local_helpers import digest as _digest
 from tests.local_helpers import kill_when_busy as _kill_when_busy
+from tests.local_helpers import pixels_apart
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,13 @@ async def test_rows_seeds_candidates_and_a_killed_worker(
     cands = {i: sorted((out / "candidates" / i).glob("*.jpg")) for i in ("1", "2")}
     assert len(cands["1"]) == 2 and len(cands["2"]) == 2
     one = [_digest(p) for p in cands["1"]]
-    two = [_digest(p) for p in cands["2"]]
+    for p in cands["2"]:
+        _digest(p)  # a real 32x32 RGB JPEG
     assert one[0] != one[1]  # candidates of a row get different seeds
-    assert one == two  # the same seed gives the same image
+    # the same seed gives the same image (up to float rounding: the retry after the kill
+    # may batch a job with another one); different seeds give unrelated noise
+    assert all(pixels_apart(a, b) < 1.0 for a, b in zip(cands["1"], cands["2"], strict=True))
+    assert pixels_apart(cands["1"][0], cands["1"][1]) > 10.0
     state = replay(out / "journal.jsonl")
     assert all(state.rows[i].done for i in ("1", "2", "3"))
     # real images, not emulator placeholders, though no API key is set: submit packs them

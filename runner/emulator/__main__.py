@@ -41,48 +41,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m runner.emulator",
         description="Serve a local DashScope image-API emulator until Ctrl-C.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    parser.add_argument(
-        "--time-scale",
-        type=_non_negative,
-        default=1.0,
-        help="latency multiplier: 1 real, 0.05 fast, 0 instant (default 1)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for latencies and faults")
-    parser.add_argument(
-        "--faults",
-        type=_fraction,
-        default=0.0,
-        help="share of answers that get a transient fault, e.g. 0.2",
-    )
-    parser.add_argument("--no-quotas", action="store_true", help="disable quotas and rate limits")
-    parser.add_argument(
-        "--api-key",
-        action="append",
-        dest="api_keys",
-        help="accept only this key (repeatable; default: any key)",
-    )
-    parser.add_argument(
-        "--region",
-        choices=("cn", "intl"),
-        default="cn",
-        help="which region's models to serve when the Host names none (default cn)",
-    )
-    parser.add_argument(
-        "--latency",
-        action="append",
-        default=[],
-        metavar="[MODEL=]PROFILE",
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    add("--port", type=int, default=0, help="port (default: a free one)")
+    add("--time-scale", type=_non_negative, default=1.0,
+        help="latency multiplier: 1 real, 0.05 fast, 0 instant (default 1)")
+    add("--seed", type=int, default=0, help="seed for latencies and faults")
+    add("--faults", type=_fraction, default=0.0,
+        help="share of answers that get a transient fault, e.g. 0.2")
+    add("--no-quotas", action="store_true", help="disable quotas and rate limits")
+    add("--api-key", action="append", dest="api_keys",
+        help="accept only this key (repeatable; default: any key)")
+    add("--region", choices=("cn", "intl"), default="cn",
+        help="which region's models to serve when the Host names none (default cn)")
+    add("--latency", action="append", default=[], metavar="[MODEL=]PROFILE",
         help="latency profile, uniform:MIN:MAX or lognormal:MEDIAN:P99 (seconds, scaled by "
-        "--time-scale), for every model or one (repeatable)",
-    )
-    parser.add_argument(
-        "--no-timestamps",
-        action="store_true",
-        help="polls omit submit_time/scheduled_time/end_time",
-    )
-    parser.add_argument("--verbose", action="store_true", help="log debug events")
+        "--time-scale), for every model or one (repeatable)")
+    add("--no-timestamps", action="store_true",
+        help="polls omit submit_time/scheduled_time/end_time")
+    add("--verbose", action="store_true", help="log debug events")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a valid port")

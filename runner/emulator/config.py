@@ -66,52 +66,63 @@ def _t2i(
     in_flight: int,
     per_s: float,
     regions: frozenset[Region] = BOTH,
-    published: bool = True,
-    prompt_limit: int | None = None,
+    **extra: object,
 ) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        endpoints=frozenset({"text2image"}),
-        regions=regions,
-        latency_s=latency,
-        max_in_flight=in_flight,
-        submits_per_s=per_s,
-        quota_published=published,
-        prompt_limit=prompt_limit,
+    """An async text-to-image model; ``extra`` sets any other ModelSpec field."""
+    return ModelSpec.model_validate(
+        {"name": name, "endpoints": {"text2image"}, "regions": regions, "latency_s": latency}
+        | {"max_in_flight": in_flight, "submits_per_s": per_s}
+        | extra
+    )
+
+
+def _i2i(
+    name: str,
+    latency: tuple[float, float],
+    in_flight: int,
+    sides: tuple[int, int],
+    regions: frozenset[Region] = BOTH,
+    **extra: object,
+) -> ModelSpec:
+    """An async image-to-image model: as many submits a second as tasks in flight."""
+    low, high = sides
+    return ModelSpec.model_validate(
+        {"name": name, "endpoints": {"image2image"}, "regions": regions, "latency_s": latency}
+        | {"max_in_flight": in_flight, "submits_per_s": in_flight}
+        | {"min_side": low, "max_side": high, "prompt_extend_default": False}
+        | extra
     )
 
 
 def _qwen_edit(name: str, per_s: float | None, per_min: float | None, max_n: int) -> ModelSpec:
     # Sync calls: no in-flight limit, only a call rate (the reference's quota table).
-    return ModelSpec(
-        name=name,
-        endpoints=frozenset({"multimodal"}),
-        latency_s=(7.0, 14.0),
-        max_in_flight=None,
-        submits_per_s=per_s,
-        submits_per_min=per_min,
-        min_side=384,
-        max_side=3072,
-        max_n=max_n,
-        default_n=1,
-        max_images=1 if max_n == 1 else 3,
-        prompt_extend_default=False,
+    return ModelSpec.model_validate(
+        {"name": name, "endpoints": {"multimodal"}, "latency_s": (7.0, 14.0)}
+        | {"max_in_flight": None, "submits_per_s": per_s, "submits_per_min": per_min}
+        | {"min_side": 384, "max_side": 3072, "max_n": max_n, "default_n": 1}
+        | {"max_images": 1 if max_n == 1 else 3, "prompt_extend_default": False}
     )
 
 
 def _qwen_image(name: str, per_s: float | None, per_min: float | None) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        endpoints=frozenset({"text2image", "multimodal"}),
-        latency_s=(8.0, 14.0),
-        max_in_flight=2 if per_s else None,
-        submits_per_s=per_s,
-        submits_per_min=per_min,
-        sizes=QWEN_IMAGE_SIZES,
-        default_size="1664*928",
-        max_n=1,
-        default_n=1,
+    return ModelSpec.model_validate(
+        {"name": name, "endpoints": {"text2image", "multimodal"}, "latency_s": (8.0, 14.0)}
+        | {"max_in_flight": 2 if per_s else None}
+        | {"submits_per_s": per_s, "submits_per_min": per_min}
+        | {"sizes": QWEN_IMAGE_SIZES, "default_size": "1664*928", "max_n": 1, "default_n": 1}
     )
+
+
+def _judge(name: str, rpm: int, tpm: int, published: bool) -> ModelSpec:
+    """A Qwen-VL chat model (the judge): limited by requests and tokens a minute."""
+    return ModelSpec.model_validate(
+        {"name": name, "endpoints": {"chat"}, "latency_s": (1.0, 3.0)}
+        | {"requests_per_min": rpm, "tokens_per_min": tpm, "quota_published": published}
+        | {"max_n": 1, "default_n": 1, "prompt_extend_default": False}
+    )
+
+
+_WANX_V1_SIZES = ("1024*1024", "720*1280", "1280*720", "768*1152")
 
 
 def default_models() -> dict[str, ModelSpec]:
@@ -123,68 +134,21 @@ def default_models() -> dict[str, ModelSpec]:
         _t2i("wan2.1-t2i-plus", (8.0, 15.0), 2, 2, INTL),
         _t2i("wan2.2-t2i-flash", (4.0, 8.0), 2, 2),
         _t2i("wan2.2-t2i-plus", (7.0, 13.0), 2, 2),
-        _t2i("wan2.5-t2i-preview", (8.0, 15.0), 2, 2, published=False, prompt_limit=2000),
-        ModelSpec(
-            name="wanx-v1",
-            endpoints=frozenset({"text2image"}),
-            regions=CN,
-            latency_s=(6.0, 12.0),
-            max_in_flight=1,
-            submits_per_s=2,
-            sizes=("1024*1024", "720*1280", "1280*720", "768*1152"),
-            prompt_extend_default=False,
-        ),
+        _t2i("wan2.5-t2i-preview", (8.0, 15.0), 2, 2, quota_published=False, prompt_limit=2000),
+        _t2i("wanx-v1", (6.0, 12.0), 1, 2, CN, sizes=_WANX_V1_SIZES, prompt_extend_default=False),
         _qwen_image("qwen-image", 2, None),
         _qwen_image("qwen-image-plus", 2, None),
         _qwen_image("qwen-image-max", None, 2),
-        ModelSpec(
-            name="wanx2.1-imageedit",
-            endpoints=frozenset({"image2image"}),
-            regions=CN,
-            latency_s=(6.0, 12.0),
-            max_in_flight=2,
-            submits_per_s=2,
-            min_side=512,
-            max_side=4096,
-            default_n=1,
-            prompt_extend_default=False,
-        ),
-        ModelSpec(
-            name="wan2.5-i2i-preview",
-            endpoints=frozenset({"image2image"}),
-            latency_s=(8.0, 15.0),
-            max_in_flight=5,
-            submits_per_s=5,
-            min_side=384,
-            max_side=5000,
-            max_images=3,
-            prompt_limit=2000,
-            prompt_extend_default=False,
-        ),
+        _i2i("wanx2.1-imageedit", (6.0, 12.0), 2, (512, 4096), CN, default_n=1),
+        _i2i("wan2.5-i2i-preview", (8.0, 15.0), 5, (384, 5000), max_images=3, prompt_limit=2000),
         _qwen_edit("qwen-image-edit", 2, None, 1),
         _qwen_edit("qwen-image-edit-plus", 2, None, 6),
         _qwen_edit("qwen-image-edit-max", None, 2, 6),
-    ]
-    judges = {
-        "qwen-vl-max": (1200, 1_000_000, True),
-        "qwen-vl-plus": (1200, 1_000_000, False),
-        "qwen2.5-vl-72b-instruct": (1200, 1_000_000, False),
-        "qwen3-vl-plus": (3000, 5_000_000, True),
-        "qwen3-vl-flash": (3000, 5_000_000, True),
-    }
-    models += [
-        ModelSpec(
-            name=name,
-            endpoints=frozenset({"chat"}),
-            latency_s=(1.0, 3.0),
-            requests_per_min=rpm,
-            tokens_per_min=tpm,
-            max_n=1,
-            default_n=1,
-            prompt_extend_default=False,
-            quota_published=published,
-        )
-        for name, (rpm, tpm, published) in judges.items()
+        _judge("qwen-vl-max", 1200, 1_000_000, True),
+        _judge("qwen-vl-plus", 1200, 1_000_000, False),
+        _judge("qwen2.5-vl-72b-instruct", 1200, 1_000_000, False),
+        _judge("qwen3-vl-plus", 3000, 5_000_000, True),
+        _judge("qwen3-vl-flash", 3000, 5_000_000, True),
     ]
     return {m.name: m for m in models}
 

@@ -18,7 +18,8 @@ from runner.emulator.clock import Clock
 from runner.emulator.config import EmulatorConfig, Endpoint, ModelSpec, Region
 from runner.emulator.faults import REQUEST_KINDS, FaultConfig, FaultInjector, FaultKind, FaultPlan
 from runner.emulator.protocol import ApiError
-from runner.emulator.state import FileStore, QuotaBook, TaskBoard
+from runner.emulator.quotas import QuotaBook
+from runner.emulator.state import FileStore, TaskBoard
 from runner.emulator.stats import StatsRecorder
 
 # Bodies above this are parsed off the loop: base64 images make them large.
@@ -215,3 +216,35 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 def async_requested(request: web.Request) -> bool:
     return request.headers.get("X-DashScope-Async", "").strip().lower() == "enable"
+
+
+@dataclass
+class ImageCall:
+    """What an image-generation request names, read and checked the same way for async
+    submits and sync calls."""
+
+    request: web.Request
+    state: EmulatorState
+    plan: FaultPlan
+    spec: ModelSpec
+    inp: dict[str, Any]
+    params: dict[str, Any]
+
+
+async def open_image_call(
+    request: web.Request, fault_endpoint: str, endpoint: Endpoint, *, sync: bool
+) -> ImageCall:
+    """Authenticates, applies request faults, refuses the wrong call mode (an async header on
+    a sync call, or none on an async submit), then reads the model, input and parameters."""
+    state = state_of(request)
+    plan = await guard(request, fault_endpoint)
+    if async_requested(request) == sync:
+        mode = "asynchronous" if sync else "synchronous"
+        raise ApiError("AccessDenied", f"current user api does not support {mode} calls")
+    body = await read_json(request)
+    spec = state.spec_for(body, endpoint, region_of(request))
+    inp = body.get("input")
+    params = body.get("parameters") or {}
+    if not isinstance(inp, dict) or not isinstance(params, dict):
+        raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
+    return ImageCall(request, state, plan, spec, inp, params)

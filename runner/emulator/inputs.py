@@ -103,3 +103,13 @@ def check_sides(info: ImageProbe, low: int, high: int, what: str = "image") -> N
                 f"The {what} resolution {info.width}x{info.height} is out of range: "
                 f"each side must be within [{low}, {high}] pixels.",
             )
+
+
+async def checked_image(
+    state: EmulatorState, request: web.Request, ref: object, low: int, high: int
+) -> tuple[bytes, ImageProbe]:
+    """An input image's bytes and probe, each side checked against [low, high]."""
+    data = await load_image(state, request, ref)
+    info = await probe_image(data)
+    check_sides(info, low, high)
+    return data, info

@@ -10,49 +10,59 @@ from typing import Any
 
 from aiohttp import web
 
-# DashScope codes -> (HTTP status, default message), after the reference's error table.
-ERRORS: dict[str, tuple[int, str]] = {
-    "InvalidParameter": (400, "Invalid parameter."),
-    "DataInspectionFailed": (400, "Input data may contain inappropriate content."),
+_REQ = "invalid_request_error"  # the OpenAI type of most refusals
+
+# DashScope code: (HTTP status, default message, how the OpenAI-compatible endpoint names
+# it as (code, type); None where that endpoint never answers it), after the reference's
+# error table. Input errors are 400 in the current docs (older docs said 415).
+_ERROR_TABLE: dict[str, tuple[int, str, tuple[str, str] | None]] = {
+    "InvalidParameter": (400, "Invalid parameter.", ("invalid_parameter_error", _REQ)),
+    "DataInspectionFailed": (
+        400,
+        "Input data may contain inappropriate content.",
+        ("data_inspection_failed", "data_inspection_failed"),
+    ),
     "Arrearage": (
         400,
         "Access denied, please make sure your account is in good standing.",
+        ("Arrearage", "Arrearage"),
     ),
-    "InvalidApiKey": (401, "Invalid API-key provided."),
-    "AccessDenied": (403, "Access denied."),
-    "ModelNotFound": (404, "Model not exist."),
-    # Input errors: 400 in the current docs (older docs said 415).
-    "BadRequest.InputDownloadFailed": (400, "Failed to download the input file."),
-    "BadRequest.UnsupportedFileFormat": (400, "The input file format is not supported."),
-    "Throttling": (429, "Requests throttling triggered."),
-    "Throttling.RateQuota": (429, "Requests rate limit exceeded, please try again later."),
+    "InvalidApiKey": (401, "Invalid API-key provided.", ("invalid_api_key", _REQ)),
+    "AccessDenied": (403, "Access denied.", None),
+    "ModelNotFound": (404, "Model not exist.", ("model_not_found", _REQ)),
+    "BadRequest.InputDownloadFailed": (
+        400, "Failed to download the input file.", ("invalid_parameter_error", _REQ)
+    ),
+    "BadRequest.UnsupportedFileFormat": (
+        400, "The input file format is not supported.", ("invalid_parameter_error", _REQ)
+    ),
+    "Throttling": (429, "Requests throttling triggered.", ("limit_requests", "limit_requests")),
+    "Throttling.RateQuota": (
+        429,
+        "Requests rate limit exceeded, please try again later.",
+        ("limit_requests", "limit_requests"),
+    ),
     "Throttling.AllocationQuota": (
         429,
         "Allocated quota exceeded, please increase your quota limit.",
+        ("insufficient_quota", "insufficient_quota"),
     ),
-    "InternalError": (500, "An internal error has occured, please try again later."),
-    "InternalError.Algo": (500, "An internal error occured in the algorithm service."),
-    "ModelUnavailable": (503, "Model is unavailable, please try again later."),
+    "InternalError": (
+        500,
+        "An internal error has occured, please try again later.",
+        ("internal_error", "internal_error"),
+    ),
+    "InternalError.Algo": (500, "An internal error occured in the algorithm service.", None),
+    "ModelUnavailable": (
+        503,
+        "Model is unavailable, please try again later.",
+        ("ServiceUnavailable", "ServiceUnavailable"),
+    ),
     "UnsupportedOperation": (
         400,
         "Failed to cancel the task, please confirm if the task is in PENDING status.",
+        None,
     ),
-}
-
-# How the OpenAI-compatible endpoint names the same failures.
-OPENAI_CODES: dict[str, tuple[str, str]] = {
-    "InvalidParameter": ("invalid_parameter_error", "invalid_request_error"),
-    "DataInspectionFailed": ("data_inspection_failed", "data_inspection_failed"),
-    "Arrearage": ("Arrearage", "Arrearage"),
-    "InvalidApiKey": ("invalid_api_key", "invalid_request_error"),
-    "ModelNotFound": ("model_not_found", "invalid_request_error"),
-    "BadRequest.InputDownloadFailed": ("invalid_parameter_error", "invalid_request_error"),
-    "BadRequest.UnsupportedFileFormat": ("invalid_parameter_error", "invalid_request_error"),
-    "Throttling": ("limit_requests", "limit_requests"),
-    "Throttling.RateQuota": ("limit_requests", "limit_requests"),
-    "Throttling.AllocationQuota": ("insufficient_quota", "insufficient_quota"),
-    "InternalError": ("internal_error", "internal_error"),
-    "ModelUnavailable": ("ServiceUnavailable", "ServiceUnavailable"),
 }
 
 
@@ -62,7 +72,7 @@ class ApiError(Exception):
     def __init__(
         self, code: str, message: str | None = None, headers: dict[str, str] | None = None
     ) -> None:
-        status, default = ERRORS[code]
+        status, default, _ = _ERROR_TABLE[code]
         super().__init__(message or default)
         self.status = status
         self.code = code
@@ -113,7 +123,7 @@ def dashscope_error(err: ApiError, request_id: str) -> web.Response:
 
 
 def openai_error(err: ApiError, request_id: str) -> web.Response:
-    code, kind = OPENAI_CODES.get(err.code, (err.code, "invalid_request_error"))
+    code, kind = _ERROR_TABLE[err.code][2] or (err.code, _REQ)
     body = {
         "error": {"message": err.message, "type": kind, "param": None, "code": code},
         "request_id": request_id,

@@ -24,7 +24,7 @@ from runner.emulator.context import (
     stall_if_planned,
     state_of,
 )
-from runner.emulator.faults import DOWNLOAD_KINDS, FaultKind
+from runner.emulator.faults import DOWNLOAD_KINDS, FaultKind, FaultPlan
 from runner.emulator.images import corrupt_png
 from runner.emulator.protocol import ApiError, json_answer, oss_error, request_id
 
@@ -42,32 +42,49 @@ _STORAGE_FAULTS = (
 )
 
 
-async def download(request: web.Request) -> web.StreamResponse:
-    state = state_of(request)
-    rid = request_id()
-    plan = state.injector.plan("download")
+def _host_fault(state: EmulatorState, plan: FaultPlan, rid: str) -> web.Response | None:
+    """A fault of the storage host itself, whatever the URL: a reset, a 5xx, or a 429
+    throttle of the bucket (only when a rule names the download endpoint); the object
+    itself is fine and a later GET gets it."""
     if plan.has(FaultKind.CONNECTION_RESET):
         state.stats.faults_injected[FaultKind.CONNECTION_RESET.value] += 1
         raise ConnectionReset
-    # A struggling storage host (only when a rule names the download endpoint): 5xx, or a
-    # 429 throttle of the bucket; the object itself is fine and a later GET gets it.
     for kind, status, code in _STORAGE_FAULTS:
         if plan.has(kind):
             state.stats.faults_injected[kind.value] += 1
             return oss_error(status, code, "Please reduce your request rate or retry.", rid)
-    name = request.match_info["name"].removesuffix(".png")
+    return None
+
+
+def _signed_expiry(request: web.Request, name: str, rid: str) -> int | web.Response:
+    """The URL's expiry time when its signature holds, else OSS's 403 answer."""
     query = request.query
     try:
         expires = int(query.get("Expires", ""))
     except ValueError:
         return oss_error(403, "AccessDenied", "You have no right to access this object.", rid)
-    if not hmac.compare_digest(query.get("Signature", ""), state.files.signature(name, expires)):
+    expected = state_of(request).files.signature(name, expires)
+    if not hmac.compare_digest(query.get("Signature", ""), expected):
         return oss_error(
             403,
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided.",
             rid,
         )
+    return expires
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    rid = request_id()
+    plan = state.injector.plan("download")
+    refused = _host_fault(state, plan, rid)
+    if refused is not None:
+        return refused
+    name = request.match_info["name"].removesuffix(".png")
+    expires = _signed_expiry(request, name, rid)
+    if isinstance(expires, web.Response):
+        return expires
     kind = plan.first(DOWNLOAD_KINDS)
     if kind is not None:
         state.stats.faults_injected[kind.value] += 1

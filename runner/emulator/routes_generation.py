@@ -8,21 +8,14 @@ in-flight cap (the reference), only a call rate.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 from runner.emulator.config import ModelSpec
-from runner.emulator.context import (
-    async_requested,
-    guard,
-    read_json,
-    region_of,
-    stall_if_planned,
-    state_of,
-)
+from runner.emulator.context import ImageCall, open_image_call, stall_if_planned
 from runner.emulator.faults import FaultKind
-from runner.emulator.inputs import check_sides, load_image, probe_image
+from runner.emulator.inputs import checked_image
 from runner.emulator.protocol import ApiError, json_answer, request_id
 from runner.emulator.routes_tasks import admit, check_inspection, parse_size, task_fault
 from runner.emulator.state import ResultFile
@@ -70,47 +63,51 @@ def _edit_params(spec: ModelSpec, params: dict[str, Any]) -> tuple[int, str | No
     return n, f"{width}*{height}"
 
 
-async def generation(request: web.Request) -> web.Response:
-    state = state_of(request)
-    plan = await guard(request, "generation")
-    if async_requested(request):
-        raise ApiError("AccessDenied", "current user api does not support asynchronous calls")
-    body = await read_json(request)
-    spec = state.spec_for(body, "multimodal", region_of(request))
-    inp = body.get("input")
-    params = body.get("parameters") or {}
-    if not isinstance(inp, dict) or not isinstance(params, dict):
-        raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
-    images, texts = _contents(inp)
+def _instruction(call: ImageCall, texts: list[str]) -> tuple[str, str]:
+    """(the whole instruction, as billed; the part the model reads, cut to the limit)."""
     full_prompt = " ".join(t for t in texts if t.strip())
     if not full_prompt:
         raise ApiError("InvalidParameter", "A text item with the instruction is required.")
-    prompt = full_prompt
-    if len(prompt) > state.config.max_prompt_chars:
-        state.stats.prompts_truncated += 1
-        prompt = prompt[: state.config.max_prompt_chars]
-    n, size = _edit_params(spec, params)
-    negative = params.get("negative_prompt")
-    source: bytes | None = None
-    width = height = 0
+    limit = call.state.config.max_prompt_chars
+    if len(full_prompt) > limit:
+        call.state.stats.prompts_truncated += 1
+    return full_prompt, full_prompt[:limit]
+
+
+async def _picture(
+    call: ImageCall, images: list[object], size: str | None
+) -> tuple[bytes | None, int, int]:
+    """(the first source image, None for text-to-image; the result's width and height)."""
+    spec = call.spec
     if "text2image" in spec.endpoints:  # qwen-image family: text only
         if images:
             raise ApiError("InvalidParameter", f"{spec.name} takes text only.")
-        width, height = parse_size(spec, params.get("size", spec.default_size))
-    else:
-        if not 1 <= len(images) <= spec.max_images:
-            count = (
-                "exactly one image" if spec.max_images == 1 else (f"1 to {spec.max_images} images")
-            )
-            raise ApiError("InvalidParameter", f"{spec.name} takes {count}.")
-        for ref in images:
-            data = await load_image(state, request, ref)
-            info = await probe_image(data)
-            check_sides(info, spec.min_side, spec.max_side)
-            if source is None:
-                source, width, height = data, info.width, info.height
-        if size is not None:
-            width, height = (int(side) for side in size.split("*"))
+        width, height = parse_size(spec, call.params.get("size", spec.default_size))
+        return None, width, height
+    if not 1 <= len(images) <= spec.max_images:
+        count = "exactly one image" if spec.max_images == 1 else f"1 to {spec.max_images} images"
+        raise ApiError("InvalidParameter", f"{spec.name} takes {count}.")
+    source: bytes | None = None
+    width = height = 0
+    for ref in images:
+        data, info = await checked_image(
+            call.state, call.request, ref, spec.min_side, spec.max_side
+        )
+        if source is None:
+            source, width, height = data, info.width, info.height
+    if size is not None:
+        width, height = (int(side) for side in size.split("*"))
+    return source, width, height
+
+
+async def generation(request: web.Request) -> web.Response:
+    call = await open_image_call(request, "generation", "multimodal", sync=True)
+    state, spec, params = call.state, call.spec, call.params
+    images, texts = _contents(call.inp)
+    full_prompt, prompt = _instruction(call, texts)
+    n, size = _edit_params(spec, params)
+    negative = params.get("negative_prompt")
+    source, width, height = await _picture(call, images, size)
     check_inspection(state, prompt, negative if isinstance(negative, str) else None)
     admit(state, spec)
     state.stats.sync_calls[spec.name] += 1
@@ -119,20 +116,15 @@ async def generation(request: web.Request) -> web.Response:
         await state.sleep(latency_s)
     finally:
         state.quotas.release(spec.name)
-    if task_fault(state, plan) is FaultKind.TASK_FAILED:
+    if task_fault(state, call.plan) is FaultKind.TASK_FAILED:
         raise ApiError("InternalError.Algo")
     seed = params.get("seed") if isinstance(params.get("seed"), int) else 0
+    kind: Literal["t2i", "edit"] = "t2i" if source is None else "edit"
     content = []
     for index in range(n):
         record = ResultFile(
-            name=uuid.uuid4().hex,
-            kind="t2i" if source is None else "edit",
-            width=width,
-            height=height,
-            prompt=prompt,
-            seed=int(seed) + index,
-            function="description_edit",
-            source=source,
+            name=uuid.uuid4().hex, kind=kind, width=width, height=height, prompt=prompt,
+            seed=int(seed) + index, function="description_edit", source=source,
         )
         content.append({"image": state.files.add(record)})
     rid = request_id()
@@ -150,5 +142,5 @@ async def generation(request: web.Request) -> web.Response:
         "usage": {"width": width, "height": height, "image_count": n},
         "request_id": rid,
     }
-    await stall_if_planned(request, plan)
+    await stall_if_planned(request, call.plan)
     return json_answer(answer)

@@ -10,15 +10,14 @@ from aiohttp import web
 from runner.emulator.config import IMAGE_EDIT_FUNCTIONS, ModelSpec
 from runner.emulator.context import (
     EmulatorState,
-    async_requested,
+    ImageCall,
     guard,
-    read_json,
-    region_of,
+    open_image_call,
     stall_if_planned,
     state_of,
 )
 from runner.emulator.faults import TASK_KINDS, FaultKind, FaultPlan
-from runner.emulator.inputs import check_sides, load_image, probe_image
+from runner.emulator.inputs import checked_image, load_image, probe_image
 from runner.emulator.protocol import ApiError, json_answer, request_id, wall_time
 from runner.emulator.state import Task, new_task_id
 
@@ -95,17 +94,9 @@ def task_fault(state: EmulatorState, plan: FaultPlan) -> FaultKind | None:
 
 
 async def submit(request: web.Request) -> web.Response:
-    state = state_of(request)
-    plan = await guard(request, "submit")
-    if not async_requested(request):
-        raise ApiError("AccessDenied", "current user api does not support synchronous calls")
-    body = await read_json(request)
     endpoint = "image2image" if request.match_info["task"] == "image2image" else "text2image"
-    spec = state.spec_for(body, endpoint, region_of(request))
-    inp = body.get("input")
-    params = body.get("parameters") or {}
-    if not isinstance(inp, dict) or not isinstance(params, dict):
-        raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
+    call = await open_image_call(request, "submit", endpoint, sync=False)
+    state, spec, inp, params = call.state, call.spec, call.inp, call.params
     prompt, prompt_chars, negative = prompts(state, inp, spec)
     n = _int_param(params, "n", spec.default_n, 1, spec.max_n)
     seed = _int_param(params, "seed", 0, 0, _MAX_SEED)
@@ -116,31 +107,20 @@ async def submit(request: web.Request) -> web.Response:
     if endpoint == "text2image":
         width, height = parse_size(spec, params.get("size", spec.default_size))
     elif spec.max_images > 1:
-        source, (width, height) = await _images_input(state, request, spec, inp, params)
+        source, (width, height) = await _images_input(call)
     else:
-        function, source, (width, height) = await _edit_input(state, request, spec, inp, params)
+        function, source, (width, height) = await _edit_input(call)
     check_inspection(state, prompt, negative)
     admit(state, spec)
     pending_s, latency_s = state.board.draw_latency(spec.name, spec.latency_s)
     task = Task(
-        task_id=new_task_id(),
-        model=spec.name,
+        task_id=new_task_id(), model=spec.name, n=n, parameters=params,
         kind="t2i" if endpoint == "text2image" else "edit",
-        n=n,
-        width=width,
-        height=height,
-        prompt=prompt,
-        orig_prompt_chars=prompt_chars,
-        negative_prompt=negative,
+        prompt=prompt, orig_prompt_chars=prompt_chars, negative_prompt=negative,
         prompt_extend=extend and endpoint == "text2image",
-        seed=seed,
-        function=function,
-        source=source,
-        parameters=params,
-        fault=task_fault(state, plan),
-        latency_s=latency_s,
-        submit_wall=state.clock.wall(),
-        submit_mono=state.clock.mono(),
+        width=width, height=height, seed=seed, function=function, source=source,
+        fault=task_fault(state, call.plan), latency_s=latency_s,
+        submit_wall=state.clock.wall(), submit_mono=state.clock.mono(),
     )
     state.board.add(task, pending_s)
     state.stats.submits[spec.name] += 1
@@ -149,17 +129,13 @@ async def submit(request: web.Request) -> web.Response:
         "output": {"task_id": task.task_id, "task_status": "PENDING"},
         "request_id": request_id(),
     }
-    await stall_if_planned(request, plan)
+    await stall_if_planned(request, call.plan)
     return json_answer(answer)
 
 
-async def _edit_input(
-    state: EmulatorState,
-    request: web.Request,
-    spec: ModelSpec,
-    inp: dict[str, Any],
-    params: dict[str, Any],
-) -> tuple[str, bytes, tuple[int, int]]:
+async def _edit_input(call: ImageCall) -> tuple[str, bytes, tuple[int, int]]:
+    """wanx2.1-imageedit style: one ``base_image_url``, a ``function``, maybe a mask."""
+    inp, spec = call.inp, call.spec
     function = inp.get("function")
     if function not in IMAGE_EDIT_FUNCTIONS:
         raise ApiError(
@@ -167,7 +143,7 @@ async def _edit_input(
             f"input.function {function!r} is not supported; use one of "
             + ", ".join(sorted(IMAGE_EDIT_FUNCTIONS)),
         )
-    strength = params.get("strength", 0.5)
+    strength = call.params.get("strength", 0.5)
     if (
         isinstance(strength, bool)
         or not isinstance(strength, int | float)
@@ -176,27 +152,22 @@ async def _edit_input(
         raise ApiError("InvalidParameter", "parameters.strength must be within [0, 1].")
     if "base_image_url" not in inp:
         raise ApiError("InvalidParameter", "input.base_image_url is required.")
-    source = await load_image(state, request, inp["base_image_url"])
-    info = await probe_image(source)
-    check_sides(info, spec.min_side, spec.max_side)
+    source, info = await checked_image(
+        call.state, call.request, inp["base_image_url"], spec.min_side, spec.max_side
+    )
     if function == "description_edit_with_mask":
         if "mask_image_url" not in inp:
             raise ApiError("InvalidParameter", "input.mask_image_url is required.")
-        mask = await probe_image(await load_image(state, request, inp["mask_image_url"]))
+        mask = await probe_image(await load_image(call.state, call.request, inp["mask_image_url"]))
         if (mask.width, mask.height) != (info.width, info.height):
             raise ApiError("InvalidParameter", "The mask must have the base image's size.")
     return function, source, (info.width, info.height)
 
 
-async def _images_input(
-    state: EmulatorState,
-    request: web.Request,
-    spec: ModelSpec,
-    inp: dict[str, Any],
-    params: dict[str, Any],
-) -> tuple[bytes, tuple[int, int]]:
+async def _images_input(call: ImageCall) -> tuple[bytes, tuple[int, int]]:
     """wan2.5-i2i-preview style: ``input.images`` lists 1..max_images sources, no function."""
-    refs = inp.get("images")
+    spec = call.spec
+    refs = call.inp.get("images")
     if not isinstance(refs, list) or not 1 <= len(refs) <= spec.max_images:
         raise ApiError(
             "InvalidParameter", f"input.images must list 1 to {spec.max_images} image URLs."
@@ -204,14 +175,14 @@ async def _images_input(
     first: bytes | None = None
     size = (0, 0)
     for ref in refs:
-        data = await load_image(state, request, ref)
-        info = await probe_image(data)
-        check_sides(info, spec.min_side, spec.max_side)
+        data, info = await checked_image(
+            call.state, call.request, ref, spec.min_side, spec.max_side
+        )
         if first is None:
             first, size = data, (info.width, info.height)
     assert first is not None  # refs is non-empty
-    if "size" in params:
-        size = parse_size(spec, params["size"])
+    if "size" in call.params:
+        size = parse_size(spec, call.params["size"])
     return first, size
 
 

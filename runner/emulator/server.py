@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from aiohttp import web
@@ -79,12 +78,7 @@ class Emulator:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     @property
@@ -135,11 +129,32 @@ class Emulator:
         self.state.advance(seconds)
 
 
+class _Mirrored(Generic[T]):
+    """A read-only attribute of ``EmulatorThread`` that is its emulator's attribute of the
+    same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, thread: EmulatorThread | None, owner: type | None = None) -> T:
+        if thread is None:  # looked up on the class: there is no emulator to ask
+            raise AttributeError(self._name)
+        value: T = getattr(thread.emulator, self._name)
+        return value
+
+
 class EmulatorThread:
     """The same emulator in a daemon thread with its own loop; use ``with``.
 
     Attribute reads and control calls are marshalled onto the emulator's loop.
     """
+
+    # Plain values, read straight from the wrapped emulator (set before it serves).
+    config = _Mirrored[EmulatorConfig]()
+    port = _Mirrored[int]()
+    root_url = _Mirrored[str]()
+    base_url = _Mirrored[str]()
+    compatible_url = _Mirrored[str]()
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.emulator = Emulator(config)
@@ -148,6 +163,13 @@ class EmulatorThread:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+
+    def __enter__(self) -> EmulatorThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dashscope-emulator", daemon=True)
@@ -180,18 +202,6 @@ class EmulatorThread:
             self._thread.join(timeout=10)
         self._thread = None
 
-    def __enter__(self) -> EmulatorThread:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
             coro.close()
@@ -203,26 +213,6 @@ class EmulatorThread:
             return fn(*args, **kwargs)
 
         return self._call(call())
-
-    @property
-    def config(self) -> EmulatorConfig:
-        return self.emulator.config
-
-    @property
-    def port(self) -> int:
-        return self.emulator.port
-
-    @property
-    def root_url(self) -> str:
-        return self.emulator.root_url
-
-    @property
-    def base_url(self) -> str:
-        return self.emulator.base_url
-
-    @property
-    def compatible_url(self) -> str:
-        return self.emulator.compatible_url
 
     @property
     def stats(self) -> EmulatorStats:

@@ -6,8 +6,9 @@ Importing this package imports neither torch nor diffusers: the workers do.
 
 from __future__ import annotations
 
-from runner.backends.local.config import device_list, resolve_source, visible_gpus
+from runner.backends.local.config import resolve_source
 from runner.backends.local.pool import LocalPool
+from runner.devices import device_list, visible_gpus
 
 __all__ = ["LocalPool", "device_list", "local_models", "resolve_source", "visible_gpus"]
 

@@ -12,7 +12,8 @@ import shutil
 import subprocess
 
 from runner.backends.local import local_models
-from runner.backends.local.config import device_list, resolve_source
+from runner.backends.local.config import resolve_source
+from runner.devices import device_list
 from runner.errors import ModelNotServed
 from runner.settings import Settings
 

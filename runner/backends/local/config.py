@@ -6,38 +6,28 @@ Nothing here imports torch unless the devices are left to be found (``devices = 
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.devices import device_list, visible_gpus
 from runner.errors import ModelNotServed
 from runner.settings import LocalModel
 
+# device_list and visible_gpus live in runner.devices (settings needs them too); they stay
+# importable from here for the backend's callers.
+__all__ = [
+    "WorkerSpec",
+    "device_list",
+    "dtype_for",
+    "resolve_source",
+    "visible_gpus",
+    "worker_specs",
+]
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-@functools.cache
-def visible_gpus() -> int:
-    """How many CUDA devices torch sees (0 without torch or CUDA)."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    try:
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:  # a broken driver is "no GPU", said by doctor
-        return 0
-
-
-def device_list(devices: list[str]) -> list[str]:
-    """The configured devices, else every visible GPU, else the CPU."""
-    if devices:
-        return list(devices)
-    n = visible_gpus()
-    return [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
 
 
 def dtype_for(spec: LocalModel, device: str) -> str:
@@ -67,6 +57,13 @@ class WorkerSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+# The WorkerSpec fields that are the model's settings as they stand.
+_FROM_SETTINGS = (
+    "steps", "size", "guidance", "negative_prompt", "batch", "lora", "offload", "compile",
+    "allow_download",
+)
 
 
 def _missing(model: str, path: str, why: str) -> ModelNotServed:
@@ -114,22 +111,9 @@ def worker_specs(model: str, spec: LocalModel) -> list[WorkerSpec]:
     devices = device_list(spec.devices)
     cpus = sum(1 for d in devices if d == "cpu")
     threads = max(1, (os.cpu_count() or 1) // max(1, cpus))
+    shared = {name: getattr(spec, name) for name in _FROM_SETTINGS}
     return [
-        WorkerSpec(
-            model=model,
-            source=source,
-            device=device,
-            dtype=dtype_for(spec, device),
-            steps=spec.steps,
-            size=spec.size,
-            guidance=spec.guidance,
-            negative_prompt=spec.negative_prompt,
-            batch=spec.batch,
-            lora=spec.lora,
-            offload=spec.offload,
-            compile=spec.compile,
-            allow_download=spec.allow_download,
-            threads=threads,
-        )
+        WorkerSpec(model=model, source=source, device=device, dtype=dtype_for(spec, device),
+                   threads=threads, **shared)
         for device in devices
     ]

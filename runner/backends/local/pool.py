@@ -235,16 +235,9 @@ class LocalPool:
     def _new_worker(self, spec: WorkerSpec) -> Any:
         return _Worker(spec, asyncio.get_running_loop())
 
-    async def generate(
-        self,
-        model: str,
-        *,
-        task_type: str,
-        prompt: str,
-        negative: str | None,
-        source: Path | None,
-        n: int,
-        seeds: list[int],
+    async def generate(  # the scheduler's LocalBackend protocol
+        self, model: str, *, task_type: str, prompt: str, negative: str | None,
+        source: Path | None, n: int, seeds: list[int],
     ) -> list[bytes]:
         m = self._model(model)
         await m.ensure()

@@ -13,7 +13,6 @@ Imported only with ``--ray``: nothing else imports ray.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +20,7 @@ import structlog
 
 from runner.backends.local.config import WorkerSpec
 from runner.backends.local.pool import LocalPool
-from runner.backends.raycluster import join
+from runner.backends.raycluster import RayLink
 from runner.errors import ModelNotServed, RowFailed, ServerError
 from runner.settings import Settings
 
@@ -134,42 +133,28 @@ class RayPool(LocalPool):
     def __init__(self, settings: Settings, address: str) -> None:
         super().__init__(settings)
         self.address = address
-        self._ray: Any = None
-        self._actor_cls: Any = None
-        self._started_here = False
-        self._connect_lock: asyncio.Lock | None = None
+        self.link = RayLink(address, DiffusionActor)
 
     def describe(self) -> str:
-        return super().describe() + f" (Ray actors, cluster {self.address})"
-
-    def connect(self) -> None:
-        """Blocking: join the cluster (or start one); run in a thread."""
-        self._ray, started = join(self.address)
-        self._started_here = self._started_here or started
-        self._actor_cls = self._ray.remote(DiffusionActor)
+        return super().describe() + f" ({self.link.describe()})"
 
     def devices(self) -> list[str]:
         """The cluster's resources, for doctor (blocking)."""
-        if self._ray is None:
-            self.connect()
-        res = self._ray.cluster_resources()
-        nodes = len([n for n in self._ray.nodes() if n.get("Alive")])
+        if self.link.ray is None:
+            self.link.connect()
+        res = self.link.ray.cluster_resources()
+        nodes = len([n for n in self.link.ray.nodes() if n.get("Alive")])
         return [
             f"{nodes} node(s), {int(res.get('GPU', 0))} GPU(s), {int(res.get('CPU', 0))} CPU(s)"
         ]
 
     async def generate(self, model: str, **kw: Any) -> list[bytes]:
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
-        async with self._connect_lock:
-            if self._ray is None:
-                await asyncio.to_thread(self.connect)
+        await self.link.ensure()
         return await super().generate(model, **kw)
 
     def _new_worker(self, spec: WorkerSpec) -> Any:
-        return _RayWorker(spec, self._ray, self._actor_cls)
+        return _RayWorker(spec, self.link.ray, self.link.actor_cls)
 
     async def close(self) -> None:
         await super().close()
-        if self._ray is not None and self._started_here:
-            await asyncio.to_thread(self._ray.shutdown)
+        await self.link.leave()

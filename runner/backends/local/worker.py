@@ -186,31 +186,39 @@ def main(conn: Connection, spec: dict[str, Any]) -> None:
     conn.send(("ready", runner.info()))
     queue: list[tuple[int, dict[str, Any]]] = []
     while True:
-        if not queue or conn.poll():
-            msg = conn.recv()  # waits when there is nothing to do
-            if msg[0] == "stop":
-                return
-            queue.append((msg[1], msg[2]))
-            while conn.poll() and len(queue) < 64:  # gather what is waiting, to batch it
-                msg = conn.recv()
-                if msg[0] == "stop":
-                    return
-                queue.append((msg[1], msg[2]))
-        group = _take(runner, queue)
-        try:
-            if runner.edits:
-                results = [runner.edit(job) for _, job in group]
-            else:
-                results = runner.t2i([job for _, job in group])
-        except Exception as exc:
-            oom = _is_oom(exc)
-            for job_id, _ in group:
-                conn.send(("error", job_id, "oom" if oom else "failed", _one_line(exc)))
-            if oom:
-                return  # a fresh process is the only sure way to get the memory back
-            continue  # the driver logs the line; the run's display stays clean
-        for (job_id, _), images in zip(group, results, strict=True):
-            conn.send(("done", job_id, images))
+        if (not queue or conn.poll()) and not _gather(conn, queue):
+            return
+        if not _serve(conn, runner, _take(runner, queue)):
+            return  # a fresh process is the only sure way to get the memory back
+
+
+def _gather(conn: Connection, queue: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Waits for the next job, then takes what else is waiting, to batch it (up to 64);
+    False when the driver said "stop"."""
+    while True:
+        msg = conn.recv()  # waits when there is nothing to do
+        if msg[0] == "stop":
+            return False
+        queue.append((msg[1], msg[2]))
+        if not conn.poll() or len(queue) >= 64:
+            return True
+
+
+def _serve(conn: Connection, runner: Runner, group: list[tuple[int, Any]]) -> bool:
+    """Runs one group and sends each job's answer; False after an out-of-memory error."""
+    try:
+        if runner.edits:
+            results = [runner.edit(job) for _, job in group]
+        else:
+            results = runner.t2i([job for _, job in group])
+    except Exception as exc:
+        oom = _is_oom(exc)
+        for job_id, _ in group:
+            conn.send(("error", job_id, "oom" if oom else "failed", _one_line(exc)))
+        return not oom  # else the driver logs the line; the run's display stays clean
+    for (job_id, _), images in zip(group, results, strict=True):
+        conn.send(("done", job_id, images))
+    return True
 
 
 def _take(runner: Runner, queue: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, Any]]:
