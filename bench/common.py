@@ -37,7 +37,7 @@ SEED = 7
 LATENCY_S = (5.0, 15.0)  # every model's latency, real seconds (uniform), as in the issue
 BENCH_KEY = "sk-bench-emulator"
 
-# The models the default settings route to (settings._DEFAULT_MODELS); a group is the set of
+# The models the default settings route to (runner.models.default_models); a group is the set of
 # models a task type may use; task types that share a model are one group.
 T2I_MODELS = ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wan2.2-t2i-flash")
 EDIT_MODELS = ("wanx2.1-imageedit", "qwen-image-edit")

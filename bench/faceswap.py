@@ -73,14 +73,16 @@ def proc_cpu_s(pid: int) -> float | None:
 
 
 async def run_pool(
-    rows: list[dict[str, str]], imgs: Path, *, workers: int, candidates: int = 1
+    rows: list[dict[str, str]], imgs: Path, *, workers: int, candidates: int = 1,
+    landmarker: str = "auto",
 ) -> tuple[dict[str, Any], float, float | None]:
     """Swap every row; returns ({index: result or error text}, wall seconds, worker CPU
     seconds). The clock starts once every worker has loaded its models."""
     from runner.backends.faceswap import FaceSwapError, FaceSwapPool
     from runner.settings import FaceSwapSettings
 
-    pool = FaceSwapPool(FaceSwapSettings(backend="classic", workers=workers, candidates=candidates))
+    pool = FaceSwapPool(FaceSwapSettings(backend="classic", workers=workers, candidates=candidates,
+                                         landmarker=landmarker))
     await pool.start()
     pids = [i["pid"] for i in pool.worker_info]
     cpu0 = [proc_cpu_s(p) for p in pids]
@@ -284,6 +286,7 @@ def markdown(
         f"{stats['rows']} real pairs from `task_local.csv` (LFW crops, 250x250). Output = "
         "ori_image with target_image's face. Identity by dlib's 128-d descriptor on the "
         "delivered JPEG (Euclidean distance; dlib's same-person threshold is 0.6). "
+        f"Landmarker: `{meta.get('landmarker', 'auto')}`. "
         f"Machine: {meta['cores']} cores, load average {meta['load_before']:.1f} before / "
         f"{meta['load_after']:.1f} after (other work shares it).",
         "",
@@ -413,9 +416,12 @@ async def main_async(args: argparse.Namespace) -> int:
         "cores": cpu_count(),
         "load_before": os.getloadavg()[0],
         "candidates": args.candidates,
+        "landmarker": args.landmarker,
     }
-    print(f"bench.faceswap: {len(rows)} pairs, quality run with 2 workers ...", file=sys.stderr)
-    results, _, _ = await run_pool(rows, imgs, workers=2, candidates=1)
+    print(f"bench.faceswap: {len(rows)} pairs, quality run with {args.workers} workers, "
+          f"landmarker {args.landmarker} ...", file=sys.stderr)
+    results, _, _ = await run_pool(rows, imgs, workers=args.workers, candidates=1,
+                                   landmarker=args.landmarker)
     stats = identity_stats(results, len(rows))
 
     models = load_dlib()
@@ -439,7 +445,9 @@ async def main_async(args: argparse.Namespace) -> int:
     best = None
     if args.candidates > 1:
         print(f"bench.faceswap: best of {args.candidates} variants ...", file=sys.stderr)
-        best_results, _, _ = await run_pool(rows, imgs, workers=2, candidates=args.candidates)
+        best_results, _, _ = await run_pool(rows, imgs, workers=args.workers,
+                                            candidates=args.candidates,
+                                            landmarker=args.landmarker)
         best = identity_stats(best_results, len(rows))
 
     speed, cpu_per_swap, timings = (
@@ -532,6 +540,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=3,
         help="also run best-of-N variants by identity (1 = skip)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers of the quality runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--landmarker",
+        default="auto",
+        help="faceswap.landmarker: auto, mediapipe or dlib (default: %(default)s)",
     )
     return asyncio.run(main_async(parser.parse_args(argv)))
 

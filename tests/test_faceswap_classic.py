@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from runner.backends.faceswap import FaceSwapError, SwapResult, blend, detect
+from runner.backends.faceswap import FaceSwapError, SwapResult, blend, classic, detect, guard
+from runner.backends.faceswap.swappers import NOT_SWAPPED, swapped
 from runner.backends.faceswap.worker import SEAM_WEIGHT, Engine, SwapJob, WorkerConfig
 
 insightface = pytest.importorskip("insightface")
@@ -155,9 +157,20 @@ def test_best_of_candidates_by_identity(crops: dict[int, Path]) -> None:
     engine = Engine(WorkerConfig(backend="classic", candidates=3))
     result = engine.swap(SwapJob("c", str(crops[0]), str(crops[4])))
     tried = result.detail["candidates"]
-    assert len(tried) == 3
-    # Identity, less a realism penalty for the seam the paste added.
-    best = max(tried, key=lambda c: c["identity_target"] - SEAM_WEIGHT * c["seam"])
+    # The three configured, then the lower-risk ones the pair's gaps call for (``guard``).
+    names = [c["variant"] for c in tried]
+    assert names[:3] == [v.name for v in classic.VARIANTS[:3]]
+    gaps = guard.Gaps(**result.detail["gaps"])
+    assert names[3:] == [v.name for v in guard.guard_variants(gaps, classic.VARIANTS[0])]
+
+    # Identity, less a realism penalty for the seam the paste added, plus the realism
+    # score; a variant that does not swap the identity comes last.
+    def key(c: dict[str, Any]) -> float:
+        return (c["identity_target"] - SEAM_WEIGHT * c["seam"]
+                + guard.REALISM_WEIGHT * c["realism"] - NOT_SWAPPED * (not swapped(c)))
+
+    best = max(tried, key=key)
+    assert swapped(best)
     assert result.detail["variant"] == best["variant"]
     assert result.identity_target == best["identity_target"]
     assert all(c["seam"] >= 0 for c in tried)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner.backends.faceswap import FaceSwapError, FaceSwapPool, SwapResult, worker
+from runner.backends.faceswap import FaceSwapError, FaceSwapPool, SwapResult, processors, worker
 from runner.errors import SettingsError
 from runner.settings import FaceSwapSettings
 
@@ -171,7 +171,7 @@ def test_models_that_fail_to_load_fail_rows_with_the_reason(
     def broken() -> None:
         raise RuntimeError("shape_predictor_68_face_landmarks.dat is truncated")
 
-    monkeypatch.setattr(worker, "load_dlib", broken)
+    monkeypatch.setattr(processors, "load_dlib", broken)  # what loads dlib for the worker
     # Registered first, so both globals are put back after the test.
     monkeypatch.setattr(worker, "_ENGINE", None)
     monkeypatch.setattr(worker, "_LOAD_ERROR", None)

@@ -1,11 +1,41 @@
 """Local face swap for the deepfake rows: ``ori_image`` with the face of ``target_image``.
 
-Processors, one module each (FaceFusion's layout): ``detect`` (dlib faces and landmarks),
-``classic`` (the offline swapper), ``inswapper`` (insightface), ``blend`` (masks, colour,
-light, occluders, Poisson), ``glasses`` (frames removed whole, never half), ``jpeg``
-(outputs saved the way their source was), ``enhance`` (GFPGAN / CodeFormer ONNX),
-``identity`` (embeddings), ``pool`` (the process pool the scheduler awaits), ``ray_pool``
-(the same as Ray actors, with ``--ray``; only then is ray imported).
+Processors chosen by name, FaceFusion-style: one interface per kind (``interfaces``), the
+names registered in ``processors.PROCESSORS[kind][name]``, the pipeline built from the
+worker's config by ``processors.Loader`` (``faceswap.backend`` names the swapper; "auto"
+is resolved in ``pool``; a swapper that cannot load falls back along ``FALLBACKS``).
+
+=========== ============= ===================================================================
+kind        name          where
+=========== ============= ===================================================================
+detector    dlib          ``detect.DlibDetector`` (HOG, padded HOG, then the CNN)
+detector    scrfd         ``inswapper.ScrfdDetector`` (buffalo_l's SCRFD, five key points)
+landmarker  mediapipe     ``detect.MeshTo68`` over ``landmark_mediapipe.MeshLandmarker``
+                          (dlib's 68 points with FaceMesh's 468 for the warp; dlib alone
+                          for a face the mesh does not see; falls back to "dlib" when its
+                          model is missing)
+landmarker  dlib          ``detect.DlibLandmarker`` (68 points)
+swapper     classic       ``swappers.ClassicSwapper`` (the warp and blend of ``classic``)
+swapper     inswapper     ``swappers.InswapperSwapper`` (models loaded in ``inswapper``)
+mask        region        ``masks.RegionMask`` (soft ellipse, ori's sharpness; ``blend``)
+mask        glasses       ``masks.GlassesMask`` (ori's frames removed whole; ``glasses``)
+enhancer    gfpgan,       ``enhance.Enhancer`` (GFPGAN 1.4 / CodeFormer ONNX, chosen by the
+            codeformer    weights file found in models_dir)
+=========== ============= ===================================================================
+
+classic: detector dlib, the configured landmarker (``faceswap.landmarker``, "auto" in
+``pool``: mediapipe when installed), the mesh's cheek and forehead points in the warp
+(``mesh_warp``), its own masks per ``classic.Variant``, the pose and expression guard
+(``guard``: lower-risk variants for pairs unlike in pose or expression, the variant kept by
+identity and realism), dlib identity. inswapper: detector scrfd, masks region then glasses
+(the configured finder, when dlib is installed), ArcFace identity. Both: the enhancer when
+its weights exist.
+
+Around them: ``detect.FaceFinder`` (a detector and a landmarker: main face, face near),
+``identity`` (embeddings and scores), ``jpeg`` (outputs saved the way their source was),
+``models`` (where weights live), ``worker`` (the per-process ``Engine``), ``pool`` (the
+process pool the scheduler awaits), ``ray_pool`` (the same as Ray actors, with ``--ray``;
+only then is ray imported).
 """
 
 from __future__ import annotations

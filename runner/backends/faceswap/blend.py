@@ -289,3 +289,17 @@ def seam(out: np.ndarray, ori: np.ndarray, alpha: np.ndarray) -> float:
         return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
 
     return float(np.maximum(edges(out) - edges(ori), 0.0)[ring].mean())
+
+
+def crop_padded(img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``img[y0:y1, x0:x1]`` where the box may leave the picture (mirrored there)."""
+    h, w = img.shape[:2]
+    top, left = max(0, -y0), max(0, -x0)
+    bottom, right = max(0, y1 - h), max(0, x1 - w)
+    inner = img[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+    if top or left or bottom or right:
+        # REFLECT_101 needs the border smaller than the picture; repeat if it is not.
+        mode = cv2.BORDER_REFLECT101 if max(top, bottom) < inner.shape[0] and max(
+            left, right) < inner.shape[1] else cv2.BORDER_REPLICATE
+        inner = cv2.copyMakeBorder(inner, top, bottom, left, right, mode)
+    return np.ascontiguousarray(inner)

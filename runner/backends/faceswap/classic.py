@@ -19,11 +19,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runner.backends.faceswap import blend, glasses
+from runner.backends.faceswap import blend, glasses, mesh_warp
 from runner.backends.faceswap.detect import Face
+from runner.backends.faceswap.guard import MOUTH_GAP, mouth_open, region_mask
 
 JAW = np.arange(0, 17)
 INNER = np.arange(17, 68)
+MOUTH_ROWS = np.arange(68) >= 48  # the outer and inner lip points
 BROWS = np.arange(17, 27)
 # Points that carry the pose but not the expression: eye corners, nose bridge, nose base.
 ALIGN = np.array([36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35, 17, 21, 22, 26])
@@ -31,7 +33,7 @@ ALIGN = np.array([36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35, 17, 21, 22, 26])
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to paste; several may be tried and the best by identity kept."""
+    """One way to paste; several may be tried and the best by identity and realism kept."""
 
     name: str
     blend: str = "feather"  # "feather" or "poisson"
@@ -45,6 +47,12 @@ class Variant:
     occluders: bool = True  # target's occluders left out of the mask
     relight: bool = True  # target's directional shading replaced by ori's
     glasses: bool = True  # frames the mask's edge cuts are removed whole
+    # "auto": ori keeps its mouth only where target's shape still folds with an expression
+    # gap; "ori": always (the partial swap offered for an expression gap, see ``guard``).
+    mouth: str = "auto"
+    # What of ori's face may change: "face", or "inner": the brows, eyes, nose and mouth
+    # only (``guard.region_mask``).
+    region: str = "face"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,14 +78,6 @@ INNER_MOUTH = range(60, 68)
 LEFT_EYE, RIGHT_EYE = range(36, 42), range(42, 48)
 FOLD_AREA = 0.004  # twice a triangle's area, share of the face size squared, to count
 MIN_SHAPE = 0.4  # below this the swap keeps too little of target's face to be worth it
-MOUTH_GAP = 0.1  # difference in mouth opening (share of the face size) that keeps ori's
-
-
-def mouth_open(points: np.ndarray) -> float:
-    """How far the lips are apart (inner lip points), as a share of the face size."""
-    span = points.max(axis=0) - points.min(axis=0)
-    gap = float(np.linalg.norm(points[[61, 62, 63]] - points[[67, 66, 65]], axis=1).mean())
-    return gap / float(max(span[0], span[1], 1.0))
 
 
 # iBUG 68-point order mirrored left <-> right.
@@ -105,6 +105,24 @@ def mirrored(img: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarra
     pts = points.copy()
     pts[:, 0] = img.shape[1] - 1 - pts[:, 0]
     return flipped, pts[MIRROR]
+
+
+def wants_mirror(o_pts: np.ndarray, t_pts: np.ndarray) -> bool:
+    """Whether target's mirror image is nearer ori's head turn than target itself."""
+    yaw_o, yaw_t = yaw(o_pts), yaw(t_pts)
+    return abs(-yaw_t - yaw_o) + 0.1 < abs(yaw_t - yaw_o)
+
+
+def oriented(target: np.ndarray, face: Face,
+             flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Target's picture, 68 points and mesh as the swap uses them: mirrored when ``flip``,
+    its 68 points renumbered; a mirrored target has no mesh (the vertex numbering has no
+    left/right map here, and the mesh run again on the flipped picture cost FaceNet 3 of
+    250 rows closer to target, BENCHMARKS.md)."""
+    if not flip:
+        return target, face.points, face.mesh
+    flipped, pts = mirrored(target, face.points)
+    return flipped, pts, None
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -221,18 +239,26 @@ def piecewise_warp(src_img: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray
     return cv2.remap(src_img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 
 
-def crop_padded(img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """``img[y0:y1, x0:x1]`` where the box may leave the picture (mirrored there)."""
-    h, w = img.shape[:2]
-    top, left = max(0, -y0), max(0, -x0)
-    bottom, right = max(0, y1 - h), max(0, x1 - w)
-    inner = img[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
-    if top or left or bottom or right:
-        # REFLECT_101 needs the border smaller than the picture; repeat if it is not.
-        mode = cv2.BORDER_REFLECT101 if max(top, bottom) < inner.shape[0] and max(
-            left, right) < inner.shape[1] else cv2.BORDER_REPLICATE
-        inner = cv2.copyMakeBorder(inner, top, bottom, left, right, mode)
-    return np.ascontiguousarray(inner)
+def fit_shape(o_full: np.ndarray, t_pts: np.ndarray, o_x: np.ndarray, t_x: np.ndarray,
+              m_align: np.ndarray, variant: Variant
+              ) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Where the 68 points and the mesh's extra points land in ori (dst, dst_x), the share
+    of target's shape kept, and the folds left.
+
+    Pose or expression too different: target's shape forced onto ori's landmarks folds
+    triangles over each other (a torn face). Less of target's shape until nothing folds."""
+    t_in_o = apply(m_align, t_pts)
+    x_in_o = apply(m_align, t_x) if len(t_x) else t_x
+    shape, jaw_shape = variant.shape, variant.jaw_shape
+    while True:
+        dst = o_full.copy()
+        dst[INNER] = o_full[INNER] + shape * (t_in_o[INNER] - o_full[INNER])
+        dst[JAW] = o_full[JAW] + jaw_shape * (t_in_o[JAW] - o_full[JAW])
+        dst_x = o_x + shape * (x_in_o - o_x)
+        folds = count_folds(np.vstack([dst, dst_x]), np.vstack([t_pts, t_x]))
+        if folds == 0 or shape <= MIN_SHAPE:
+            return dst, dst_x, shape, folds
+        shape, jaw_shape = max(MIN_SHAPE, shape - 0.15), max(0.0, jaw_shape - 0.1)
 
 
 def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
@@ -245,24 +271,16 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     # shows cheek: its mirror image matches ori's pose and keeps the identity (faces are
     # nearly symmetric; hair, where a parting would tell, is outside the mask).
     yaw_o, yaw_t = yaw(o_full), yaw(t_pts)
-    flip = abs(-yaw_t - yaw_o) + 0.1 < abs(yaw_t - yaw_o)
-    if flip:
-        target, t_pts = mirrored(target, t_pts)
+    flip = wants_mirror(o_full, t_pts)
+    target, t_pts, t_mesh = oriented(target, target_face, flip)
 
     # Target aligned into ori's frame (similarity on pose-stable points).
     m_align = similarity(t_pts[ALIGN], o_full[ALIGN])
-    t_in_o = apply(m_align, t_pts)
-    # Pose or expression too different: target's shape forced onto ori's landmarks folds
-    # triangles over each other (a torn face). Less of target's shape until nothing folds.
-    shape, jaw_shape = variant.shape, variant.jaw_shape
-    while True:
-        dst = o_full.copy()
-        dst[INNER] = o_full[INNER] + shape * (t_in_o[INNER] - o_full[INNER])
-        dst[JAW] = o_full[JAW] + jaw_shape * (t_in_o[JAW] - o_full[JAW])
-        folds = count_folds(dst, t_pts)
-        if folds == 0 or shape <= MIN_SHAPE:
-            break
-        shape, jaw_shape = max(MIN_SHAPE, shape - 0.15), max(0.0, jaw_shape - 0.1)
+    # The mesh's cheek and forehead vertices, where both faces have a mesh (mesh_warp).
+    o_x, t_x = mesh_warp.extras(ori_face.mesh, t_mesh,
+                                np.vstack([o_full, forehead_points(o_full, variant.forehead)]),
+                                size)
+    dst, dst_x, shape, folds = fit_shape(o_full, t_pts, o_x, t_x, m_align, variant)
     dst_ring = ring_points(dst)
 
     # Work on a box around the face only (big pictures stay cheap); the box may leave the
@@ -270,10 +288,11 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     margin = 0.1 * size
     x0, y0 = np.floor(dst_ring.min(axis=0) - margin).astype(int)
     x1, y1 = np.ceil(dst_ring.max(axis=0) + margin).astype(int)
-    roi = crop_padded(ori, x0, y0, x1, y1)
+    roi = blend.crop_padded(ori, x0, y0, x1, y1)
     shift = np.array([x0, y0], dtype=np.float64)
     o_pts = o_full - shift
     dst = dst - shift
+    dst_x = dst_x - shift
     dst_ring = dst_ring - shift
     m_roi = m_align.copy()
     m_roi[:, 2] -= shift
@@ -282,8 +301,8 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     src_fh = forehead_points(t_pts, variant.forehead)
     inv_align = invert(m_roi)
     src_ring = apply(inv_align, dst_ring)
-    dst_all = np.vstack([dst, dst_fh, dst_ring])
-    src_all = np.vstack([t_pts, src_fh, src_ring])
+    dst_all = np.vstack([dst, dst_x, dst_fh, dst_ring])
+    src_all = np.vstack([t_pts, t_x, src_fh, src_ring])
     warped = piecewise_warp(target, src_all, dst_all, roi.shape[:2], inv_align)
 
     # Skin statistics from below the brows only: above them ori may have a fringe or a cap.
@@ -308,11 +327,13 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     occluded = (blend.occluders(warped, skin_src, dst, size) * binary if variant.occluders
                 else np.zeros_like(binary))
     binary = binary * (1.0 - occluded)
+    # The partial swap of a pose gap: all but the features stays ori's.
+    binary = binary * region_mask(variant.region, roi.shape, dst, size)
     # Expression: an open mouth bent onto a closed one (or the reverse) is the grotesque
     # kind of failure. ori keeps its own mouth then: a partial swap.
     # Only as a last resort (the shape could not be unfolded): it costs identity.
-    mouth_gap = abs(mouth_open(o_pts) - mouth_open(apply(m_roi, t_pts)))
-    keep_mouth = folds > 0 and mouth_gap > MOUTH_GAP
+    keep_mouth = variant.mouth == "ori" or (
+        folds > 0 and abs(mouth_open(o_pts) - mouth_open(apply(m_roi, t_pts))) > MOUTH_GAP)
     if keep_mouth:
         binary = binary * (1.0 - blend.feature_mask(roi.shape, o_pts, [MOUTH], size, 0.05))
     alpha = blend.soft_mask(binary, size, variant.erode, variant.feather)
@@ -365,8 +386,14 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         "ori_frames_px": int(o_frames.sum()),
         "frames_removed_px": int(t_frames.sum()),
         "kept_ori_mouth": bool(keep_mouth),
+        "region": variant.region,
         "seam": round(blend.seam(mixed, roi, alpha), 2),
         "shape": round(shape, 2),
         "folds": folds,
+        "mesh_points": len(dst_x),
+        # The 68 points the face was meant to land on, for the realism check on the output
+        # (ori's own mouth where the swap kept it).
+        "dst_points": (np.where(MOUTH_ROWS[:, None] & keep_mouth, o_pts, dst) + shift
+                       ).round(1).tolist(),
     }
     return out, info

@@ -1,4 +1,6 @@
-"""Face detection and 68-point landmarks with dlib (the offline path), main-face choice.
+"""Face detection and 68-point landmarks with dlib (the "dlib" detector and landmarker
+processors), main-face choice, and ``FaceFinder``, which pairs any detector with any
+landmarker.
 
 HOG first (about 10 ms on a 250x250 LFW crop); when it finds nothing, the same with one
 up-sampling, then on a padded copy (HOG misses faces cut by the image border), and last the
@@ -7,14 +9,18 @@ CNN (MMOD) detector, which is slow on CPU but finds turned and partial faces.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from runner.backends.faceswap.models import dlib_model_dir
+
+if TYPE_CHECKING:
+    from runner.backends.faceswap.interfaces import Detector, Landmarker
 
 DETECT_MAX_SIDE = 1024  # HOG time grows with pixels; detect on a smaller copy of big images
 CNN_MAX_SIDE = 480
@@ -65,12 +71,25 @@ class Face:
     points: np.ndarray
     how: str
     descriptor: np.ndarray | None = None
+    mesh: np.ndarray | None = None  # the dense mesh the 68 came from (N x 2), if any
 
     @property
     def size(self) -> float:
         """A scale for masks and padding: the larger side of the landmark extent."""
         span = self.points.max(axis=0) - self.points.min(axis=0)
         return float(max(span[0], span[1], 1.0))
+
+
+@dataclass
+class Detections:
+    """What a detector found: boxes (N, 4) as x0, y0, x1, y1, which stage found them, and
+    five key points per box (N, 5, 2) and scores (N,) when the detector gives them (SCRFD
+    does)."""
+
+    boxes: np.ndarray
+    how: str
+    kps: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 def main_face_index(boxes: np.ndarray, shape: tuple[int, ...]) -> int:
@@ -138,29 +157,126 @@ def landmarks(models: DlibModels, rgb: np.ndarray, box: np.ndarray) -> np.ndarra
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
 
+class DlibDetector:
+    """The "dlib" detector processor: HOG, then padded HOG, then the CNN (see above)."""
+
+    name = "dlib"
+
+    def __init__(self, models: DlibModels) -> None:
+        self.models = models
+
+    def detect(self, rgb: np.ndarray) -> Detections:
+        boxes, how = detect_boxes(self.models, rgb)
+        return Detections(boxes=boxes, how=how)
+
+
+class DlibLandmarker:
+    """The "dlib" landmarker processor: dlib's 68-point shape predictor (iBUG order)."""
+
+    name = "dlib"
+
+    def __init__(self, models: DlibModels) -> None:
+        self.models = models
+
+    def points(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        return landmarks(self.models, rgb, box)
+
+
+class MeshTo68:
+    """A landmarker of a dense mesh on BGR pictures (MediaPipe's FaceMesh: 468/478 points)
+    as a ``Landmarker``: RGB in, the mesh's 68-point iBUG subset out (``to_68``).
+
+    ``fallback`` answers for a face the mesh does not see (a score below its bar): dlib's
+    68 then, so a face dlib alone would swap is never lost to the mesh. ``fallback_68``:
+    the fallback's 68 points for every face, the mesh kept only for the warp's density
+    (on the benchmark the mesh's own 68 raised the JPEG-ghost AUC by 0.04, BENCHMARKS.md)."""
+
+    def __init__(self, name: str, mesh: Any, to_68: Callable[[np.ndarray], np.ndarray],
+                 fallback: Landmarker | None = None, fallback_68: bool = False) -> None:
+        self.name = name
+        self.mesh = mesh  # anything with points(image_bgr, box) -> np.ndarray | None
+        self.to_68 = to_68
+        self.fallback = fallback
+        self.fallback_68 = fallback_68  # the 68 from the fallback, the mesh only for density
+
+    def points_and_mesh(self, rgb: np.ndarray,
+                        box: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The 68 points and the mesh they came from; (fallback's 68, None) without a mesh."""
+        mesh = self.mesh.points(np.ascontiguousarray(rgb[:, :, ::-1]), box)
+        if mesh is None:
+            return (None if self.fallback is None else self.fallback.points(rgb, box)), None
+        mesh = np.asarray(mesh, dtype=np.float64)[:, :2]
+        if self.fallback_68 and self.fallback is not None:
+            points = self.fallback.points(rgb, box)
+            if points is not None:
+                return points, mesh
+        return np.asarray(self.to_68(mesh), dtype=np.float64), mesh
+
+    def points(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        return self.points_and_mesh(rgb, box)[0]
+
+
+def landmarks_of(landmarker: Landmarker, rgb: np.ndarray,
+                 box: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A landmarker's 68 points and, from a mesh landmarker, its dense mesh too."""
+    dense = getattr(landmarker, "points_and_mesh", None)
+    if dense is not None:
+        points, mesh = dense(rgb, box)
+        return points, mesh
+    return landmarker.points(rgb, box), None
+
+
+class FaceFinder:
+    """A detector and a landmarker together: the main face of a picture with its 68 points,
+    or the face of an output nearest a known one. Any pair of processors of those two kinds
+    (``interfaces.Detector``, ``interfaces.Landmarker``) will do."""
+
+    def __init__(self, detector: Detector, landmarker: Landmarker) -> None:
+        self.detector = detector
+        self.landmarker = landmarker
+
+    def main_face(self, rgb: np.ndarray) -> Face | None:
+        found = self.detector.detect(rgb)
+        if len(found.boxes) == 0:
+            return None
+        box = found.boxes[main_face_index(found.boxes, rgb.shape)]
+        points, mesh = landmarks_of(self.landmarker, rgb, box)
+        if points is None:  # a landmarker that finds no face in the box: none to swap
+            return None
+        return Face(box=box, points=points, how=found.how, mesh=mesh)
+
+    def face_near(self, rgb: np.ndarray, near: Face) -> Face:
+        """The face of ``rgb`` that overlaps ``near`` most (the swapped face in an output);
+        ``near``'s own box when no detector finds it, so a measurement always exists."""
+        found = self.detector.detect(rgb)
+        best, best_iou, how = near.box, 0.0, found.how
+        for box in found.boxes:
+            overlap = iou(box, near.box)
+            if overlap > best_iou:
+                best, best_iou = box, overlap
+        if best_iou < 0.3:
+            best, how = near.box, "reused"
+        points, mesh = landmarks_of(self.landmarker, rgb, best)
+        # The swap keeps ori's face where it was: its points stand in when none are found.
+        if points is None:
+            return Face(box=best, points=near.points, how=how, mesh=near.mesh)
+        return Face(box=best, points=points, how=how, mesh=mesh)
+
+
+def dlib_finder(models: DlibModels) -> FaceFinder:
+    return FaceFinder(DlibDetector(models), DlibLandmarker(models))
+
+
 def find_main_face(models: DlibModels, rgb: np.ndarray) -> Face | None:
-    boxes, how = detect_boxes(models, rgb)
-    if len(boxes) == 0:
-        return None
-    box = boxes[main_face_index(boxes, rgb.shape)]
-    return Face(box=box, points=landmarks(models, rgb, box), how=how)
+    return dlib_finder(models).main_face(rgb)
 
 
 def find_face_near(models: DlibModels, rgb: np.ndarray, near: Face) -> Face:
-    """The face of ``rgb`` that overlaps ``near`` most (the swapped face in an output);
-    ``near``'s own box when no detector finds it, so a measurement always exists."""
-    boxes, how = detect_boxes(models, rgb)
-    best, best_iou = near.box, 0.0
-    for box in boxes:
-        iou = _iou(box, near.box)
-        if iou > best_iou:
-            best, best_iou = box, iou
-    if best_iou < 0.3:
-        best, how = near.box, "reused"
-    return Face(box=best, points=landmarks(models, rgb, best), how=how)
+    return dlib_finder(models).face_near(rgb, near)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x0, y0, x1, y1 boxes."""
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
     x1, y1 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)

@@ -6,8 +6,6 @@ ArcFace (buffalo_l's recognizer, 512-d) when the inswapper backend runs; otherwi
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from runner.backends.faceswap.detect import DlibModels, Face
@@ -40,11 +38,16 @@ def dlib_descriptor(models: DlibModels, rgb: np.ndarray, face: Face) -> np.ndarr
 
 
 def identity_scores(out: np.ndarray | None, target: np.ndarray | None,
-                    ori: np.ndarray | None) -> dict[str, Any]:
-    """Cosine (reported) and Euclidean distance (dlib's metric) to target and to ori."""
+                    ori: np.ndarray | None) -> dict[str, float | None]:
+    """Cosine (reported) and Euclidean distance (dlib's metric) of the output's embedding to
+    target's and to ori's, rounded to four places as results carry them."""
     return {
-        "identity_target": cosine(out, target),
-        "identity_ori": cosine(out, ori),
-        "distance_target": euclidean(out, target),
-        "distance_ori": euclidean(out, ori),
+        "identity_target": rounded(cosine(out, target)),
+        "identity_ori": rounded(cosine(out, ori)),
+        "distance_target": rounded(euclidean(out, target)),
+        "distance_ori": rounded(euclidean(out, ori)),
     }
+
+
+def rounded(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)

@@ -1,5 +1,6 @@
-"""The insightface backend: buffalo_l (SCRFD detection + ArcFace recognition) and
-inswapper_128, through insightface's own loading and swapping code.
+"""The insightface models: buffalo_l (SCRFD detection + ArcFace recognition) and
+inswapper_128, through insightface's own loading and swapping code; the "scrfd" detector
+processor. The "inswapper" swapper processor that uses them is in ``swappers``.
 
 Direction: ``swapper.get(img=ori, target_face=<the face in ori>, source_face=<the face in
 target>)`` puts target's identity (its ArcFace embedding) on ori's face, in ori's picture.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runner.backends.faceswap import blend
-from runner.backends.faceswap.detect import main_face_index
+from runner.backends.faceswap.detect import Detections, iou
 
 
 def session_options(threads: int) -> Any:
@@ -29,6 +30,8 @@ def session_options(threads: int) -> Any:
 
 
 class InsightSwapper:
+    """buffalo_l and inswapper_128 loaded once; faces as insightface ``Face`` objects."""
+
     def __init__(self, buffalo_dir: Path, inswapper: Path, providers: list[str],
                  threads: int) -> None:
         from insightface.app import FaceAnalysis
@@ -50,15 +53,21 @@ class InsightSwapper:
             raise RuntimeError(f"no recognition model (w600k_r50.onnx) in {buffalo_dir}")
         self.providers = list(self.swapper.session.get_providers())
 
-    def faces(self, bgr: np.ndarray) -> list[Any]:
-        return list(self.app.get(bgr))
+    def detect(self, bgr: np.ndarray) -> Detections:
+        """SCRFD's boxes, five key points and scores (what ``FaceAnalysis.get`` detects)."""
+        bboxes, kpss = self.app.det_model.detect(bgr, max_num=0, metric="default")
+        return Detections(boxes=bboxes[:, 0:4], how="scrfd", kps=kpss, scores=bboxes[:, 4])
 
-    def main_face(self, bgr: np.ndarray) -> Any | None:
-        faces = self.faces(bgr)
-        if not faces:
-            return None
-        boxes = np.array([f.bbox for f in faces], dtype=np.float64)
-        return faces[main_face_index(boxes, bgr.shape)]
+    def face(self, bgr: np.ndarray, found: Detections, index: int) -> Any:
+        """Detection ``index`` as insightface's ``Face``, its ArcFace embedding computed the
+        way ``FaceAnalysis.get`` does for every face (here only for the one needed)."""
+        from insightface.app.common import Face
+
+        kps = None if found.kps is None else found.kps[index]
+        score = 0.0 if found.scores is None else found.scores[index]
+        face = Face(bbox=found.boxes[index], kps=kps, det_score=score)
+        self.app.models["recognition"].get(bgr, face)
+        return face
 
     def swap(self, ori_bgr: np.ndarray, ori_face: Any, target_face: Any) -> np.ndarray:
         out = self.swapper.get(ori_bgr, ori_face, target_face, paste_back=True)
@@ -69,15 +78,29 @@ class InsightSwapper:
         detected, the recogniser is run at ``near``'s landmarks (the swap does not move it)."""
         from insightface.app.common import Face
 
+        found = self.detect(bgr)
         best, best_iou = None, 0.3
-        for face in self.faces(bgr):
-            iou = _iou(face.bbox, near.bbox)
-            if iou > best_iou and face.get("embedding") is not None:
-                best, best_iou = face, iou
-        if best is None:
-            best = Face(bbox=near.bbox, kps=near.kps, det_score=0.0)
-            self.app.models["recognition"].get(bgr, best)
-        return np.asarray(best.normed_embedding, dtype=np.float64)
+        for index, box in enumerate(found.boxes):
+            overlap = iou(box, near.bbox)
+            if overlap > best_iou:
+                best, best_iou = index, overlap
+        if best is not None:
+            return np.asarray(self.face(bgr, found, best).normed_embedding, dtype=np.float64)
+        stand_in = Face(bbox=near.bbox, kps=near.kps, det_score=0.0)
+        self.app.models["recognition"].get(bgr, stand_in)
+        return np.asarray(stand_in.normed_embedding, dtype=np.float64)
+
+
+class ScrfdDetector:
+    """The "scrfd" detector processor: buffalo_l's SCRFD on an RGB picture."""
+
+    name = "scrfd"
+
+    def __init__(self, models: InsightSwapper) -> None:
+        self.models = models
+
+    def detect(self, rgb: np.ndarray) -> Detections:
+        return self.models.detect(np.ascontiguousarray(rgb[:, :, ::-1]))
 
 
 def face_region(shape: tuple[int, ...], bbox: np.ndarray, size_frac: float = 0.05) -> np.ndarray:
@@ -91,11 +114,3 @@ def face_region(shape: tuple[int, ...], bbox: np.ndarray, size_frac: float = 0.0
     cv2.ellipse(mask, center, axes, 0, 0, 360, 1.0, -1)
     size = max(x1 - x0, y1 - y0)
     return blend.soft_mask(mask, size, size_frac, size_frac)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0

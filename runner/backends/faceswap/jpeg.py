@@ -107,3 +107,9 @@ def settle(rgb: np.ndarray, style: JpegStyle) -> np.ndarray:
     final save both have been through the same quantizer twice.
     """
     return decode(encode(rgb, style))
+
+
+def save_like_source(rgb: np.ndarray, style: JpegStyle) -> bytes:
+    """The output as JPEG bytes saved as ori was: one settling round trip, then the final
+    save, so face and background share one compression history."""
+    return encode(settle(rgb, style), style)

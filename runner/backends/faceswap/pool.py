@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -28,13 +28,16 @@ import structlog
 
 from runner.backends.faceswap import worker
 from runner.backends.faceswap.models import ModelPaths, find_models
+from runner.backends.faceswap.processors import FALLBACKS, PROCESSORS
 from runner.backends.faceswap.result import FaceSwapError, SwapResult
 from runner.errors import SettingsError
 from runner.settings import FaceSwapSettings
 
 log = structlog.get_logger(__name__)
 
-BACKENDS = ("auto", "inswapper", "classic")
+# "auto" or a swapper processor's name ("inswapper", "classic").
+BACKENDS = ("auto", *PROCESSORS["swapper"])
+LANDMARKERS = ("auto", *PROCESSORS["landmarker"])
 MAX_AUTO_WORKERS = 4  # each worker holds its own models (dlib ~150 MB, buffalo_l ~0.5 GB)
 WARM_UP_ROUNDS = 50  # x 0.2 s: ten seconds for the slowest worker to load its models
 
@@ -58,13 +61,19 @@ def onnx_providers() -> list[str]:
     return wanted or ["CPUExecutionProvider"]
 
 
+def _chosen(setting: str, requested: str, names: Sequence[str]) -> str:
+    """The setting's name, normalised; a name not in ``names`` is a one-line settings error."""
+    name = (requested or "auto").strip().lower()
+    if name not in names:
+        raise SettingsError(
+            f"faceswap.{setting} {requested!r} is unknown; use one of {', '.join(names)}"
+        )
+    return name
+
+
 def resolve_backend(requested: str, paths: ModelPaths) -> tuple[str, str | None]:
     """(backend to run, why it is not the one asked for, or None)."""
-    name = (requested or "auto").strip().lower()
-    if name not in BACKENDS:
-        raise SettingsError(
-            f"faceswap.backend {requested!r} is unknown; use one of {', '.join(BACKENDS)}"
-        )
+    name = _chosen("backend", requested, BACKENDS)
     if name == "classic":
         return "classic", None
     if paths.inswapper_ready:
@@ -72,6 +81,20 @@ def resolve_backend(requested: str, paths: ModelPaths) -> tuple[str, str | None]
     if name == "inswapper":
         return "classic", f"inswapper weights {paths.missing_text()}"
     return "classic", None
+
+
+def resolve_landmarker(requested: str) -> tuple[str, str | None]:
+    """(landmarker to run, why it is not the one asked for, or None). Resolved here, in the
+    parent, so the banner names what the workers will load."""
+    name = _chosen("landmarker", requested, LANDMARKERS)
+    if name == "dlib":
+        return "dlib", None
+    from runner.backends.faceswap import landmark_mediapipe
+
+    reason = landmark_mediapipe.unavailable_reason()
+    if reason is None:
+        return "mediapipe", None
+    return FALLBACKS[("landmarker", "mediapipe")], None if name == "auto" else reason
 
 
 def auto_workers(backend: str, providers: list[str], cores: int) -> int:
@@ -98,6 +121,7 @@ class FaceSwapPool:
         self.jpeg_quality = jpeg_quality
         self.paths = find_models(settings.models_dir)
         self._backend, self.fallback_reason = resolve_backend(settings.backend, self.paths)
+        self.landmarker, self.landmarker_fallback = resolve_landmarker(settings.landmarker)
         self.cores = cpu_count()
         self.providers = onnx_providers() if self._backend == "inswapper" else []
         self.workers = settings.workers or auto_workers(self._backend, self.providers, self.cores)
@@ -116,6 +140,9 @@ class FaceSwapPool:
                 backend=self._backend,
                 reason=self.fallback_reason,
             )
+        if self.landmarker_fallback:
+            log.warning("faceswap.landmarker_fallback", requested=settings.landmarker,
+                        landmarker=self.landmarker, reason=self.landmarker_fallback)
 
     # --- what it is -------------------------------------------------------------------------
     @property
@@ -132,6 +159,7 @@ class FaceSwapPool:
             threads=self.threads,
             jpeg_quality=self.jpeg_quality,
             candidates=self.settings.candidates,
+            landmarker=self.landmarker,
         )
 
     def describe(self) -> str:
@@ -141,7 +169,7 @@ class FaceSwapPool:
             names = (p.removesuffix("ExecutionProvider") for p in self.providers)
             runtime = f"providers {'+'.join(names)}"
         else:
-            what = "classic (dlib 68 landmarks, dlib identity)"
+            what = f"classic ({self._landmarks_text()}, dlib identity)"
             runtime = "dlib on CPU"
         parts = [
             what,
@@ -149,8 +177,10 @@ class FaceSwapPool:
             f"{'s' if self.threads != 1 else ''}",
             runtime,
         ]
+        if self._backend == "inswapper":
+            parts.append(f"glasses rule on {self._landmarks_text()}")
         if self.settings.candidates > 1:
-            parts.append(f"best of {self.settings.candidates} variants by identity")
+            parts.append(f"best of {self.settings.candidates} variants by identity and realism")
         parts.append(
             f"restoration {self.paths.enhancer.name}" if self.paths.enhancer
             else "no restoration weights"
@@ -162,6 +192,13 @@ class FaceSwapPool:
         loaded = {i.get("load_error") for i in self.worker_info if i.get("load_error")}
         parts.extend(sorted(e for e in loaded if e))
         return "; ".join(parts)
+
+    def _landmarks_text(self) -> str:
+        if self.landmarker == "mediapipe":
+            return "dlib 68 landmarks + MediaPipe FaceMesh 468 for the warp"
+        why = f" (mediapipe unavailable: {self.landmarker_fallback})" if (
+            self.landmarker_fallback) else ""
+        return f"dlib 68 landmarks{why}"
 
     # --- life cycle -----------------------------------------------------------------------
     def _new_executor(self) -> ProcessPoolExecutor:
@@ -204,18 +241,20 @@ class FaceSwapPool:
             log.error("faceswap.start_failed", error=str(exc) or "worker died while loading")
             await self._rebuild(self._generation)
             return
-        self.worker_info = list(infos)
-        for info in infos:
-            if info.get("load_error"):
-                log.warning("faceswap.worker_fallback", reason=info["load_error"])
-        log.info(
-            "faceswap.ready",
-            backend=self._backend,
-            workers=self.workers,
+        self._announce_ready(
+            infos,
             threads=self.threads,
             pids=[i.get("pid") for i in infos],
             load_s=max((i.get("load_s") or 0.0) for i in infos) if infos else None,
         )
+
+    def _announce_ready(self, infos: list[dict[str, Any]], **fields: Any) -> None:
+        """Keep what the workers said they loaded, warn of each fallback, log the ready line."""
+        self.worker_info = list(infos)
+        for info in infos:
+            if info.get("load_error"):
+                log.warning("faceswap.worker_fallback", reason=info["load_error"])
+        log.info("faceswap.ready", backend=self._backend, workers=self.workers, **fields)
 
     async def _warm_up(self, executor: ProcessPoolExecutor) -> list[dict[str, Any]]:
         """One answer from each worker. A worker that loads faster may answer several pings

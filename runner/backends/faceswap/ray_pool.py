@@ -97,9 +97,10 @@ class RayFaceSwapPool(FaceSwapPool):
     # --- life cycle -------------------------------------------------------------------------
     def connect(self) -> None:
         """Blocking: join the cluster (or start one); run in a thread."""
-        self._ray, started = join(self.address)
-        self._started_here = self._started_here or started
-        self._actor_cls = self._ray.remote(FaceSwapActor)
+        ray, started = join(self.address)
+        if started:  # a cluster started here is shut down by close()
+            self._started_here = True
+        self._ray, self._actor_cls = ray, ray.remote(FaceSwapActor)
 
     def _get_ray_lock(self) -> asyncio.Lock:
         if self._ray_lock is None:
@@ -120,14 +121,8 @@ class RayFaceSwapPool(FaceSwapPool):
                 await asyncio.to_thread(self.connect)
             idle = [s for s in self.slots if s.actor is None and not s.busy]
             await asyncio.gather(*(self._start_actor(s) for s in idle), return_exceptions=True)
-        self.worker_info = [s.info for s in self.slots if s.info]
-        for info in self.worker_info:
-            if info.get("load_error"):
-                log.warning("faceswap.worker_fallback", reason=info["load_error"])
-        log.info(
-            "faceswap.ready",
-            backend=self.backend,
-            workers=self.workers,
+        self._announce_ready(
+            [s.info for s in self.slots if s.info],
             actors=sum(s.actor is not None for s in self.slots),
             cluster=self.address,
         )
