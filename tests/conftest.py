@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
@@ -187,3 +189,20 @@ async def fault_emulator(
     )
     async with Emulator(cfg) as emu:
         yield emu
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No RUNNER_ or DASHSCOPE_ variable of the developer's shell, and a fresh working folder
+    (no settings.toml or key file of the checkout): a test sees only what it sets."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("RUNNER_", "DASHSCOPE_")):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp session, for tests that speak to the emulator over the wire."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -30,12 +30,7 @@ from runner.settings import Settings, load_settings
 NAMES = ["key", "base URL", "region", "settings", "models", "onnxruntime", "disk"]
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("RUNNER_", "DASHSCOPE_")):
-            monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
@@ -36,12 +35,6 @@ from tests.emulator_helpers import (
 )
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def beijing(text: str) -> float:

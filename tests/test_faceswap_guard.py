@@ -15,10 +15,9 @@ from PIL import Image
 from runner.backends.faceswap import classic, detect, guard, landmark_mediapipe, mesh_warp
 from runner.backends.faceswap.models import dlib_model_dir
 from runner.backends.faceswap.worker import Engine, SwapJob, WorkerConfig
+from tests.sample_faces import GROUP, crop
 
 insightface = pytest.importorskip("insightface")
-GROUP = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
-FACES = {2: (727, 367, 836, 476), 3: (452, 296, 560, 403)}  # the most frontal of t1.jpg
 
 pytestmark = pytest.mark.skipif(
     not GROUP.is_file() or dlib_model_dir() is None, reason="insightface samples or dlib missing"
@@ -26,13 +25,6 @@ pytestmark = pytest.mark.skipif(
 needs_mesh = pytest.mark.skipif(not landmark_mediapipe.available(),
                                 reason="MediaPipe's face_landmark.tflite missing")
 
-
-def crop(key: int) -> np.ndarray:
-    group = np.asarray(Image.open(GROUP).convert("RGB"))
-    x0, y0, x1, y1 = FACES[key]
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    top, left = max(0, cy - 135), max(0, cx - 125)
-    return np.ascontiguousarray(group[top : top + 250, left : left + 250])
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ from PIL import Image
 
 from runner.backends.faceswap import blend, classic, detect, glasses
 from runner.backends.faceswap.worker import Engine, SwapJob, WorkerConfig
+from tests.sample_faces import GROUP, crop
 
 insightface = pytest.importorskip("insightface")
-DATA = Path(insightface.__file__).parent / "data" / "images"
-GROUP = DATA / "t1.jpg"
-FACES = {2: (727, 367, 836, 476), 3: (452, 296, 560, 403)}  # the most frontal of t1.jpg
 
 pytestmark = pytest.mark.skipif(not GROUP.is_file(), reason="insightface samples missing")
 
@@ -27,13 +25,6 @@ pytestmark = pytest.mark.skipif(not GROUP.is_file(), reason="insightface samples
 def engine() -> Engine:
     return Engine(WorkerConfig(backend="classic"))
 
-
-def crop(key: int) -> np.ndarray:
-    group = np.asarray(Image.open(GROUP).convert("RGB"))
-    x0, y0, x1, y1 = FACES[key]
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    top, left = max(0, cy - 135), max(0, cx - 125)
-    return np.ascontiguousarray(group[top : top + 250, left : left + 250])
 
 
 def save(rgb: np.ndarray, path: Path) -> Path:

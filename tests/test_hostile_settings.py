@@ -3,7 +3,6 @@ a key file must hold a key, and no setting may turn a wait into a hang. Each is 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,7 @@ from runner.settings import load_settings
 KEY = "sk-0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("RUNNER_", "DASHSCOPE_")):
-            monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def _one_line(exc: pytest.ExceptionInfo[SettingsError]) -> str:

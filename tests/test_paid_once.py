@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,7 @@ FAST = {"submits_per_second": 100, "in_flight": 4}
 MODELS = ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wanx2.1-imageedit", "qwen-image-edit")
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("RUNNER_", "DASHSCOPE_")):
-            monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def emulator(time_scale: float = 0.005, **faults: Any) -> Any:
