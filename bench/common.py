@@ -58,12 +58,16 @@ def emulator_config(
     latency: bool = True,
     profile: str | None = None,
     timestamps: bool = True,
+    polls_scaled: bool = False,
 ) -> EmulatorConfig:
     """The emulator's quotas, latencies uniform in 5-15 s (or ``profile``, e.g.
     ``lognormal:8:60``, for every model) x ``scale``; ``timestamps``: whether poll answers
     carry the service's own times. Quota windows stay real seconds (2 submits in any
     second, 20 polls in any second): the runner runs with its default settings, so a
-    scaled world is one where tasks are shorter, and its budgets relatively scarcer."""
+    scaled world is one where tasks are shorter, and its budgets relatively scarcer.
+    ``polls_scaled``: the account's query budget scales with the latencies (20 / scale
+    polls a second), so each task gets as many looks as in real time; ``runner_settings``
+    gives the runner the same share of it as by default (15 of 20)."""
     base = EmulatorConfig(
         time_scale=scale if latency else 0.0,
         seed=seed,
@@ -72,6 +76,8 @@ def emulator_config(
         latency=profile,
         timestamps=timestamps,
     )
+    if polls_scaled and scale > 0:
+        base = base.model_copy(update={"poll_qps": base.poll_qps / scale})
     models = dict(base.models)
     for name in (*T2I_MODELS, *EDIT_MODELS):
         models[name] = models[name].model_copy(update={"latency_s": LATENCY_S})
@@ -452,6 +458,9 @@ def make_quota(
         )
 
 
+_ACCOUNT_QPS = EmulatorConfig().poll_qps  # the documented 20 task queries a second
+
+
 def runner_settings(
     base_url: str, config: EmulatorConfig, mode: str, scale: float, **extra: Any
 ) -> Settings:
@@ -480,7 +489,9 @@ def runner_settings(
         "api_key": BENCH_KEY,
         "base_url": base_url,
         "quotas": quotas,
-        "poll_qps": defaults.poll_qps / window,
+        # the runner's default share of the account's query budget (15 of 20), of the
+        # budget this emulator enforces (scaled with its windows or on its own)
+        "poll_qps": defaults.poll_qps * config.poll_qps / _ACCOUNT_QPS / window,
         "poll_first_s": defaults.poll_first_s * waits,
         "backoff_max_s": defaults.backoff_max_s * waits,
         "retry_after_cap_s": defaults.retry_after_cap_s * waits,

@@ -1,7 +1,7 @@
 """This runner against latency profiles that are not its planner's assumptions.
 
     python -m bench.profiles --profile lognormal:8:60 --workload t2i --rows 96 \\
-        --scale 0.25 [--no-timestamps] [--mode known|learned] --json OUT.json
+        --scale 0.25 [--polls-scaled] [--no-timestamps] [--mode known|learned] --json OUT.json
 
 One run of one configuration, in a process of its own (its CPU time and peak memory are the
 runner's alone); the emulator runs in another process with the profile for every model and
@@ -81,8 +81,11 @@ async def bench_profile(
     *,
     timestamps: bool,
     mode: str = "known",
+    polls_scaled: bool = False,
 ) -> dict[str, Any]:
-    config = emulator_config(scale, profile=profile, timestamps=timestamps)
+    config = emulator_config(
+        scale, profile=profile, timestamps=timestamps, polls_scaled=polls_scaled
+    )
     tag = f"{profile.replace(':', '-')}-{kind}-{'ts' if timestamps else 'nots'}-{mode}"
     out_dir = OUT / "profiles" / tag
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -127,6 +130,8 @@ async def bench_profile(
         "timestamps": timestamps,
         "mode": mode,
         "scale": scale,
+        "polls_scaled": polls_scaled,
+        "poll_qps_account": config.poll_qps,
         "rows_done": sum(1 for r in summary.rows if r.ok),
         "makespan_s": round(makespan, 3),
         "lower_bound": lb,
@@ -167,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--no-timestamps", action="store_true")
     p.add_argument("--mode", choices=("known", "learned"), default="known")
+    p.add_argument(
+        "--polls-scaled",
+        action="store_true",
+        help="the account's query budget scales with the latencies (as many looks per task "
+        "as in real time)",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     result = asyncio.run(
@@ -177,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             args.scale,
             timestamps=not args.no_timestamps,
             mode=args.mode,
+            polls_scaled=args.polls_scaled,
         )
     )
     path = args.json or OUT / "profiles" / "last.json"
