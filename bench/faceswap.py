@@ -48,7 +48,8 @@ RESULTS_MD = ROOT / "bench" / "faceswap_results.md"
 HISTORY_MD = ROOT / "bench" / "faceswap_history.md"  # earlier runs, by hand: not regenerated
 TRIPLES_PNG = ROOT / "bench" / "faceswap_triples.png"
 HULL_DILATION = 0.10  # share of the face size
-EYE_CACHE = Path(tempfile.gettempdir()) / "runner-bench" / "faceswap_sources.npz"
+# v2: the sources' faces are their subjects (``FaceNetEye.main_face``), not the most confident
+EYE_CACHE = Path(tempfile.gettempdir()) / "runner-bench" / "faceswap_sources_v2.npz"
 nan = float("nan")
 
 

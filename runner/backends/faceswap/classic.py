@@ -343,7 +343,9 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     # painted out of the warped face, ori's out of the result, whole (see ``glasses``).
     t_frames = o_frames = np.zeros_like(alpha)
     if variant.glasses:
-        t_frames = glasses.cut_lines(warped, dst, size, alpha)
+        # Thin lines only on target's face: its eyes and shadows stay (``glasses.THICK``);
+        # ori's frames go only outside the new face, where there are no features to keep.
+        t_frames = glasses.cut_lines(warped, dst, size, alpha, thin=True)
         warped = glasses.remove_frames(warped, t_frames, size)
         o_frames = glasses.cut_lines(roi, o_pts, size, alpha)
 
