@@ -119,9 +119,9 @@ def _profiles(results: dict[str, Any], add: Any) -> list[str]:
     )
     add("")
     add(
-        "Rows: enough that the quotas' pace, not the last tasks' tail, sets the makespan "
-        "(the bound at least about 10 x the profile's longest likely task, its p99 for the "
-        "heavy tail): 216 or 360 a run, 72 for the 1-3 minute t2i at scale 0.05."
+        "Rows (column `rows`, `bench/__main__.py` `PROFILES`): enough that the quotas' "
+        "pace, not the last tasks' tail, sets the makespan (the bound at least about 10 x "
+        "the profile's longest likely task, its p99 for the heavy tail)."
     )
     add("")
     add(
