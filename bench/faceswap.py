@@ -263,7 +263,20 @@ def eye_lines(eye: dict[str, Any]) -> list[str]:
         f"reach it | >= 100 %: {mark(share >= 1.0)} |",
         f"| JPEG-ghost AUC, output vs untouched ori ({eye['ghost_pairs']} pairs) | "
         f"{eye['ghost_auc']:.3f} | <= 0.70: {mark(eye['ghost_auc'] <= 0.70)} |",
+        "",
+        f"Not closer to target by FaceNet: {not_closer(eye) or 'none'}.",
     ]
+
+
+def not_closer(eye: dict[str, Any]) -> str:
+    """The rows FaceNet does not put closer to target (no face found counts), by index:
+    the ones to look at first on a sheet or in ``imgs/``."""
+    rows = sorted(
+        (i for i, e in eye.get("per_row", {}).items()
+         if "cos_t" not in e or e["cos_t"] <= e["cos_o"]),
+        key=lambda i: (len(i), i),
+    )
+    return ", ".join(rows)
 
 
 def mark(ok: bool) -> str:

@@ -339,14 +339,12 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     alpha = blend.soft_mask(binary, size, variant.erode, variant.feather)
     core = blend.soft_mask(binary, size, variant.erode + 0.05, 0.01)
 
-    # Glasses whole or not at all: target's frame lines that the mask's edge would cut are
-    # painted out of the warped face, ori's out of the result, whole (see ``glasses``).
-    t_frames = o_frames = np.zeros_like(alpha)
+    # Glasses whole or not at all: ori's frame lines that the mask's edge cuts are painted
+    # out of the result, whole (``glasses``). target's frames are part of its look and
+    # stay as the mask has them: painting them out took target's eyes and lids with them
+    # (FaceNet's closer-to-target share and cosine both fell, issue 14).
+    o_frames = np.zeros_like(alpha)
     if variant.glasses:
-        # Thin lines only on target's face: its eyes and shadows stay (``glasses.THICK``);
-        # ori's frames go only outside the new face, where there are no features to keep.
-        t_frames = glasses.cut_lines(warped, dst, size, alpha, thin=True)
-        warped = glasses.remove_frames(warped, t_frames, size)
         o_frames = glasses.cut_lines(roi, o_pts, size, alpha)
 
     # Light: target's own directional shading out, ori's in; then the colour statistics
@@ -384,9 +382,8 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         "yaw_target": round(yaw_t, 2),
         "sharpness_ratio": round(sharp, 3),
         "occluded_share": round(float(occluded.sum()) / max(1.0, float(size * size)), 4),
-        "glasses_removed": bool(o_frames.any() or t_frames.any()),
+        "glasses_removed": bool(o_frames.any()),
         "ori_frames_px": int(o_frames.sum()),
-        "frames_removed_px": int(t_frames.sum()),
         "kept_ori_mouth": bool(keep_mouth),
         "region": variant.region,
         "seam": round(blend.seam(mixed, roi, alpha), 2),

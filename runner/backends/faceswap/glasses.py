@@ -1,17 +1,20 @@
-"""Glasses removed whole, never half.
+"""ori's glasses removed whole, never half.
 
-A swap whose mask covers part of a frame pastes the other face's skin over that part: the
+A swap whose mask covers part of ori's frame pastes target's skin over that part: the
 result shows half a frame, or a ghost of it (issue 14). Half a frame is exactly a line that
 the mask's edge cuts: part of it outside the mask (ori's, kept) and part inside (replaced).
 So lines are found in the eye band (thin dark or bright structures: a morphological
 black-hat / top-hat with a kernel wider than a frame and narrower than an eye; the eyes and
 brows themselves are left out by their landmark hulls), and every long line the mask's edge
-cuts, on both sides of the nose (glasses come in pairs), is removed whole: painted out
-(Telea inpainting) of the warped target before it is pasted, and out of the result for
-ori's, the temples past the face's sides included. The eyes and the lower nose are never
-painted out, and on target's face only the thin part of the lines goes: the line map joins
-the rims to lids and shadows, and painting those out erased target's eyes (issue 14's
-identity round: FaceNet's closer-to-target share rose from 233 to 239 of 250 without it).
+cuts, on both sides of the nose (glasses come in pairs), is painted out (Telea inpainting)
+of the result where it is not the new face, the temples past the face's sides included. The
+eyes and the lower nose are never painted out: the line map joins the rims to the lids,
+the under-eye shadows and the nostrils.
+
+target's frames are not touched. Painting them out of the warped face (the thin parts of
+the lines the mask cuts) took target's eyes and lids with them, and found frames in
+wrinkles where there were none; without it FaceNet put more outputs closer to target
+(243 -> 244 of 250, cosine 0.667 -> 0.673; issue 14, bench/faceswap_history.md).
 
 Putting ori's frames back over the new face (kept whole) was tried: the frames are part of
 ori's look to any face embedding, and the outputs moved back towards ori.
@@ -29,14 +32,11 @@ import numpy as np
 LINE_CONTRAST = 15.0  # black-hat levels (0-255) that make a pixel part of a line
 INSIDE, OUTSIDE = 0.5, 0.1  # mask levels: replaced, kept
 MIN_EXTENT = 0.35  # share of the face size a line must span to be a frame
-THICK = 0.03  # half the widest frame's width, share of the face size
 MIN_INSIDE = 0.1  # pixels inside the mask, per unit of face size
 EYES = (range(36, 42), range(42, 48))
 BROWS = (range(17, 22), range(22, 27))
 # Never painted out: the eyes and the lower nose (tip and nostrils). The line map joins the
-# rims to the lids, the under-eye shadows and the nostrils, and the whole component went:
-# on the 250 LFW pairs, outputs whose target frames were removed lost their eyes to the
-# inpainting, and FaceNet found 9 of 25 closer to ori (6 of the 192 without frames).
+# rims to the lids, the under-eye shadows and the nostrils, and the whole component went.
 KEPT = (*EYES, range(30, 36))
 
 
@@ -93,11 +93,10 @@ def line_map(rgb: np.ndarray, points: np.ndarray, size: float
 
 
 def cut_lines(img: np.ndarray, points: np.ndarray, size: float,
-              alpha: np.ndarray, thin: bool = False) -> np.ndarray:
+              alpha: np.ndarray) -> np.ndarray:
     """The lines of ``img``'s eye band that the mask ``alpha`` cuts: connected lines with
     pixels both inside (alpha > INSIDE) and outside (alpha < OUTSIDE). float32 0/1, grown
-    by a pixel so the anti-aliased edge of a frame goes with it. ``thin``: only the parts
-    of those lines no wider than a frame (for a face whose features stay, see below)."""
+    by a pixel so the anti-aliased edge of a frame goes with it."""
     lines, _, raw = line_map(img, points, size)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
     if count <= 1:
@@ -124,12 +123,6 @@ def cut_lines(img: np.ndarray, points: np.ndarray, size: float,
         step = _disc(1)
         for _ in range(max(2, round(0.04 * size))):
             mask = cv2.dilate(mask, step) & near | mask
-        if thin:
-            # The frame's component also holds what the line map joined to it: under-eye
-            # shadows, lids, the nose's sides. They are wider than a frame (they survive an
-            # opening); painted out of target's face, they took its eyes with them.
-            wide = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, _disc(THICK * size))
-            mask &= 1 - wide
         mask = cv2.dilate(mask, _disc(0.015 * size))
         mask[_hulls(img.shape, points, KEPT) > 0] = 0
     return mask.astype(np.float32)
