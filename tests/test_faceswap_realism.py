@@ -113,8 +113,8 @@ def test_target_glasses_kept(engine: Engine, tmp_path: Path) -> None:
         return int((rgb_of(data).mean(axis=2)[band] < 60).sum())
 
     # The frames drawn are 2 pixels wide round both eyes: a few hundred dark pixels more.
-    assert dark(with_frames.jpeg) > dark(plain.jpeg) + 100, (dark(with_frames.jpeg),
-                                                             dark(plain.jpeg))
+    framed, bare_target = dark(with_frames.jpeg), dark(plain.jpeg)
+    assert framed > bare_target + 100, (framed, bare_target)
     # Whole: the swap leaves target's frames as the warp brings them, none of them painted
     # out (painting out the part the mask's edge cuts left the lower half of each rim).
     w_face = detect.find_main_face(engine.dlib, worn)

@@ -369,7 +369,7 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         # Removed whole: the parts outside the new face go too. (Putting them back over
         # the new face instead was tried: ori's frames are part of ori's look to any face
         # embedding, and the outputs moved back towards ori, 0.05 in FaceNet cosine.)
-        mixed = glasses.remove_frames(mixed, o_frames * (alpha < 0.9), size)
+        mixed = glasses.remove_frames(mixed, o_frames, size, alpha)
 
     out = ori.copy()
     h, w = ori.shape[:2]

@@ -271,10 +271,6 @@ def find_main_face(models: DlibModels, rgb: np.ndarray) -> Face | None:
     return dlib_finder(models).main_face(rgb)
 
 
-def find_face_near(models: DlibModels, rgb: np.ndarray, near: Face) -> Face:
-    return dlib_finder(models).face_near(rgb, near)
-
-
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two x0, y0, x1, y1 boxes."""
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])

@@ -33,6 +33,7 @@ LINE_CONTRAST = 15.0  # black-hat levels (0-255) that make a pixel part of a lin
 INSIDE, OUTSIDE = 0.5, 0.1  # mask levels: replaced, kept
 MIN_EXTENT = 0.35  # share of the face size a line must span to be a frame
 MIN_INSIDE = 0.1  # pixels inside the mask, per unit of face size
+NEW_FACE = 0.9  # mask level from which a pixel shows the new face: no frame of ori's there
 EYES = (range(36, 42), range(42, 48))
 BROWS = (range(17, 22), range(22, 27))
 # Never painted out: the eyes and the lower nose (tip and nostrils). The line map joins the
@@ -73,10 +74,10 @@ def eye_band(shape: tuple[int, ...], points: np.ndarray, size: float) -> np.ndar
 
 
 def line_map(rgb: np.ndarray, points: np.ndarray, size: float
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Thin dark or bright lines in the eye band (0/1 uint8), eyes and brows left out with a
-    margin; the eyes' area that was left out; and the lines with only the eyes' and brows'
-    own hulls left out (where a rim beside them is followed)."""
+    margin; and the lines with only the eyes' and brows' own hulls left out (where a rim
+    beside them is followed)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     kernel = _disc(0.045 * size)
     dark = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
@@ -88,8 +89,7 @@ def line_map(rgb: np.ndarray, points: np.ndarray, size: float
     eyes = cv2.dilate(_hulls(rgb.shape, points, EYES), _disc(0.02 * size)) > 0
     brows = cv2.dilate(_hulls(rgb.shape, points, BROWS), _disc(0.03 * size)) > 0
     cores = _hulls(rgb.shape, points, EYES + BROWS) > 0
-    return ((lines & band & ~eyes & ~brows).astype(np.uint8), eyes.astype(np.uint8),
-            lines & band & ~cores)
+    return (lines & band & ~eyes & ~brows).astype(np.uint8), lines & band & ~cores
 
 
 def cut_lines(img: np.ndarray, points: np.ndarray, size: float,
@@ -97,7 +97,7 @@ def cut_lines(img: np.ndarray, points: np.ndarray, size: float,
     """The lines of ``img``'s eye band that the mask ``alpha`` cuts: connected lines with
     pixels both inside (alpha > INSIDE) and outside (alpha < OUTSIDE). float32 0/1, grown
     by a pixel so the anti-aliased edge of a frame goes with it."""
-    lines, _, raw = line_map(img, points, size)
+    lines, raw = line_map(img, points, size)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
     if count <= 1:
         return np.zeros(img.shape[:2], dtype=np.float32)
@@ -128,9 +128,11 @@ def cut_lines(img: np.ndarray, points: np.ndarray, size: float,
     return mask.astype(np.float32)
 
 
-def remove_frames(img: np.ndarray, frames: np.ndarray, size: float) -> np.ndarray:
-    """Paint the frame pixels out (Telea inpainting from the skin around them)."""
-    mask = (frames > 0.5).astype(np.uint8) * 255
+def remove_frames(img: np.ndarray, frames: np.ndarray, size: float,
+                  alpha: np.ndarray) -> np.ndarray:
+    """Paint ori's frame pixels out where they are not the new face (``alpha`` below
+    NEW_FACE): Telea inpainting from the skin around them."""
+    mask = ((frames > 0.5) & (alpha < NEW_FACE)).astype(np.uint8) * 255
     if not mask.any():
         return img
     return cv2.inpaint(img, mask, max(2.0, 0.03 * size), cv2.INPAINT_TELEA)

@@ -52,5 +52,5 @@ class GlassesMask:
         frames = glasses.cut_lines(ori, face.points, face.size, alpha)
         if not frames.any():
             return out, {"ori_frames_px": 0}
-        cleaned = glasses.remove_frames(out, frames * (alpha < 0.9), face.size)
+        cleaned = glasses.remove_frames(out, frames, face.size, alpha)
         return cleaned, {"ori_frames_px": int(frames.sum())}
