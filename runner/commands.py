@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,15 +139,30 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_rejudge(args: argparse.Namespace, console: Console) -> int:
+    from runner.backends.judge.usage import describe
     from runner.job import rejudge_all
     from runner.settings import load_settings
 
     settings = load_settings(args.settings)
     tasks, images = _tasks_path(args, console)
-    result = asyncio.run(rejudge_all(tasks, images=images, out=args.out, settings=settings))
+    shown = [0.0]
+
+    def progress(so_far: Any) -> None:  # a line every few seconds, and the last row's
+        if time.monotonic() - shown[0] >= 5 or so_far.rows == so_far.total:
+            shown[0] = time.monotonic()
+            console.print(
+                f"rejudge: {so_far.rows}/{so_far.total} rows, "
+                + describe(so_far.usage, so_far.currency),
+                highlight=False,
+            )
+
+    result = asyncio.run(
+        rejudge_all(tasks, images=images, out=args.out, settings=settings, on_row=progress)
+    )
     console.print(
         f"rejudged {result.rows} rows: {result.scored} file(s) scored, {result.unscored} "
-        f"unscored, {result.changed} choice(s) changed, {result.calls} judge calls"
+        f"unscored, {result.changed} choice(s) changed; "
+        + describe(result.usage, result.currency)
         + ("; the judge budget ran out" if result.budget_exhausted else ""),
         highlight=False,
     )

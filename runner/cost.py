@@ -80,12 +80,20 @@ class Budget:
         self.spent_before = spent_before  # earlier runs in the same output folder
         self.images: Counter[str] = Counter()  # images reserved (then kept) per model
         self.refused = 0  # submits held back by the budget
+        self.judge_calls = 0  # judge calls of this run (count_judge)
+        self.judge_spent = 0.0  # their estimated cost, where [judge] has prices
         self._warned: set[str] = set()
+
+    def count_judge(self, cost: float | None) -> None:
+        """One served judge call and its estimated cost (None: no price): counted against
+        the limit with the images; the judge itself is never refused here."""
+        self.judge_calls += 1
+        self.judge_spent += cost or 0.0
 
     @property
     def spent(self) -> float:
-        """Estimated spend of this run's accepted (or in-flight) tasks."""
-        return sum(self.prices.cost(m, n) or 0.0 for m, n in self.images.items())
+        """Estimated spend of this run's accepted (or in-flight) tasks and judge calls."""
+        return sum(self.prices.cost(m, n) or 0.0 for m, n in self.images.items()) + self.judge_spent
 
     @property
     def exhausted(self) -> bool:
@@ -290,7 +298,7 @@ def estimate_for(
     return estimate(
         rows_by_type,
         settings.models,
-        settings.candidates,
+        settings.candidate_counts(),
         lanes,
         price_book(settings),
         SINGLE_IMAGE_MODELS,

@@ -245,3 +245,27 @@ def check_settings(
         detail,
         "see settings.toml: poll_qps at most 20, max_attempts 3 or more" if level != "ok" else "",
     )
+
+
+def check_judge(settings: Settings) -> Check:
+    """The judge model and its pace, and whether the reference's own VIEScore texts and
+    parser (lmms-eval's files) are in use or the built-in stand-ins."""
+    from runner.backends.judge.models import judge_quota, pace
+    from runner.backends.judge.reference import reference
+
+    ref = reference()
+    quota = judge_quota(settings.judge.model, settings.region)
+    rpm, tpm = pace(settings.judge, settings.region)
+    detail = (
+        f"{settings.judge.model}, {rpm:g} requests and {tpm:,.0f} tokens a minute "
+        f"(published: {quota.requests_per_minute:g} / {quota.tokens_per_minute:,.0f}"
+        + ("" if quota.published else ", assumed: not in the judge table")
+        + f"); texts and parser: {ref.source}"
+    )
+    if not settings.judge.enabled and max(settings.candidate_counts().values()) <= 1:
+        detail = "off (one candidate a row); " + detail
+    if not ref.official:
+        return Check("judge", "warn", detail, "make install (it adds the lmms-eval wheel)")
+    if not quota.published:
+        return Check("judge", "warn", detail, "set [judge] requests_per_minute, tokens_per_minute")
+    return Check("judge", "ok", detail)

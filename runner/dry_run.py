@@ -43,6 +43,7 @@ def dry_run(console: Console, settings: Any, tasks: Path, images: Path | None) -
     if est.local_rows:
         console.print(f"face swap (local): {est.local_rows} rows, nothing billed", highlight=False)
     _print_totals(console, settings, est, book, emulated)
+    _print_judge(console, settings, counts, book)
     check_budget(settings, counts)  # the run would refuse: say so now
     return not tasklist.bad and not unreadable
 
@@ -108,3 +109,25 @@ def _print_totals(
             "before every row is done",
             highlight=False,
         )
+
+
+def _print_judge(console: Console, settings: Any, counts: dict[str, int], book: PriceBook) -> None:
+    """The judge's calls, tokens, cost and pace for these rows (runner.backends.judge)."""
+    from runner.backends.judge.usage import estimate
+
+    j = estimate(settings, counts)
+    if not j.enabled:
+        console.print("judge: off (one candidate a row, [judge] enabled = false)", highlight=False)
+        return
+    cost = (
+        f"est. cost at most {book.money(j.cost)}"
+        if j.cost is not None
+        else "price unknown (set [judge] input_price and output_price)"
+    )
+    console.print(
+        f"judge {j.model}: about {j.calls} calls (SC and PQ per candidate, PQ per face swap), "
+        f"about {j.input_tokens:,} input tokens and at most {j.output_tokens:,} answer "
+        f"tokens, {cost}; at least {duration(j.minutes * 60)} at its pace",
+        highlight=False,
+    )
+    console.print(f"judge texts and parser: {j.reference}", highlight=False)

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -191,6 +191,11 @@ async def _run_with(
     """The run itself, on a backend: journal its start, schedule every row, journal its end."""
     backend = "emulator" if emulated else base_url
     lines = banner(opened, settings, workers, base_url, emulated)
+    if settings.learned:  # --learned: the candidates that won in this folder's earlier runs
+        from runner.backends.judge.wins import learn
+
+        settings, learned_lines = learn(settings, opened.state)
+        lines += learned_lines
     run_id = uuid.uuid4().hex[:12]
     earlier = runs_view(opened.state.runs_info)
     budget = folder_budget(settings, earlier, emulated)
@@ -217,7 +222,7 @@ async def _run_with(
             client=client,
             swapper=swapper,
             swapper_problem=workers.swap_problem,
-            judge=judge_for(settings, client, emulated, policy),
+            judge=judge_for(settings, client, emulated, policy, budget),
             policy=policy,
             emulated=emulated and workers.api_models,
             backend=backend,
@@ -233,6 +238,7 @@ async def _run_with(
         with Interrupts(scheduler.interrupt) as interrupts:
             summary = await scheduler.run(opened.tasklist, opened.state, opened.fps)
         summary.faceswap = swapper.describe() if swapper is not None else workers.swap_problem
+        summary.judge = scheduler.finisher.judge_usage()
         summary.interrupted = interrupts.name
         try:
             await _close_run(journal, run_id, started, summary, budget, earlier, emulated)
@@ -264,6 +270,7 @@ async def _close_run(
         "emulated": emulated,
         "interrupted": summary.interrupted,
         "stopped": summary.stopped_reason,
+        "judge": summary.judge,  # its calls, 429s, estimated tokens and cost
     }
     summary.runs = [*earlier, {"run": run_id, "t": started, "ended": True, **end}]
     # billed over the folder's runs of this kind (emulator rehearsals are not real spend)
@@ -310,8 +317,10 @@ async def rejudge_all(
     images: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] = "outputs",
     settings: Settings | None = None,
+    on_row: Callable[[Any], None] | None = None,
 ) -> Any:
-    """Score every output and candidate in ``out`` again and re-pick; nothing is generated."""
+    """Score every output and candidate in ``out`` again and re-pick; nothing is generated.
+    ``on_row`` hears the rejudge's summary so far after each row (progress and cost)."""
     from runner.outputs.rejudge import rejudge
 
     settings = settings or load_settings()
@@ -321,7 +330,12 @@ async def rejudge_all(
     async with _backend(settings) as (base_url, api_key, _emulated):
         async with DashScopeClient(client_config(settings, base_url, api_key)) as client:
             result = await rejudge(
-                out_dir, Path(tasks), Path(images) if images else None, settings, client
+                out_dir,
+                Path(tasks),
+                Path(images) if images else None,
+                settings,
+                client,
+                on_row=on_row,
             )
     await _report(out_dir, Path(tasks), Path(images) if images else None)
     return result

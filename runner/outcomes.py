@@ -52,6 +52,8 @@ class RunSummary(BaseModel):
     budget: float | None = None
     # every run in the output folder so far, this one last: when, how long, submits, 429s
     runs: list[dict[str, Any]] = Field(default_factory=list)
+    # the judge's calls, 429s, estimated tokens and cost (runner.backends.judge.JudgeUsage)
+    judge: dict[str, Any] | None = None
 
     def by_type(self) -> dict[str, Counter[str]]:
         out: dict[str, Counter[str]] = {}

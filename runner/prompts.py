@@ -1,15 +1,23 @@
-"""Prompt text as sent to the API: within its limits, shortened on purpose when too long.
+"""Prompt text as sent to the API: the user's words as written, in named variants.
 
-``build_prompt`` turns a task's prompt into what is sent: t2i prompts get a quality/realism
-suffix in the prompt's own language and a negative prompt; edit prompts get a frame that asks
-to change only what is named and keep the rest (vttie: keep font, size and the other text).
-The user's words always come first; when something must give way to the 800-character limit,
-the frame goes before the user's words do.
+A row's candidates are **prompt variants** (``[candidates]`` in settings, one name per
+candidate): ``plain`` sends the task file's prompt as written; ``framed`` adds the project's
+frame (t2i: a quality/realism suffix; tie: change only what is named; vttie: keep the font,
+size and the other text) after the user's words, in the prompt's own language; ``+negative``
+adds a negative prompt (t2i); ``+extend`` asks the service to rewrite the prompt itself
+(``prompt_extend``, where the model takes it). The judge scores each candidate against the
+user's own words, so the runner learns which variant wins (``runner.backends.judge.wins``).
+
+Only what the API cannot take is changed, and each change is said (``SentPrompt.changes``,
+journaled with the row): a prompt longer than the model reads (800 characters for wan2.1/2.2)
+is cut at a sentence end; when something must give way, the frame goes before the user's
+words do.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Literal
 
 import structlog
@@ -71,15 +79,100 @@ _VTTIE_FRAME: dict[str, str] = {
 }
 
 
-class PromptPlan(BaseModel):
-    """What one row sends: ``sent`` (and ``negative``) go to the API, ``original`` is the
-    task file's prompt, kept for the journal and the report."""
+_FRAMES: dict[str, dict[str, str]] = {
+    "t2i": _T2I_SUFFIX,
+    "tie": _TIE_FRAME,
+    "vttie": _VTTIE_FRAME,
+}
 
-    original: str
+VARIANT_BASES = ("plain", "framed")
+VARIANT_FLAGS = ("negative", "extend")  # in the order a canonical name lists them
+
+
+class Variant(BaseModel, frozen=True):
+    """A prompt variant: ``plain`` or ``framed``, with ``+negative`` and ``+extend``."""
+
+    name: str  # canonical: base, then the flags in VARIANT_FLAGS order
+    framed: bool = False
+    negative: bool = False
+    extend: bool = False
+
+
+def parse_variant(name: str, task_type: str = "t2i") -> Variant:
+    """The variant a name means; raises ValueError (one line) for a name it does not know."""
+    base, *flags = [p.strip() for p in str(name).split("+")]
+    if base not in VARIANT_BASES:
+        raise ValueError(
+            f"unknown prompt variant {name!r}: it must start with plain or framed "
+            f"(then +negative, +extend), e.g. plain+extend"
+        )
+    unknown = [f for f in flags if f not in VARIANT_FLAGS]
+    if unknown or len(set(flags)) != len(flags):
+        raise ValueError(
+            f"prompt variant {name!r}: after {base} only +negative and +extend may follow, "
+            "each once"
+        )
+    if "negative" in flags and task_type != "t2i":
+        raise ValueError(f"prompt variant {name!r}: +negative is for t2i rows only")
+    if task_type == "deepfake" and name != "plain":
+        raise ValueError(f"prompt variant {name!r}: deepfake rows send no prompt (use plain)")
+    canonical = "+".join([base, *(f for f in VARIANT_FLAGS if f in flags)])
+    return Variant(
+        name=canonical,
+        framed=base == "framed",
+        negative="negative" in flags,
+        extend="extend" in flags,
+    )
+
+
+class SentPrompt(BaseModel):
+    """What one request sends: ``sent`` (and ``negative``, ``extend``) go to the API;
+    ``changes`` says what was changed from the user's words and why (empty: as written)."""
+
+    variant: str
     sent: str
     negative: str | None = None
-    language: str
-    shortened: bool = False  # the user's own words were cut to fit the limit
+    extend: bool = False
+    language: str = "en"
+    changes: list[str] = []
+
+
+@dataclass(eq=False)
+class PromptPlan:
+    """One row's candidates: the variant of each, and what was sent at each position (a
+    request of n images fills n positions with one variant)."""
+
+    task_type: str
+    original: str  # the task file's prompt
+    variants: list[str]
+    sent: dict[int, SentPrompt] = field(default_factory=dict)
+
+    @property
+    def want(self) -> int:
+        return len(self.variants)
+
+    def run_length(self, position: int) -> int:
+        """How many candidates from ``position`` on share its variant (one request's n)."""
+        n = 1
+        while (
+            position + n < len(self.variants)
+            and self.variants[position + n] == self.variants[position]
+        ):
+            n += 1
+        return n
+
+    def send(self, position: int, n: int, limit: int = PROMPT_LIMIT) -> SentPrompt:
+        """The prompt of the request that makes candidates ``position .. position+n-1``
+        (within the model's ``limit``), recorded for them."""
+        index = min(position, len(self.variants) - 1)
+        out = build_prompt(self.task_type, self.original, self.variants[index], limit=limit)
+        for k in range(position, position + n):
+            self.sent[k] = out
+        return out
+
+    def at(self, position: int) -> SentPrompt | None:
+        """What candidate ``position`` was made from; None for one paid by an earlier run."""
+        return self.sent.get(position)
 
 
 def shorten(text: str, limit: int = PROMPT_LIMIT) -> tuple[str, bool]:
@@ -121,48 +214,55 @@ def _join(user: str, addition: str, language: str) -> str:
     return user + addition if language == "zh" else f"{user} {addition}"
 
 
-def _fit(user: str, addition: str, language: str) -> tuple[str, bool]:
-    """(sent text, whether the user's words were cut): always within PROMPT_LIMIT."""
+def _fit(user: str, addition: str, language: str, limit: int) -> tuple[str, bool]:
+    """(sent text, whether the user's words were cut): always within ``limit``."""
     full = _join(user, addition, language)
-    if len(full) <= PROMPT_LIMIT:
+    if len(full) <= limit:
         return full, False
-    if len(user) <= PROMPT_LIMIT:
+    if len(user) <= limit:
         return user, False  # the words fit whole: our addition gives way, not them
     # 2 chars of slack for the sentence end and the space _join may add.
-    room = PROMPT_LIMIT - len(addition) - 2
-    if room >= PROMPT_LIMIT * _MIN_USER_SHARE:
+    room = limit - len(addition) - 2
+    if room >= limit * _MIN_USER_SHARE:
         cut, was_cut = shorten(user, room)
         sent = _join(cut, addition, language)
-        if len(sent) <= PROMPT_LIMIT:
+        if len(sent) <= limit:
             return sent, was_cut
     # The prompt alone fills the limit: drop our addition rather than more of the user's words.
-    return shorten(user, PROMPT_LIMIT)
+    return shorten(user, limit)
 
 
-def build_prompt(task_type: str, prompt: str, *, templates: bool = True) -> PromptPlan:
-    """The prompt (and negative prompt) to send for one row; deepfake rows send none."""
-    original = prompt
+def build_prompt(
+    task_type: str, prompt: str, variant: str = "plain", *, limit: int = PROMPT_LIMIT
+) -> SentPrompt:
+    """What one request of ``variant`` sends for a row; deepfake rows send no prompt."""
+    v = parse_variant(variant, task_type)
     text = prompt.strip()
     language = detect_language(text)
     if task_type == "deepfake":
-        return PromptPlan(original=original, sent="", negative=None, language=language)
-    if not templates:
-        sent, cut = shorten(text)
-        return PromptPlan(
-            original=original, sent=sent, negative=None, language=language, shortened=cut
-        )
-    negative: str | None = None
-    if task_type == "t2i":
-        sent, cut = _fit(text, _T2I_SUFFIX[language], language)
-        negative = shorten(_T2I_NEGATIVE[language], NEGATIVE_LIMIT)[0]
-    elif task_type == "vttie":
-        sent, cut = _fit(text, _VTTIE_FRAME[language], language)
-    elif task_type == "tie":
-        sent, cut = _fit(text, _TIE_FRAME[language], language)
-    else:  # an unknown type: send the words as they are
-        sent, cut = shorten(text)
+        return SentPrompt(variant=v.name, sent="", language=language)
+    changes: list[str] = []
+    addition = _FRAMES.get(task_type, {}).get(language) if v.framed else None
+    if addition is None:
+        sent, cut = shorten(text, limit)
+    else:
+        sent, cut = _fit(text, addition, language, limit)
+        if addition not in sent:
+            changes.append(f"frame left out: the prompt alone fills the model's {limit} characters")
     if cut:
+        changes.append(
+            f"the user's words cut from {len(text)} characters at a sentence end or a space: "
+            f"the model reads at most {limit}"
+        )
         log.info("prompt_shortened", task_type=task_type, chars=len(text), sent=len(sent))
-    return PromptPlan(
-        original=original, sent=sent, negative=negative, language=language, shortened=cut
+    negative = None
+    if v.negative:
+        negative = shorten(_T2I_NEGATIVE[language], NEGATIVE_LIMIT)[0]
+    return SentPrompt(
+        variant=v.name,
+        sent=sent,
+        negative=negative,
+        extend=v.extend,
+        language=language,
+        changes=changes,
     )

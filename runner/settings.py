@@ -33,6 +33,7 @@ from pydantic_settings import (
 from runner.errors import SettingsError
 from runner.logs import add_secrets
 from runner.models import BASE_URLS, default_models, region_of_url
+from runner.prompts import parse_variant
 from runner.settings_sources import (
     REGION_NAMES,
     DashScopeEnv,
@@ -80,6 +81,8 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
+CANDIDATE_TYPES: tuple[str, ...] = (*API_TASK_TYPES, "deepfake")
+MAX_CANDIDATES = 8
 
 
 class Settings(BaseSettings):
@@ -127,12 +130,17 @@ class Settings(BaseSettings):
     download_max_bytes: int = Field(40 * 1024 * 1024, gt=0)
     jpeg_quality: int = Field(95, ge=50, le=100)
 
-    # candidates per task type: wanx models take n up to 4 in one request; others get
-    # separate seeded requests. The judge picks the best; the rest stay under candidates/.
-    candidates: dict[str, int] = Field(
-        default_factory=lambda: {"t2i": 1, "tie": 1, "vttie": 1, "deepfake": 1}
+    # per task type, one prompt variant per candidate (runner.prompts: plain, framed,
+    # +negative, +extend); a number N is N plain candidates. Equal variants in a row share
+    # one request where the model takes n (wanx: up to 4); the judge picks the best, the rest
+    # stay under candidates/.
+    candidates: dict[str, list[str]] = Field(
+        default_factory=lambda: {t: ["plain"] for t in CANDIDATE_TYPES}
     )
-    prompt_templates: bool = True  # quality suffix / edit frame (runner.prompts)
+    # --learned: each type's variants from the judge's verdicts of earlier runs in the output
+    # folder (runner.backends.judge.wins): the winners first, only the winner when it wins
+    # clearly
+    learned: bool = False
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     faceswap: FaceSwapSettings = Field(default_factory=FaceSwapSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
@@ -214,15 +222,51 @@ class Settings(BaseSettings):
                     )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_templates_gone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prompt_templates" in data:
+            raise ValueError(
+                "prompt_templates is gone: name prompt variants in [candidates] instead "
+                '(t2i = ["framed+negative+extend"] is the old default; README: Prompt variants)'
+            )
+        return data
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _candidates_form(cls, v: Any) -> Any:
+        """A number N is N plain candidates (the settings of old)."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for key, names in v.items():
+            if isinstance(names, int) and not isinstance(names, bool):
+                if not 1 <= names <= MAX_CANDIDATES:
+                    raise ValueError(
+                        f"[candidates] {key} must be 1 to {MAX_CANDIDATES}, not {names}"
+                    )
+                names = ["plain"] * names
+            elif isinstance(names, str):
+                names = [names]
+            out[key] = names
+        return out
+
     @field_validator("candidates")
     @classmethod
-    def _candidates_range(cls, v: dict[str, int]) -> dict[str, int]:
-        for key, n in v.items():
-            if key not in (*API_TASK_TYPES, "deepfake"):
+    def _candidates_known(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key, names in v.items():
+            if key not in CANDIDATE_TYPES:
                 raise ValueError(f"[candidates] has unknown task type {key!r}")
-            if not 1 <= n <= 8:
-                raise ValueError(f"[candidates] {key} must be 1 to 8, not {n}")
-        return {"t2i": 1, "tie": 1, "vttie": 1, "deepfake": 1, **v}
+            if not 1 <= len(names) <= MAX_CANDIDATES:
+                raise ValueError(
+                    f"[candidates] {key} must list 1 to {MAX_CANDIDATES} variants, not "
+                    f"{len(names)}"
+                )
+            try:
+                v[key] = [parse_variant(name, key).name for name in names]
+            except ValueError as exc:
+                raise ValueError(f"[candidates] {key}: {exc}") from None
+        return {**{t: ["plain"] for t in CANDIDATE_TYPES}, **v}
 
     @field_validator("prices")
     @classmethod
@@ -282,6 +326,16 @@ class Settings(BaseSettings):
             slots = len(device_list(spec.devices)) * spec.batch
             return Quota(submits_per_second=1000.0, in_flight=slots, max_in_flight=slots)
         return self.quotas.get(model, self.default_quota)
+
+    def variants(self, task_type: str) -> list[str]:
+        """The prompt variants of a type's candidates, one per candidate (a number left by
+        ``model_copy``, which skips validation, is that many plain candidates)."""
+        names: Any = self.candidates.get(task_type, ["plain"])
+        return ["plain"] * names if isinstance(names, int) else list(names)
+
+    def candidate_counts(self) -> dict[str, int]:
+        """Candidates per task type."""
+        return {t: len(self.variants(t)) for t in self.candidates}
 
     @property
     def base_url_from(self) -> str:

@@ -55,12 +55,17 @@ class JudgeSettings(BaseModel):
     """The VIEScore judge on DashScope's OpenAI-compatible endpoint."""
 
     enabled: bool = True  # score candidates (always when a row has more than one)
+    # qwen-vl-max, qwen-vl-plus, qwen3-vl-plus, qwen3-vl-flash, or qwen2.5-vl-72b-instruct
+    # (GEdit-Bench's open judge; 60 requests and 100k tokens a minute)
     model: str = "qwen-vl-max"
-    requests_per_minute: float = Field(600.0, ge=1)  # qwen-vl-max allows 1,200
-    # one call is a few thousand tokens: a lower budget would make one wait for minutes
-    tokens_per_minute: float = Field(600_000.0, ge=5_000)  # qwen-vl-max allows 1,000,000
+    # None: half the model's published quota in the region (runner.backends.judge.models);
+    # one call is a couple of thousand tokens, so at least 5,000 tokens a minute
+    requests_per_minute: float | None = Field(None, ge=1)
+    tokens_per_minute: float | None = Field(None, ge=5_000)
     budget: int = Field(3000, ge=0)  # most judge calls in one run
-    max_side: int = Field(1024, ge=256)  # images are shrunk to this before sending
+    # list prices per million tokens in the region's currency (None: unknown, tokens counted)
+    input_price: float | None = Field(None, ge=0)
+    output_price: float | None = Field(None, ge=0)
 
 
 class EmulatorSettings(BaseModel):

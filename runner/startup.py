@@ -75,15 +75,27 @@ def local_pool(settings: Settings, task_types: set[str]) -> Any:
 
 
 def judge_for(
-    settings: Settings, client: DashScopeClient, emulated: bool, policy: RetryPolicy
+    settings: Settings,
+    client: DashScopeClient,
+    emulated: bool,
+    policy: RetryPolicy,
+    budget: Budget | None = None,
 ) -> Any:
     """The VIEScore judge, when scoring is on or a row has several candidates; it decides its
-    retries with the rows' policy object."""
-    if not settings.judge.enabled and max(settings.candidates.values()) <= 1:
+    retries with the rows' policy object and counts its estimated spend in ``budget``."""
+    if not settings.judge.enabled and max(settings.candidate_counts().values()) <= 1:
         return None
     from runner.backends.judge.scorer import Judge
 
-    return Judge(client, settings.judge, emulated=emulated, policy=policy)
+    spend = budget.count_judge if budget is not None else None
+    return Judge(
+        client,
+        settings.judge,
+        emulated=emulated,
+        policy=policy,
+        region=settings.region,
+        spend=spend,
+    )
 
 
 def folder_budget(settings: Settings, earlier: list[dict[str, Any]], emulated: bool) -> Budget:

@@ -125,6 +125,11 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
             )
         console.print(mt)
     _print_cost(console, summary)
+    if summary.judge:
+        from runner.backends.judge.usage import describe
+
+        currency = next((str(b["currency"]) for b in summary.billed if b.get("currency")), "")
+        console.print(describe(summary.judge, currency), highlight=False)
     ids = [r.identity_target for r in summary.rows if r.identity_target is not None]
     if ids:
         ori = [r.identity_ori for r in summary.rows if r.identity_ori is not None]

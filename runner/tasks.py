@@ -38,6 +38,7 @@ MAX_LINE_CHARS = 1_000_000
 # A swallowed line that starts like a task row: "<index>,".
 _ROW_LIKE = re.compile(r"\s*\d{1,18}\s*,")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _TYPES = {t: t for t in TASK_TYPES}
 
 
@@ -167,8 +168,12 @@ class _Resolver:
 
 
 def _clean_prompt(prompt: str) -> str:
-    if not prompt.isprintable():  # the common case skips the per-character pass
-        prompt = "".join(ch for ch in prompt if ch.isprintable() or ch in "\n\t")
+    """The prompt as written, less its surrounding whitespace and any control character
+    (C0/C1, which no request carries meaningfully; tab and line breaks stay). Everything
+    else is kept: ZWJ emoji sequences, soft hyphens, direction marks, variation selectors,
+    non-breaking and ideographic spaces, private-use and newer-than-Python characters."""
+    if _PROMPT_CONTROL.search(prompt):  # the common case skips the rewrite
+        prompt = _PROMPT_CONTROL.sub("", prompt)
     return prompt.strip()
 
 

@@ -645,13 +645,13 @@ async def test_chat_parses_content(client: DashScopeClient, mocked: FakeTranspor
             ],
         }
     ]
-    assert await client.chat("qwen-vl-max", messages, max_tokens=64) == '{"score": 4}'
+    assert await client.chat("qwen-vl-max", messages, max_completion_tokens=64) == '{"score": 4}'
     (call,) = calls(mocked, "POST", CHAT)
     assert sent_json(call) == {
         "model": "qwen-vl-max",
         "messages": messages,
         "temperature": 0.0,
-        "max_tokens": 64,
+        "max_completion_tokens": 64,
     }
     assert call.headers["Authorization"] == f"Bearer {KEY}"
     mocked.post(

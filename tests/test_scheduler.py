@@ -108,7 +108,6 @@ def _settings(**kw: Any) -> Settings:
         },
         "poll_qps": 2000,
         "poll_first_s": 0.01,
-        "prompt_templates": False,
         "backoff_max_s": 0.05,
     }
     base.update(kw)
@@ -336,7 +335,7 @@ async def test_prompt_frames_and_negative_prompt_are_sent(job, tmp_path: Path) -
         return await orig(model, prompt, **kw)
 
     svc.submit_text2image = spy  # type: ignore[method-assign]
-    await _run(tmp_path, tasks, svc, _settings(prompt_templates=True))
+    await _run(tmp_path, tasks, svc, _settings(candidates={"t2i": ["framed+negative"]}))
     assert seen["prompt"].startswith("一只猫坐在窗台上") and len(seen["prompt"]) > 10
     assert seen["negative_prompt"] and seen["n"] == 1
 

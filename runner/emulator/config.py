@@ -200,6 +200,9 @@ class EmulatorConfig(BaseModel):
     latency: str | dict[str, str] | None = None
     timestamps: bool = True  # False: polls omit submit/scheduled/end_time (benchmarks)
     billed_cap: int = 200_000  # the billing ledger keeps at most this many entries
+    # how the judge writes its answers (runner.emulator.judge.Verdict.as_content): the bare
+    # JSON object, or a form a real VLM gives (a fenced object in prose, a bare list, ...)
+    judge_answers: Literal["json", "fenced", "list", "unquoted"] = "json"
 
     @field_validator("faults", mode="before")
     @classmethod

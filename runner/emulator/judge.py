@@ -10,6 +10,10 @@ case-folded; images are every ``image_url`` part, in order):
 * 1 image otherwise -> **t2i** (prompt following). Answer ``score: [prompt_following]``.
 * no image -> ``score: [0]`` with a reasoning that says so.
 
+The answer's form is the config's ``judge_answers`` (``Verdict.as_content``): the bare JSON
+object, or the forms real VLMs give that the reference's parser reads (a fenced object in
+prose, a bare list, an unquoted value).
+
 Scores are integers 0-10, computed on a grey copy shrunk to at most 512 px:
 
 * sharpness ``s`` = clamp((log10(var(Laplacian) + 1) - 0.5) / 2.5): blur lowers it.
@@ -41,6 +45,7 @@ import numpy as np
 from runner.emulator.images import decode_rgb
 
 Question = Literal["edit", "pq", "t2i", "none"]
+AnswerStyle = Literal["json", "fenced", "list", "unquoted"]
 _ANALYSIS_SIDE = 512
 _PQ_WORDS = ("naturalness", "artifact")
 
@@ -51,8 +56,20 @@ class Verdict:
     scores: list[int]
     reasoning: str
 
-    def as_content(self) -> str:
-        return json.dumps({"score": self.scores, "reasoning": self.reasoning})
+    def as_content(self, style: AnswerStyle = "json") -> str:
+        """The answer as a VLM writes it: ``json`` the bare object; ``fenced`` the object in a
+        ```json fence between two sentences; ``list`` the scores alone (``[7, 8]``, one score
+        as a bare number); ``unquoted`` the lowest score as a number and the reasoning not
+        quoted (``{"score": 7, "reasoning": fine}``, which the reference repairs)."""
+        body = json.dumps({"score": self.scores, "reasoning": self.reasoning})
+        if style == "fenced":
+            return f"Here is my evaluation:\n```json\n{body}\n```\nI hope this helps."
+        if style == "list":
+            return json.dumps(self.scores) if len(self.scores) > 1 else str(self.scores[0])
+        if style == "unquoted":
+            text = self.reasoning.replace(",", ";").replace("}", ")").replace('"', "'")
+            return f'{{"score": {min(self.scores)}, "reasoning": {text}}}'
+        return body
 
 
 def classify(text: str, n_images: int) -> Question:

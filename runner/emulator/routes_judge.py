@@ -33,7 +33,7 @@ def _parts(messages: object) -> tuple[list[str], list[object]]:
             raise ApiError("InvalidParameter", "each message must be an object.")
         content = message.get("content")
         if message.get("role") == "assistant":
-            continue  # earlier answers: the question is in the system and user turns
+            continue  # earlier answers: the question is in the other turns
         if isinstance(content, str):
             texts.append(content)
             continue
@@ -75,7 +75,7 @@ async def chat_completions(request: web.Request) -> web.Response:
         verdict = await asyncio.to_thread(judge, text, images)
     except ValueError as exc:
         raise ApiError("InvalidParameter", str(exc)) from exc
-    content = verdict.as_content()
+    content = verdict.as_content(state.config.judge_answers)
     completion_tokens = len(content) // 3
     answer: dict[str, Any] = {
         "id": f"chatcmpl-{uuid.uuid4()}",

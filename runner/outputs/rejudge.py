@@ -1,12 +1,15 @@
 """``runner rejudge``: score every output and candidate of a finished run, keep the best.
 
 The judge backend (``runner.backends.judge``) scores; this module loads the run's tasks and
-journal, picks per row, and rewrites ``imgs/<index>.jpg`` when another candidate wins.
+journal, picks per row, and rewrites ``imgs/<index>.jpg`` when another candidate wins. The
+caller hears the summary after every row (``on_row``: rows done of rows to judge, the
+judge's calls, tokens and estimated cost so far).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from runner.backends.judge.scorer import ChatClient, Judge, JudgeBudgetExhausted, JudgeScore, pick
+from runner.cost import price_book
 from runner.outputs.candidates import candidate_files
 from runner.policy import RetryPolicy
 from runner.settings import Settings
@@ -36,6 +40,7 @@ class TypeStats(BaseModel):
 
 
 class RejudgeSummary(BaseModel):
+    total: int = 0  # rows with outputs to judge
     rows: int = 0  # rows with outputs that were looked at
     files: int = 0  # outputs and candidates judged (scored or not)
     scored: int = 0
@@ -45,6 +50,8 @@ class RejudgeSummary(BaseModel):
     throttled: int = 0
     budget_exhausted: bool = False
     by_type: dict[str, TypeStats] = Field(default_factory=dict)
+    usage: dict[str, Any] = Field(default_factory=dict)  # the judge's (JudgeUsage)
+    currency: str = ""  # of the usage's cost: the region's
 
 
 def _mean(values: list[float]) -> float | None:
@@ -59,9 +66,11 @@ async def rejudge(
     client: ChatClient,
     *,
     concurrency: int = 8,
+    on_row: Callable[[RejudgeSummary], None] | None = None,
 ) -> RejudgeSummary:
     """Score every existing output and candidate again (no generation), journal "judged"
-    records, re-pick each row's best into imgs/<index>.jpg and journal "chosen".
+    records, re-pick each row's best into imgs/<index>.jpg and journal "chosen"; ``on_row``
+    hears the summary so far after each row.
 
     Holds the folder's lock: no run may write images or the journal meanwhile.
     """
@@ -72,7 +81,7 @@ async def rejudge(
     if not (out_dir / JOURNAL_NAME).is_file():
         raise TaskFileError(f"{out_dir} holds no run (no {JOURNAL_NAME}): nothing to rejudge")
     with OutLock(out_dir, "rejudge"):
-        return await _rejudge(out_dir, tasks_path, images, settings, client, concurrency)
+        return await _rejudge(out_dir, tasks_path, images, settings, client, concurrency, on_row)
 
 
 async def _rejudge(
@@ -82,14 +91,19 @@ async def _rejudge(
     settings: Settings,
     client: ChatClient,
     concurrency: int,
+    on_row: Callable[[RejudgeSummary], None] | None,
 ) -> RejudgeSummary:
     # absolute: a relative path would be read against whatever folder the user is in
     tasklist = await asyncio.to_thread(lambda: load_tasks(Path(tasks_path).resolve(), images))
     state = await asyncio.to_thread(replay, out_dir / JOURNAL_NAME)
     policy = RetryPolicy.from_settings(settings)
-    judge = Judge(client, settings.judge, emulated=settings.emulated, policy=policy)
+    judge = Judge(
+        client, settings.judge, emulated=settings.emulated, policy=policy, region=settings.region
+    )
     journal = Journal(out_dir)
-    run = _Pass(out_dir, state, judge, journal, concurrency)
+    run = _Pass(out_dir, state, judge, journal, concurrency, on_row)
+    run.summary.currency = price_book(settings).currency
+    run.summary.total = sum(1 for t in tasklist.tasks if run.has_output(t))
     try:
         await asyncio.gather(*(run.row(t) for t in tasklist.tasks))
     finally:
@@ -101,6 +115,7 @@ async def _rejudge(
         _fill_stats(stats, [s for idx, (_, s) in run.chosen.items() if types.get(idx) == ttype])
     summary.calls = judge.calls
     summary.throttled = judge.throttled
+    summary.usage = judge.usage.model_dump(mode="json")
     log.info("rejudge.done", **summary.model_dump(exclude={"by_type"}))
     return summary
 
@@ -118,8 +133,15 @@ class _Pass:
     """One rejudge of a run folder: what the rows, judged concurrently, share."""
 
     def __init__(
-        self, out_dir: Path, state: JournalState, judge: Judge, journal: Journal, concurrency: int
+        self,
+        out_dir: Path,
+        state: JournalState,
+        judge: Judge,
+        journal: Journal,
+        concurrency: int,
+        on_row: Callable[[RejudgeSummary], None] | None,
     ) -> None:
+        self.on_row = on_row
         self.out_dir = out_dir
         self.state = state
         self.judge = judge
@@ -128,23 +150,33 @@ class _Pass:
         self.chosen: dict[str, tuple[str, JudgeScore]] = {}  # index -> file, its score
         self.gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def row(self, task: Task) -> None:
-        """Judge every output of a row that has any, then keep its best."""
+    def has_output(self, task: Task) -> bool:
+        """Whether the row has anything to judge."""
         row = self.state.rows.get(task.index)
         if row is None:
+            return False
+        if not (row.done or (self.out_dir / "imgs" / f"{task.index}.jpg").is_file()):
+            return False
+        return bool(candidate_files(self.out_dir, task.index, row))
+
+    async def row(self, task: Task) -> None:
+        """Judge every output of a row that has any, then keep its best."""
+        if not self.has_output(task):
             return
+        row = self.state.rows[task.index]
         imgs_path = self.out_dir / "imgs" / f"{task.index}.jpg"
-        if not (row.done or imgs_path.is_file()):
-            return
         files = candidate_files(self.out_dir, task.index, row)
-        if not files:
-            return
-        self.summary.rows += 1
-        self.summary.by_type.setdefault(task.task_type, TypeStats()).rows += 1
         async with self.gate:
             scores = await self._score_all(task, row, files, imgs_path)
             if scores is not None:
                 await self._keep_best(task, files, scores, imgs_path)
+        self.summary.rows += 1
+        self.summary.by_type.setdefault(task.task_type, TypeStats()).rows += 1
+        if self.on_row is not None:
+            self.summary.calls = self.judge.calls
+            self.summary.throttled = self.judge.throttled
+            self.summary.usage = self.judge.usage.model_dump(mode="json")
+            self.on_row(self.summary)
 
     async def _score_all(
         self, task: Task, row: RowState, files: list[dict[str, Any]], imgs_path: Path

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.backends.judge.usage import describe
+from runner.backends.judge.wins import standings
 from runner.outcomes import runs_view
 from runner.outputs.candidates import result_candidates
 from runner.outputs.thumbs import Thumb, Thumbs
@@ -284,6 +286,8 @@ class Overview:
     types: list[dict[str, Any]]
     billed: list[dict[str, Any]]
     runs: list[dict[str, Any]]
+    # per task type, "variant" and "model": each one's decided rows, wins, win rate, mean score
+    wins: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
 
 def billed(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -364,6 +368,47 @@ def _judges(state: JournalState) -> str:
     return ", ".join(judges) + (" (emulated)" if emulated else "")
 
 
+def _judge_spend(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """The judge's calls, tokens and estimated cost over the folder's closed runs."""
+    usages = [r["judge"] for r in runs if r.get("ended") and isinstance(r.get("judge"), dict)]
+    if not usages and isinstance(summary.get("judge"), dict):
+        usages = [summary["judge"]]
+    if not usages:
+        return "–"
+    costs = [u.get("cost") for u in usages]
+    total = {
+        "model": ", ".join(sorted({str(u.get("model")) for u in usages})),
+        "calls": sum(int(u.get("calls") or 0) for u in usages),
+        "throttled": sum(int(u.get("throttled") or 0) for u in usages),
+        "input_tokens": sum(int(u.get("input_tokens") or 0) for u in usages),
+        "output_tokens": sum(int(u.get("output_tokens") or 0) for u in usages),
+        "cost": None if any(c is None for c in costs) else sum(costs),
+    }
+    currency = next((str(b.get("currency")) for b in billed(summary) if b.get("currency")), "")
+    refs = sorted({str(u.get("reference")) for u in usages if u.get("reference")})
+    return describe(total, currency) + (f"; texts and parser: {refs[-1]}" if refs else "")
+
+
+def _wins(rows: list[Row], state: JournalState) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per task type (in the rows' order), variants and models as the judge ranked them."""
+    table = standings(state, {r.index: r.task_type for r in rows})
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for ttype in present_types(rows):
+        kinds = table.get(ttype)
+        if not kinds:
+            continue
+        out[ttype] = {
+            kind: [
+                s.view()
+                for s in sorted(
+                    kinds[kind].values(), key=lambda s: (-(s.win_rate or 0.0), -(s.mean or 0.0))
+                )
+            ]
+            for kind in ("variant", "model")
+        }
+    return out
+
+
 def overview(rows: list[Row], summary: dict[str, Any], state: JournalState) -> Overview:
     table, estimate, scored_rows = type_stats(rows)
     runs = runs_view(state.runs_info)
@@ -388,6 +433,7 @@ def overview(rows: list[Row], summary: dict[str, Any], state: JournalState) -> O
         ("Service", service),
         ("Models used", _models_used(rows, summary)),
         ("Judge", _judges(state)),
+        ("Judge calls (all runs)", _judge_spend(runs, summary)),
     ]
     if summary.get("faceswap"):
         facts.append(("Face swap", str(summary["faceswap"])))
@@ -395,4 +441,4 @@ def overview(rows: list[Row], summary: dict[str, Any], state: JournalState) -> O
         facts.append(("Stopped", str(summary["stopped_reason"])))
     if state.damaged_lines:
         facts.append(("Journal", f"{state.damaged_lines} damaged line(s) skipped"))
-    return Overview(facts, emulated, table, billed(summary), runs)
+    return Overview(facts, emulated, table, billed(summary), runs, _wins(rows, state))

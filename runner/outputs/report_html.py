@@ -82,6 +82,14 @@ def _prompt_cell(r: Row) -> str:
         prompt.append(
             f"<details><summary>negative</summary>{_e(str(r.result['negative_prompt']))}</details>"
         )
+    variant = r.result.get("variant")
+    if isinstance(variant, str) and variant != "plain":
+        prompt.append(f'<div class="dim">variant {_e(variant)}</div>')
+    changes = r.result.get("prompt_changes")
+    if isinstance(changes, list) and changes:
+        prompt.append(
+            f"<details><summary>changed</summary>{_e('; '.join(map(str, changes)))}</details>"
+        )
     actual = r.result.get("actual_prompt")
     if isinstance(actual, list):
         actual = " / ".join(str(a) for a in actual)
@@ -90,15 +98,27 @@ def _prompt_cell(r: Row) -> str:
     return f"<td>{''.join(prompt)}</td>"
 
 
+def _variants(r: Row) -> dict[str, str]:
+    """file -> the prompt variant it was made from, as the "done" record lists them."""
+    listed = r.result.get("candidates")
+    return {
+        str(c["file"]): str(c["variant"])
+        for c in (listed if isinstance(listed, list) else [])
+        if isinstance(c, dict) and c.get("file") and c.get("variant")
+    }
+
+
 def _candidates_cell(r: Row) -> str:
     others = []
+    variants = _variants(r)
     for file, thumb, rec, model in r.candidates:
         mark = " chosen" if file == r.chosen_file else ""
         label = file.rsplit("/", 1)[-1]
+        made = " · ".join(_e(str(x)) for x in (variants.get(file), model) if x)
         others.append(
             f'<figure class="cand{mark}">{_img(thumb, label)}'
             f"<figcaption>{_e(label)}{' ✓' if mark else ''}"
-            f"{' · ' + _e(str(model)) if model else ''}<br>{_score_html(rec)}</figcaption></figure>"
+            f"{' · ' + made if made else ''}<br>{_score_html(rec)}</figcaption></figure>"
         )
     return f"<td class='pics cands'>{''.join(others) or '<span class=dim>–</span>'}</td>"
 
@@ -202,6 +222,31 @@ def _runs_html(runs: list[dict[str, Any]]) -> str:
     return _table(_RUN_HEADS, cells, "Runs in this folder")
 
 
+_WIN_HEADS = ("rows judged against another", "wins", "win rate", "mean score", "scored")
+
+
+def _wins_html(wins: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    """Per task type, the variants' and the models' standings (runner.backends.judge.wins)."""
+    parts = []
+    for ttype, kinds in wins.items():
+        for kind, standing in kinds.items():
+            if not standing:
+                continue
+            cells = [
+                [
+                    _e(str(s["name"])),
+                    str(s["decided"]),
+                    str(s["wins"]),
+                    "–" if s["win_rate"] is None else f"{100 * s['win_rate']:.0f} %",
+                    fmt(s["mean"]),
+                    str(s["scored"]),
+                ]
+                for s in standing
+            ]
+            parts.append(_table((kind, *_WIN_HEADS), cells, f"What wins: {ttype}, by {kind}"))
+    return "".join(parts)
+
+
 def _summary_html(view: Overview) -> str:
     parts = ['<section id="summary"><dl class="facts">']
     for name, value in view.facts:
@@ -209,6 +254,7 @@ def _summary_html(view: Overview) -> str:
         parts.append(f"<div{cls}><dt>{_e(name)}</dt><dd>{_e(value)}</dd></div>")
     parts.append("</dl>")
     parts.append(_types_html(view.types))
+    parts.append(_wins_html(view.wins))
     parts.append(_billed_html(view.billed))
     parts.append(_runs_html(view.runs))
     parts.append("</section>")

@@ -1,9 +1,12 @@
 """A row's end: its images on disk, judged, journaled.
 
-An API row with several candidates writes each under ``candidates/<index>/``, lets the
-judge pick, and writes the best as ``imgs/<index>.jpg``; a single candidate is written there
-at once. A deepfake row is the face-swap pool's one image. A row that cannot end well ends
-as ``RowStop`` (a failed ``RowResult``).
+An API row's candidates are one per prompt variant (``runner.prompts``, the settings'
+``[candidates]``). With several, each is written under ``candidates/<index>/``, the judge
+picks, and the best is written as ``imgs/<index>.jpg``; a single candidate is written there
+at once. The "done" record keeps every candidate's variant, what was sent, and its scores,
+so that later runs can learn which variant wins (``runner.backends.judge.wins``). A deepfake
+row is the face-swap pool's one image. A row that cannot end well ends as ``RowStop`` (a
+failed ``RowResult``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import structlog
 from runner.backends.judge.answers import JudgeScore, pick
 from runner.errors import DiskFull, Fatal, RunnerError
 from runner.outcomes import RowResult
-from runner.prompts import PromptPlan
+from runner.prompts import PromptPlan, SentPrompt
 from runner.scheduling.lifecycle import Candidate
 from runner.settings import Settings
 from runner.store.files import write_atomic
@@ -63,6 +66,14 @@ class Finisher:
     def imgs_dir(self) -> Path:
         return self.out_dir / "imgs"
 
+    def variants(self, task_type: str) -> list[str]:
+        """The prompt variants of a row's candidates, one per candidate."""
+        return self.settings.variants(task_type)
+
+    def judge_usage(self) -> dict[str, Any] | None:
+        """The judge's calls, 429s, estimated tokens and cost so far; None without a judge."""
+        return None if self.judge is None else self.judge.usage.model_dump(mode="json")
+
     # --- API rows ------------------------------------------------------------
     async def finish(
         self, task: Task, plan: PromptPlan, got: list[Candidate], attempts: int, fp: str | None
@@ -81,6 +92,7 @@ class Finisher:
         emulated = self.emulated and not best.model.startswith("local:")
         score = scores[chosen].overall if scores else None
         fields: dict[str, Any] = {
+            "task_type": task.task_type,
             "model": best.model,
             "task_id": best.task_id,
             "url": best.url,
@@ -91,8 +103,7 @@ class Finisher:
             "height": best.height,
             "bytes": len(best.jpeg),
             "prompt": task.prompt,
-            "prompt_sent": plan.sent,
-            "negative_prompt": plan.negative,
+            **_sent_fields(plan.at(chosen)),
             "actual_prompt": best.actual_prompt,
         }
         if len(got) > 1:
@@ -101,7 +112,9 @@ class Finisher:
                     "file": str(p.relative_to(self.out_dir)),
                     "model": c.model,
                     "task_id": c.task_id,
-                    "overall": scores[k].overall if scores else None,
+                    **_sent_fields(plan.at(k)),
+                    "actual_prompt": c.actual_prompt,
+                    **_score_fields(scores[k] if scores else None),
                 }
                 for k, (p, c) in enumerate(files)
             ]
@@ -204,3 +217,24 @@ class Finisher:
                 **sc.model_dump(mode="json"),
             )
         return scores
+
+
+def _sent_fields(sent: SentPrompt | None) -> dict[str, Any]:
+    """What one candidate was made from, for the journal: its variant, the prompt and
+    negative prompt sent, whether the service was asked to rewrite it, and what was changed
+    from the user's words (None: a request paid by an earlier run, resumed)."""
+    if sent is None:
+        return {"variant": None}
+    return {
+        "variant": sent.variant,
+        "prompt_sent": sent.sent,
+        "negative_prompt": sent.negative,
+        "prompt_extend": sent.extend,
+        "prompt_changes": sent.changes,
+    }
+
+
+def _score_fields(score: JudgeScore | None) -> dict[str, Any]:
+    if score is None:
+        return {"overall": None}
+    return {"overall": score.overall, "sc": score.sc, "pq": score.pq, "error": score.error}

@@ -27,7 +27,7 @@ from runner.images import ImageProblem, PreparedSource, prepare_source, result_t
 from runner.models import caps, source_url
 from runner.outcomes import RowResult
 from runner.policy import Action, RetryPolicy, Tries
-from runner.prompts import PromptPlan, build_prompt
+from runner.prompts import PromptPlan
 from runner.scheduling.cpu import CpuPool
 from runner.scheduling.finishing import Finisher, RowStop, failed
 from runner.scheduling.lanes import LanePool, ModelLane, Slot
@@ -85,14 +85,11 @@ class RowSteps:
         self.finishing = asyncio.Semaphore(max(8, self.settings.concurrency))
         self.ready = asyncio.Semaphore(READY_SOURCES)
 
-    async def api_row(self, task: Task, pending: list[PendingTask], fp: str | None) -> RowResult:
-        """Collect the row's candidates (paid tasks first), then pick and write one."""
-        plan = build_prompt(task.task_type, task.prompt, templates=self.settings.prompt_templates)
-        if plan.shortened:
-            log.warning(
-                "prompt_shortened", index=task.index, chars=len(task.prompt), sent=len(plan.sent)
-            )
-        row = RowWork(task, plan, self.settings.candidates.get(task.task_type, 1), fp)
+    async def api_row(self, task: Task, pending: list[PaidRequest], fp: str | None) -> RowResult:
+        """Collect the row's candidates (paid tasks first), one per prompt variant, then pick
+        and write one."""
+        plan = PromptPlan(task.task_type, task.prompt, self.finisher.variants(task.task_type))
+        row = RowWork(task, plan, plan.want, fp)
         got: list[Candidate] = []
         for paid in pending:
             got.extend(await self._resume(task, paid))
@@ -252,25 +249,30 @@ class RowSteps:
         return out
 
     def _build(self, row: RowWork, model: str, have: int) -> Request:
+        """The request for candidates ``have`` onwards: the variant at that position, as many
+        images as the model takes in one request of the candidates that share it."""
         s, task = self.settings, row.task
         cap = caps(model)
-        n = max(1, min(row.want - have, cap.n_max))
+        n = max(1, min(row.plan.run_length(have), row.want - have, cap.n_max))
+        sent = row.plan.send(have, n, cap.prompt_limit)
+        for change in sent.changes:
+            log.warning("prompt_changed", index=task.index, variant=sent.variant, why=change)
         # candidates of one row get different seeds: the same seed gives the same picture
         seed = None if s.seed is None else s.seed + have
         size = cap.size_for(task.prompt, s.size) if task.task_type == "t2i" else None
         return Request(
             index=task.index,
             model=model,
-            prompt=row.plan.sent,
+            prompt=sent.sent,
             n=n,
             seed=seed,
-            negative=row.plan.negative,
+            negative=sent.negative,
             source=row.source[0].uri if row.source else None,
             size=size,
             fp=row.fp,
             sync=cap.sync,
             strength=s.edit_strength,
-            prompt_extend=s.prompt_extend,
+            prompt_extend=sent.extend,
             input_style=cap.input_style,
         )
 

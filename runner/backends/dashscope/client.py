@@ -222,14 +222,16 @@ class DashScopeClient:
         messages: list[dict[str, Any]],
         *,
         temperature: float = 0.0,
-        max_tokens: int = 512,
+        max_completion_tokens: int = 512,
     ) -> str:
-        """OpenAI-compatible chat/completions (Qwen-VL judge); returns the message text."""
+        """OpenAI-compatible chat/completions (Qwen-VL judge); returns the message text.
+        The answer's length is capped by ``max_completion_tokens`` (the endpoint's
+        ``max_tokens`` is deprecated by 2026-05-30)."""
         body = {
             "model": model,
             "messages": messages,
             "temperature": temperature,
-            "max_tokens": max_tokens,
+            "max_completion_tokens": max_completion_tokens,
         }
         base = self._config.compatible_base_url or ""  # always set by the config validator
         return await self._http.call(

@@ -1,28 +1,28 @@
-"""What the judge answers: the strict answer parser, the VIEScore arithmetic, the pick.
+"""What the judge answers: the answer read as the reference reads it, the VIEScore arithmetic,
+the pick.
 
 SC and PQ are each the minimum of their 0-10 sub-scores; overall = sqrt(SC x PQ). Deepfake
-replaces SC by the face-identity cosine: overall = sqrt(10 x cos x PQ). Answers are parsed
-strictly (``{"score": [...], "reasoning": "..."}``, a ```json fence at most); a score is
-never invented.
+replaces SC by the face-identity cosine: overall = sqrt(10 x cos x PQ). An answer is read by
+the reference's own parser (lmms-eval's ``mllm_output_to_dict``, ``reference``): JSON in prose
+or a code fence, a bare list, a repaired object. What it returns must then hold 0-10 numbers;
+a score is never invented (the reference's "guess a random score" fallback is never used).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["AnswerError", "JudgeScore", "overall", "overall_deepfake", "parse_answer", "pick"]
+from runner.backends.judge.reference import reference
 
-_FENCE = re.compile(r"\A```(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.S)
+__all__ = ["AnswerError", "JudgeScore", "overall", "overall_deepfake", "parse_answer", "pick"]
 
 
 class AnswerError(ValueError):
-    """A judge answer that is not the strict JSON asked for."""
+    """A judge answer from which no usable score can be read."""
 
 
 class JudgeScore(BaseModel):
@@ -73,32 +73,22 @@ def pick(scores: Sequence[JudgeScore | None]) -> int | None:
     return best
 
 
-def parse_answer(text: str, n: int) -> tuple[list[float], str]:
-    """Strictly parse ``{"score": [n numbers 0-10], "reasoning": "..."}``.
+def parse_answer(text: str) -> tuple[list[float], str]:
+    """(scores, reasoning) from one answer, read by the reference's parser.
 
-    A surrounding ```json fence is tolerated, nothing else (no prose around the object).
+    Raises AnswerError when the parser finds nothing, or what it found is not a non-empty
+    list of numbers from 0 to 10 (the reference takes the minimum of whatever list it gets;
+    a string, a boolean or an out-of-range number is no score here).
     """
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
-
-    def no_constants(name: str) -> Any:
-        raise AnswerError(f"{name} is not a score")
-
     try:
-        data = json.loads(body, parse_constant=no_constants)
-    except ValueError as exc:
-        if isinstance(exc, AnswerError):
-            raise
-        raise AnswerError(f"not JSON: {_snippet(text)!r}") from None
+        data = reference().parse(text)
+    except Exception as exc:  # the reference's parser on input it never expected
+        raise AnswerError(f"unreadable answer ({exc}): {_snippet(text)!r}") from None
     if not isinstance(data, dict):
-        raise AnswerError(f"not a JSON object: {_snippet(text)!r}")
+        raise AnswerError(f"no score found in the answer: {_snippet(text)!r}")
     raw = data.get("score")
-    if not isinstance(raw, list):
-        raise AnswerError('no "score" list in the answer')
-    if len(raw) != n:
-        raise AnswerError(f'"score" has {len(raw)} value(s), {n} expected')
+    if not isinstance(raw, list) or not raw:
+        raise AnswerError(f'no "score" list in the answer: {_snippet(text)!r}')
     scores: list[float] = []
     for value in raw:
         # bool is an int in Python; "7" is a string: neither is a score
@@ -107,10 +97,8 @@ def parse_answer(text: str, n: int) -> tuple[list[float], str]:
         if not (math.isfinite(value) and 0 <= value <= 10):
             raise AnswerError(f'"score" value {value!r} is outside 0-10')
         scores.append(float(value))
-    reasoning = data.get("reasoning", "")
-    if not isinstance(reasoning, str):
-        raise AnswerError('"reasoning" is not a string')
-    return scores, reasoning.strip()
+    reasoning = data.get("reasoning")
+    return scores, reasoning.strip() if isinstance(reasoning, str) else ""
 
 
 def _snippet(text: str, limit: int = 120) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["MAX_TOKENS", "Pacer", "estimate_tokens"]
+__all__ = ["MAX_TOKENS", "Pacer", "estimate_tokens", "input_tokens", "output_tokens"]
 
-MAX_TOKENS = 512  # the most an answer may take
+MAX_TOKENS = 512  # the most an answer may take (the reference's max_tokens)
 
 
 class Pacer:
@@ -66,9 +66,9 @@ def _uri_tokens(uri: str) -> int:
     return math.ceil(width / _PATCH) * math.ceil(height / _PATCH) + 2
 
 
-def estimate_tokens(messages: list[dict[str, Any]]) -> int:
-    """What one chat request costs against the tokens-a-minute limit, input and output."""
-    tokens = MAX_TOKENS
+def input_tokens(messages: list[dict[str, Any]]) -> int:
+    """What one chat request's messages cost in tokens (images and text), estimated."""
+    tokens = 0
     for message in messages:
         content = message.get("content")
         parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
@@ -80,3 +80,14 @@ def estimate_tokens(messages: list[dict[str, Any]]) -> int:
             elif isinstance(part.get("text"), str):
                 tokens += len(part["text"]) // _CHARS_PER_TOKEN + 1
     return tokens
+
+
+def output_tokens(answer: str) -> int:
+    """What an answer cost in tokens, estimated the same way."""
+    return len(answer) // _CHARS_PER_TOKEN + 1
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """What one chat request costs against the tokens-a-minute limit: its input and the
+    longest answer it may get."""
+    return input_tokens(messages) + MAX_TOKENS

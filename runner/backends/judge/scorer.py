@@ -1,9 +1,12 @@
 """The VIEScore judge: Qwen-VL on DashScope's OpenAI-compatible endpoint scores candidates.
 
-``Judge.score`` asks the SC and PQ questions (``questions``) of one image, parses the answers
-strictly (``answers``; a bad answer is asked once more, then the candidate stays unscored
-with the reason in ``error``) and combines them. Calls are paced by requests and tokens a
-minute (``pacing``) and counted against the run's judge budget; what the transport gave up
+``Judge.score`` asks the SC and PQ questions of one image as the reference does
+(``questions``: one user message, images then text, images at a 512 x 512 area), reads each
+answer with the reference's parser (``answers``; an unusable answer is asked once more, the
+same request again as the reference does, then the candidate stays unscored with the reason
+in ``error``) and combines them. Calls are paced by requests and tokens a minute
+(``pacing``, from the model's published quota: ``models``), counted against the run's judge
+budget, and their estimated tokens and cost are kept (``usage``); what the transport gave up
 on is retried or not as ``runner.policy`` decides (a tokens-a-minute 429 pauses every call).
 """
 
@@ -25,8 +28,17 @@ from runner.backends.judge.answers import (
     parse_answer,
     pick,
 )
-from runner.backends.judge.pacing import MAX_TOKENS, Pacer, estimate_tokens
-from runner.backends.judge.questions import CONTEXT, REASK, data_uri, pq_question, question
+from runner.backends.judge.models import pace
+from runner.backends.judge.pacing import (
+    MAX_TOKENS,
+    Pacer,
+    estimate_tokens,
+    input_tokens,
+    output_tokens,
+)
+from runner.backends.judge.questions import data_uri, message, pq_question, question
+from runner.backends.judge.reference import reference
+from runner.backends.judge.usage import JudgeUsage, calls_per_candidate
 from runner.errors import DashScopeError, RateLimited, RunnerError, Step, TokensThrottled
 from runner.images import ImageProblem
 from runner.policy import Action, RetryPolicy, Tries
@@ -35,11 +47,14 @@ from runner.settings import JudgeSettings
 log = structlog.get_logger(__name__)
 
 __all__ = [
+    "TEMPERATURE",
     "AnswerError",
     "ChatClient",
     "Judge",
     "JudgeBudgetExhausted",
     "JudgeScore",
+    "JudgeUsage",
+    "calls_per_candidate",
     "estimate_tokens",
     "overall",
     "overall_deepfake",
@@ -47,8 +62,8 @@ __all__ = [
     "pick",
 ]
 
-_PARSE_ATTEMPTS = 2  # the first answer and one retry
-_ECHO_CHARS = 1000  # an unusable answer goes back this long at most, on the re-ask
+_PARSE_ATTEMPTS = 2  # the first answer and the same question once more (the reference's)
+TEMPERATURE = 0.1  # the reference's sampling temperature
 
 
 class JudgeBudgetExhausted(RunnerError):
@@ -64,7 +79,7 @@ class ChatClient(Protocol):
         messages: list[dict[str, Any]],
         *,
         temperature: float = ...,
-        max_tokens: int = ...,
+        max_completion_tokens: int = ...,
     ) -> str: ...
 
 
@@ -74,7 +89,8 @@ class _CallFailed(Exception):
 
 class Judge:
     """Scores one image per call of :meth:`score`; one instance per run (its budget and rate
-    limit are the run's). ``policy`` is the run's retry policy (``runner.policy``)."""
+    limit are the run's). ``policy`` is the run's retry policy (``runner.policy``); ``spend``
+    hears each served call's estimated cost (None: no price), for the run's ``--budget``."""
 
     def __init__(
         self,
@@ -82,19 +98,32 @@ class Judge:
         settings: JudgeSettings,
         *,
         emulated: bool,
+        region: str = "cn",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         policy: RetryPolicy | None = None,
+        spend: Callable[[float | None], None] | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.emulated = emulated
         self.policy = policy or RetryPolicy()
-        self._pacer = Pacer(settings.requests_per_minute, settings.tokens_per_minute, clock, sleep)
+        rpm, tpm = pace(settings, region)
+        self._pacer = Pacer(rpm, tpm, clock, sleep)
         self._sleep = sleep
-        self.calls = 0  # requests sent and not refused with a 429 (what the budget counts)
-        self.throttled = 0
-        self.retries = 0
+        self._spend = spend
+        self.usage = JudgeUsage(model=settings.model, reference=reference().source)
+        if settings.input_price is not None and settings.output_price is not None:
+            self.usage.cost = 0.0
+
+    @property
+    def calls(self) -> int:
+        """Requests sent and not refused with a 429 (what the budget counts)."""
+        return self.usage.calls
+
+    @property
+    def throttled(self) -> int:
+        return self.usage.throttled
 
     pick = staticmethod(pick)
 
@@ -126,24 +155,24 @@ class Judge:
         if task_type == "deepfake" and identity is None:
             # No call is spent: without an identity score the row cannot be scored anyway.
             return self._unscored("no identity score for this face swap", identity=None)
-        needed = 1 if task_type == "deepfake" else 2
+        needed = calls_per_candidate(task_type)
         if self.remaining < needed:
             raise JudgeBudgetExhausted(
                 f"judge budget of {self.settings.budget} calls is spent ({self.calls} made)"
             )
         try:
-            result_uri = await asyncio.to_thread(data_uri, image, self.settings.max_side)
+            result_uri = await asyncio.to_thread(data_uri, image)
             source_uri = (
-                await asyncio.to_thread(data_uri, source, self.settings.max_side)
-                if edit and source is not None
-                else None
+                await asyncio.to_thread(data_uri, source) if edit and source is not None else None
             )
         except (ImageProblem, OSError) as exc:
             return self._unscored(f"cannot read the image: {exc}", identity=identity)
         if task_type == "deepfake":
             return await self._combine(None, result_uri, identity, [])
+        images = [result_uri] if source_uri is None else [source_uri, result_uri]
+        text = question(prompt, edit=source_uri is not None)
         try:
-            sc, why = await self._ask(*question(task_type, prompt, result_uri, source_uri), "SC")
+            sc, why = await self._ask(message(images, text), "SC")
         except (AnswerError, _CallFailed) as exc:
             # PQ is not asked: the candidate is unscored either way, save the call.
             return self._unscored(f"SC: {exc}", identity=identity)
@@ -154,7 +183,7 @@ class Judge:
     ) -> JudgeScore:
         """Ask PQ and combine it with SC (or, for a deepfake, with the identity score)."""
         try:
-            pq, why = await self._ask(pq_question(result_uri), 2, "PQ")
+            pq, why = await self._ask(message([result_uri], pq_question()), "PQ")
         except (AnswerError, _CallFailed) as exc:
             return self._unscored(
                 f"PQ: {exc}", sc=sc, identity=identity, reasoning=" | ".join(notes)
@@ -175,27 +204,14 @@ class Judge:
             emulated=self.emulated,
         )
 
-    async def _ask(self, parts: list[dict[str, Any]], n: int, what: str) -> tuple[list[float], str]:
-        """One question, parsed strictly; one re-ask on a bad answer. Raises AnswerError
-        (unusable twice) or _CallFailed."""
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": CONTEXT},
-            {"role": "user", "content": parts},
-        ]
+    async def _ask(self, messages: list[dict[str, Any]], what: str) -> tuple[list[float], str]:
+        """One question; an unusable answer is asked again once, the same request (as the
+        reference does). Raises AnswerError (unusable twice) or _CallFailed."""
         last: AnswerError | None = None
-        answer = ""
         for attempt in range(_PARSE_ATTEMPTS):
-            if attempt:
-                # Turns must alternate (user, assistant, user): the unusable answer goes back
-                # as the assistant's turn, shortened, before the request to answer again.
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": answer[:_ECHO_CHARS] or "(empty)"},
-                    {"role": "user", "content": REASK.format(n=n)},
-                ]
             answer = await self._call(messages)
             try:
-                return parse_answer(answer, n)
+                return parse_answer(answer)
             except AnswerError as exc:
                 last = exc
                 log.warning("judge.bad_answer", question=what, attempt=attempt + 1, error=str(exc))
@@ -211,22 +227,25 @@ class Judge:
             if self.calls >= self.settings.budget:
                 raise JudgeBudgetExhausted(f"judge budget of {self.settings.budget} calls is spent")
             await self._pacer.wait(tokens)
-            self.calls += 1
+            self.usage.calls += 1
             try:
-                return await self.client.chat(
-                    self.model, messages, temperature=0.0, max_tokens=MAX_TOKENS
+                answer = await self.client.chat(
+                    self.model, messages, temperature=TEMPERATURE, max_completion_tokens=MAX_TOKENS
                 )
             except DashScopeError as exc:
                 error = exc.at(Step.JUDGE_CALL)
+            else:
+                self._count(input_tokens(messages), output_tokens(answer))
+                return answer
             if isinstance(error, RateLimited):  # a 429 is not a call the service served
-                self.throttled += 1
-                self.calls -= 1
+                self.usage.throttled += 1
+                self.usage.calls -= 1
             decision = self.policy.decide(error, tries)
             if decision.action is Action.STOP:
                 raise error
             if decision.action is not Action.RETRY:
                 raise _CallFailed(decision.reason) from None
-            self.retries += 1
+            self.usage.retries += 1
             if isinstance(error, TokensThrottled):
                 # clears within a minute: every judge call waits, not only this one
                 log.info("judge.tokens_throttled", delay_s=round(decision.delay_s, 2))
@@ -239,3 +258,15 @@ class Judge:
                 error=str(error),
             )
             await self._sleep(decision.delay_s)
+
+    def _count(self, tokens_in: int, tokens_out: int) -> None:
+        """One served call's estimated tokens and cost, kept and told to ``spend``."""
+        self.usage.input_tokens += tokens_in
+        self.usage.output_tokens += tokens_out
+        cost = None
+        s = self.settings
+        if s.input_price is not None and s.output_price is not None:
+            cost = (tokens_in * s.input_price + tokens_out * s.output_price) / 1e6
+            self.usage.cost = (self.usage.cost or 0.0) + cost
+        if self._spend is not None:
+            self._spend(cost)
