@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop submitting once the estimated spend (list prices) would pass AMOUNT",
     )
     run_p.add_argument(
+        "--learned",
+        action="store_true",
+        help="make each type's prompt variants as the judge ranked them in this folder's "
+        "earlier runs: the winners first, only the winner where it wins clearly",
+    )
+    run_p.add_argument(
         "--ray",
         nargs="?",
         const="",

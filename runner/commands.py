@@ -68,12 +68,23 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise SettingsError("--concurrency must be at least 1")
     settings = load_settings(
-        args.settings, concurrency=args.concurrency, budget=args.budget, ray=ray_address(args.ray)
+        args.settings,
+        concurrency=args.concurrency,
+        budget=args.budget,
+        ray=ray_address(args.ray),
+        learned=True if args.learned else None,
     )
     tasks, images = _tasks_path(args, console)
     if args.dry_run:
         from runner.dry_run import dry_run
 
+        if settings.learned:  # the candidates the run would make, from the folder's verdicts
+            from runner.backends.judge.wins import learn
+            from runner.store.journal import JOURNAL_NAME, replay
+
+            settings, notes = learn(settings, replay(args.out / JOURNAL_NAME))
+            for line in notes:
+                console.print(line, highlight=False)
         return EXIT_OK if dry_run(console, settings, tasks, images) else EXIT_FAILED_ROWS
     key = settings.key()
     logs.configure(

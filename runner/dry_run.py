@@ -126,7 +126,7 @@ def _print_judge(console: Console, settings: Any, counts: dict[str, int], book: 
     )
     console.print(
         f"judge {j.model}: about {j.calls} calls (SC and PQ per candidate, PQ per face swap), "
-        f"about {j.input_tokens:,} input tokens and at most {j.output_tokens:,} answer "
+        f"about {j.input_size:,} input tokens and at most {j.output_size:,} answer "
         f"tokens, {cost}; at least {duration(j.minutes * 60)} at its pace",
         highlight=False,
     )

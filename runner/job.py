@@ -74,6 +74,7 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
         seed=settings.emulator.seed,
         faults=FaultConfig(transient=settings.emulator.faults),
         region=settings.region,  # an intl rehearsal is served intl's model names
+        judge_answers=settings.emulator.judge_answers,
     )
     async with Emulator(cfg) as emu:
         yield emu.base_url, "emulator-key", True

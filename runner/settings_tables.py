@@ -74,6 +74,9 @@ class EmulatorSettings(BaseModel):
     time_scale: float = Field(0.1, gt=0)  # 1.0 = the real 5-15 s latency
     seed: int = 0
     faults: float = Field(0.0, ge=0, le=1)  # share of answers made faulty on purpose
+    # how its judge answers: the bare JSON object, or as chat models do (a fenced object in
+    # prose, a bare list, an unquoted value; runner.emulator.judge)
+    judge_answers: Literal["json", "fenced", "list", "unquoted"] = "json"
 
 
 class LocalModel(BaseModel):

@@ -508,8 +508,8 @@ async def test_usage_counts_tokens_and_cost_and_tells_the_budget(pics: dict[str,
     judge = Judge(StubClient(), settings, emulated=False, spend=spent.append)
     await judge.score("t2i", "a fox", pics["sharp"])
     u = judge.usage
-    assert u.calls == 2 and len(spent) == 2 and u.input_tokens > 0 and u.output_tokens > 0
-    assert u.cost == pytest.approx((u.input_tokens * 2.0 + u.output_tokens * 8.0) / 1e6)
+    assert u.calls == 2 and len(spent) == 2 and u.input_size > 0 and u.output_size > 0
+    assert u.cost == pytest.approx((u.input_size * 2.0 + u.output_size * 8.0) / 1e6)
     assert sum(c or 0.0 for c in spent) == pytest.approx(u.cost)
     unpriced = Judge(StubClient(), JudgeSettings(), emulated=False, spend=spent.append)
     await unpriced.score("t2i", "a fox", pics["sharp"])

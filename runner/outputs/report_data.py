@@ -380,8 +380,8 @@ def _judge_spend(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         "model": ", ".join(sorted({str(u.get("model")) for u in usages})),
         "calls": sum(int(u.get("calls") or 0) for u in usages),
         "throttled": sum(int(u.get("throttled") or 0) for u in usages),
-        "input_tokens": sum(int(u.get("input_tokens") or 0) for u in usages),
-        "output_tokens": sum(int(u.get("output_tokens") or 0) for u in usages),
+        "input_size": sum(int(u.get("input_size") or 0) for u in usages),
+        "output_size": sum(int(u.get("output_size") or 0) for u in usages),
         "cost": None if any(c is None for c in costs) else sum(costs),
     }
     currency = next((str(b.get("currency")) for b in billed(summary) if b.get("currency")), "")

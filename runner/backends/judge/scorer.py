@@ -261,8 +261,8 @@ class Judge:
 
     def _count(self, tokens_in: int, tokens_out: int) -> None:
         """One served call's estimated tokens and cost, kept and told to ``spend``."""
-        self.usage.input_tokens += tokens_in
-        self.usage.output_tokens += tokens_out
+        self.usage.input_size += tokens_in
+        self.usage.output_size += tokens_out
         cost = None
         s = self.settings
         if s.input_price is not None and s.output_price is not None:

@@ -38,8 +38,9 @@ class JudgeUsage(BaseModel):
     calls: int = 0
     throttled: int = 0
     retries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
+    # estimated tokens (no key here holds "token": the log scrubber would redact its value)
+    input_size: int = 0
+    output_size: int = 0
     cost: float | None = None  # None: no price in [judge] input_price / output_price
     reference: str = ""  # where the question texts and the parser come from
 
@@ -50,7 +51,7 @@ def _money(amount: float | None, currency: str) -> str:
 
 def describe(usage: Mapping[str, Any], currency: str = "") -> str:
     """One line: the judge model, its calls and 429s, estimated tokens and cost."""
-    tokens = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+    tokens = int(usage.get("input_size") or 0) + int(usage.get("output_size") or 0)
     line = f"judge {usage.get('model')}: {usage.get('calls', 0)} calls"
     if usage.get("throttled"):
         line += f" ({usage['throttled']} × 429)"
@@ -66,8 +67,8 @@ class JudgeEstimate(BaseModel):
     model: str
     enabled: bool
     calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0  # at most: every answer its longest
+    input_size: int = 0  # estimated tokens, as JudgeUsage
+    output_size: int = 0  # at most: every answer its longest
     cost: float | None = None  # None: no price
     minutes: float = 0.0  # the quota bound: calls and tokens at the judge's pace
     reference: str = ""
@@ -104,11 +105,11 @@ def estimate(settings: Settings, rows_by_type: Mapping[str, int]) -> JudgeEstima
             per += image + texts["t2i"] // _CHARS_PER_TOKEN
         elif ttype in ("tie", "vttie"):
             per += 2 * image + texts["edit"] // _CHARS_PER_TOKEN
-        out.input_tokens += candidates * per
-    out.output_tokens = out.calls * MAX_TOKENS
+        out.input_size += candidates * per
+    out.output_size = out.calls * MAX_TOKENS
     s = settings.judge
     if s.input_price is not None and s.output_price is not None:
-        out.cost = (out.input_tokens * s.input_price + out.output_tokens * s.output_price) / 1e6
+        out.cost = (out.input_size * s.input_price + out.output_size * s.output_price) / 1e6
     rpm, tpm = pace(s, settings.region)
-    out.minutes = max(out.calls / rpm, (out.input_tokens + out.output_tokens) / tpm)
+    out.minutes = max(out.calls / rpm, (out.input_size + out.output_size) / tpm)
     return out
