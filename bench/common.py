@@ -37,8 +37,9 @@ SEED = 7
 LATENCY_S = (5.0, 15.0)  # every model's latency, real seconds (uniform), as in the issue
 BENCH_KEY = "sk-bench-emulator"
 
-# The models the default settings route to (runner.models.default_models); a group is the set of
-# models a task type may use; task types that share a model are one group.
+# The models these benchmarks route to (the Beijing defaults before the 2026 catalogue,
+# bench/catalogue.py measures those after); a group is the set of models a task type may
+# use; task types that share a model are one group.
 T2I_MODELS = ("wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wan2.2-t2i-flash")
 EDIT_MODELS = ("wanx2.1-imageedit", "qwen-image-edit")
 GROUPS: dict[str, tuple[str, ...]] = {"t2i": T2I_MODELS, "tie+vttie": EDIT_MODELS}
@@ -488,6 +489,12 @@ def runner_settings(
     values: dict[str, Any] = {
         "api_key": BENCH_KEY,
         "base_url": base_url,
+        # the models these workloads are about (the defaults before the 2026 catalogue)
+        "models": {
+            "t2i": list(T2I_MODELS),
+            "tie": list(EDIT_MODELS),
+            "vttie": list(EDIT_MODELS[::-1]),
+        },
         "quotas": quotas,
         # the runner's default share of the account's query budget (15 of 20), of the
         # budget this emulator enforces (scaled with its windows or on its own)

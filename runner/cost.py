@@ -1,9 +1,10 @@
 """What a run costs: list prices from settings, the budget guard, and the dry-run estimate.
 
-Prices live in the settings' ``[prices.<region>]`` tables (per image, per model), never here.
-A model with no listed price is counted in images and shown as "price unknown"; it is never
-guessed. The emulator bills nothing, but its runs are estimated at list prices all the same
-so that a rehearsal shows what the real run would cost.
+Prices are the settings' ``[prices.<region>]`` tables (per image, per model) over the
+built-in list prices of ``runner.models`` (each with the date it was read). A model with no
+price is counted in images and shown as "price unknown"; it is never guessed. The emulator
+bills nothing, but its runs are estimated at list prices all the same so that a rehearsal
+shows what the real run would cost.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from runner.models import caps
+
 if TYPE_CHECKING:
     from runner.settings import Settings
 
@@ -24,8 +27,6 @@ log = structlog.get_logger(__name__)
 
 # Local work: face swap runs on this machine and bills nothing.
 LOCAL_TYPES = frozenset({"deepfake"})
-# wanx models return up to this many images a request (n); others take one request an image.
-MAX_N = 4
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,10 @@ class Lane:
         return min(self.submits_per_second, self.in_flight / self.latency_s)
 
 
-def requests_per_row(model: str, candidates: int, single_image: frozenset[str]) -> int:
-    if model in single_image:
-        return candidates
-    return math.ceil(candidates / MAX_N)
+def requests_per_row(model: str, candidates: int) -> int:
+    """Requests one row of ``candidates`` images takes: one request returns up to the
+    model's n (runner.models: wan t2i 4, qwen-image-edit-plus 6, qwen-image 1)."""
+    return math.ceil(candidates / caps(model).n_max)
 
 
 def estimate(
@@ -214,7 +215,6 @@ def estimate(
     candidates: Mapping[str, int],
     lanes: Mapping[str, Lane],
     prices: PriceBook,
-    single_image: frozenset[str],
 ) -> Estimate:
     """Per model rows, images billed and cost; the quota-bound duration of the API rows.
 
@@ -235,7 +235,7 @@ def estimate(
         reqs = 0.0
         for m in names:
             part = n * (lanes[m].rate / total_rate if m in lanes else 1.0)
-            r = part * requests_per_row(m, k, single_image)
+            r = part * requests_per_row(m, k)
             s = shares.setdefault(m, [0.0, 0.0, 0.0])
             s[0] += part
             s[1] += part * k
@@ -276,10 +276,9 @@ def estimate_for(
 
     ``latency_s`` / ``in_flight``: what a running job has observed (p50, learned limits);
     without them, ``expected_task_s`` (scaled like the emulator when emulated) and the
-    settings' quotas.
+    settings' quotas. A model with no in-flight limit (a sync route) is bound by its call
+    rate, and by ``concurrency`` only where the user set one.
     """
-    from runner.settings import SINGLE_IMAGE_MODELS
-
     typical = settings.expected_task_s * (settings.emulator.time_scale if emulated else 1.0)
     seen = latency_s or {}
     limits = in_flight or {}
@@ -301,7 +300,6 @@ def estimate_for(
         settings.candidate_counts(),
         lanes,
         price_book(settings),
-        SINGLE_IMAGE_MODELS,
     )
 
 

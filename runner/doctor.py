@@ -7,8 +7,10 @@
 Checks: the API key (present or not, never shown: not even its length or tail), the base URL
 (one cheap GET with a short timeout; offline it says "unreachable", it never hangs; an
 answer that is not DashScope's, such as a 404 page, is red), the region and whether it
-serves each configured model, the settings, the face-swap models folder, onnxruntime's
-providers, and free disk under --out.
+serves each configured model (and what else it serves), the settings, each model's list
+price, the face-swap models folder, onnxruntime's providers, and free disk under --out.
+``--live`` (runner.doctor_live) also sends one smallest request per model and the judge,
+saying the cost first.
 Exit status: 0 when nothing is red, 1 when any check FAILs.
 
 The key, base URL, region and settings checks are in ``runner.doctor_checks``; the machine's
@@ -38,6 +40,7 @@ from runner.doctor_checks import (
     check_base_url,
     check_judge,
     check_key,
+    check_prices,
     check_region,
     check_settings,
 )
@@ -57,6 +60,7 @@ __all__ = [
     "check_local",
     "check_models",
     "check_onnxruntime",
+    "check_prices",
     "check_region",
     "check_settings",
     "command",
@@ -213,6 +217,7 @@ def run_doctor(
         check_base_url(settings, timeout_s),
         check_region(settings),
         check_settings(settings, files=settings_files),
+        check_prices(settings),
         check_judge(settings),
         check_models(settings),
         check_onnxruntime(),
@@ -277,6 +282,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds to wait for the base URL (default {PROBE_TIMEOUT_S:g})",
     )
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help="also send one smallest request per configured model and the judge (it costs "
+        "money: the cost is said first) and keep what it learns in --out for the next run",
+    )
+    parser.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -301,19 +312,35 @@ def command(args: argparse.Namespace, console: Any) -> int:
         address = ray_address(args.ray) or "auto"
         checks += [Check(n, lvl, d, f) for lvl, n, d, f in ray_lines(address)]
     styles = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
-    for check in checks:
-        line = check.line()
+
+    def say(line: str, level: Level | None = None) -> None:
         try:
-            console.print(line, style=styles[check.level], highlight=False, markup=False)
+            style = styles[level] if level else None
+            console.print(line, style=style, highlight=False, markup=False)
         except TypeError:  # a plain printer
             console.print(line)
+
+    for check in checks:
+        say(check.line(), check.level)
+    if getattr(args, "live", False):
+        live = _live(args, say)
+        for check in live:
+            say(check.line(), check.level)
+        checks += live
     failed = [c for c in checks if not c.ok]
-    summary = f"{len(failed)} check(s) FAILED: fix those first" if failed else "ready to run"
-    try:
-        console.print(summary, highlight=False, markup=False)
-    except TypeError:
-        console.print(summary)
+    say(f"{len(failed)} check(s) FAILED: fix those first" if failed else "ready to run")
     return 1 if failed else 0
+
+
+def _live(args: argparse.Namespace, say: Any) -> list[Check]:
+    """``--live``: runner.doctor_live, with the settings a run would use."""
+    from runner.doctor_live import live_checks
+
+    try:
+        settings = load_settings(getattr(args, "settings", None))
+    except SettingsError as exc:
+        return [Check("live", "FAIL", f"not run: {exc}", "fix the settings first")]
+    return live_checks(settings, Path(getattr(args, "out", None) or "outputs"), say)
 
 
 class _Plain:

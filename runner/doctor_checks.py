@@ -12,7 +12,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from runner.errors import SettingsError
-from runner.models import BASE_URLS, caps, default_models, region_of_url
+from runner.models import BASE_URLS, PRICES_READ, caps, default_models, region_of_url, served_for
 from runner.settings import DEFAULT_BASE_URL, Settings
 
 Level = Literal["ok", "warn", "FAIL"]
@@ -199,6 +199,14 @@ def check_region(settings: Settings) -> Check:
     detail = f"{names[region]}; served: {', '.join(dict.fromkeys(served)) or 'none'}"
     if notes:
         detail += "; " + "; ".join(notes)
+    listed = {m for names_ in models.values() for m in names_}
+    more = {
+        kind: [m for m in served_for(region, kind) if m not in listed] for kind in ("t2i", "edit")
+    }
+    if any(more.values()):
+        detail += "; also served here (more lanes in [models]): " + "; ".join(
+            f"{kind} {', '.join(names_)}" for kind, names_ in more.items() if names_
+        )
     fix = (
         f"use the region's models (settings.toml lists both), or set region = "
         f'"{"intl" if region == "cn" else "cn"}" with its base URL'
@@ -269,3 +277,29 @@ def check_judge(settings: Settings) -> Check:
     if not quota.published:
         return Check("judge", "warn", detail, "set [judge] requests_per_minute, tokens_per_minute")
     return Check("judge", "ok", detail)
+
+
+def check_prices(settings: Settings) -> Check:
+    """Every configured API model's list price in the region (the settings' over the
+    built-in ones of runner.models): a model without one is named, --dry-run cannot price
+    it and --budget refuses to start."""
+    from runner.cost import price_book
+
+    book = price_book(settings)
+    models = sorted(
+        {m for ms in settings.models.values() for m in ms if not m.startswith("local:")}
+    )
+    missing = [m for m in models if book.price(m) is None]
+    priced = ", ".join(f"{m} {book.price(m):g}" for m in models if m not in missing)
+    detail = f"{book.currency or 'no currency'} per image: {priced or 'none'}"
+    detail += f" (built-in list prices read {PRICES_READ})"
+    if missing:
+        return Check(
+            "prices",
+            "warn",
+            f"{', '.join(missing)} ha{'s' if len(missing) == 1 else 've'} no price in "
+            f"[prices.{book.region}]; {detail}",
+            f'add [prices.{book.region}] "<model>" = <price of one image> (the console\'s '
+            "price page)",
+        )
+    return Check("prices", "ok", detail)

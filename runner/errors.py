@@ -116,6 +116,13 @@ class ModelNotServed(ModelRefused):
     region, access denied, not purchased, free tier used up): set it aside for the run."""
 
 
+class WrongRoute(ModelNotServed):
+    """403 AccessDenied "current user api does not support synchronous calls" (or
+    "asynchronous"): the request went to a route this model is not served on. A bug in the
+    request, not the model's refusal: the lifecycle resends it on the model's other route;
+    only a model served on neither is set aside, with this reason."""
+
+
 class RowFailed(DashScopeError):
     """The row's own input or prompt is at fault; retrying it as is cannot help."""
 
@@ -185,8 +192,12 @@ _BY_CODE: dict[str, type[DashScopeError]] = {
     "AllocationQuota.FreeTierOnly": ModelNotServed,
     "ModelNotFound": ModelNotServed,
     "model_not_found": ModelNotServed,
-    "DataInspectionFailed": ModelRefused,  # moderation: another model may pass
-    "InvalidParameter.DataInspection": ModelRefused,
+    # input or output may be inappropriate: the docs' remedy is a changed prompt, another
+    # model may pass; a refused call is not billed
+    "DataInspectionFailed": ModelRefused,
+    # not moderation: the media download timed out during inspection (cross-border URLs):
+    # send again (a data URI needs no download)
+    "InvalidParameter.DataInspection": ServerError,
     "data_inspection_failed": ModelRefused,
     "IPInfringementSuspect": ModelRefused,
     "InvalidParameter": RowFailed,
@@ -207,6 +218,8 @@ TOKENS_RETRY_AFTER_S = 20.0
 
 def _by_message(code: str, message: str) -> type[DashScopeError] | None:
     folded = message.casefold()
+    if code == "AccessDenied" and "does not support" in folded and "synchronous" in folded:
+        return WrongRoute  # "... synchronous calls" / "... asynchronous calls"
     if code == "InvalidParameter" and "model not exist" in folded:
         return ModelNotServed  # the region does not serve the model: not the row's fault
     if code in ("Throttling.AllocationQuota", "insufficient_quota") and (

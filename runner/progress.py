@@ -21,6 +21,7 @@ from rich.table import Table
 
 from runner.cost import LOCAL_TYPES, estimate_for
 from runner.outcomes import RowResult, RunSummary
+from runner.scheduling.lanes import cap_note
 
 if TYPE_CHECKING:
     from runner.scheduling.scheduler import Scheduler
@@ -201,6 +202,7 @@ class ProgressObserver:
                 cost = judge.usage.cost
                 label = f"judge {judge.model}" + ("" if cost is None else f" (est. {cost:.3f})")
                 table.add_row(label, "-", str(judge.calls), str(judge.throttled), "-", "-")
+            table.caption = cap_note(self.scheduler.model_views())
         return table
 
     def _renderable(self) -> Any:

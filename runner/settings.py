@@ -10,6 +10,7 @@ else may be set as ``RUNNER_<FIELD>`` (nested with ``__``, e.g.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +33,7 @@ from pydantic_settings import (
 
 from runner.errors import SettingsError
 from runner.logs import add_secrets
-from runner.models import BASE_URLS, default_models, region_of_url
+from runner.models import BASE_URLS, caps, default_models, region_of_url
 from runner.prompts import parse_variant
 from runner.settings_sources import (
     REGION_NAMES,
@@ -44,12 +45,9 @@ from runner.settings_sources import (
 from runner.settings_tables import (
     API_TASK_TYPES,
     DEFAULT_PRICES,
-    DEFAULT_QUOTAS,
     MAX_WAIT_S,
     MIN_POLL_QPS,
     MIN_SUBMITS_PER_SECOND,
-    SINGLE_IMAGE_MODELS,
-    SYNC_MODELS,
     EmulatorSettings,
     FaceSwapSettings,
     JudgeSettings,
@@ -57,6 +55,7 @@ from runner.settings_tables import (
     Quota,
     RegionPrices,
     TaskType,
+    default_quotas,
 )
 
 # The tables live in runner.settings_tables; they stay importable from here, where callers
@@ -67,8 +66,6 @@ __all__ = [
     "MAX_WAIT_S",
     "MIN_POLL_QPS",
     "MIN_SUBMITS_PER_SECOND",
-    "SINGLE_IMAGE_MODELS",
-    "SYNC_MODELS",
     "EmulatorSettings",
     "FaceSwapSettings",
     "JudgeSettings",
@@ -83,6 +80,22 @@ __all__ = [
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/api/v1"
 CANDIDATE_TYPES: tuple[str, ...] = (*API_TASK_TYPES, "deepfake")
 MAX_CANDIDATES = 8
+
+
+def auto_concurrency(settings: Settings) -> int:
+    """What the configured models need in flight so that only their quotas bind: each
+    model's in-flight limit (a learned one: the most it may probe up to), or for a model
+    with none (a sync route) its call rate times the slowest documented latency of its
+    kind (runner.models); a local model its slots. The pool raises it further while a run
+    sees slower calls (``scheduling.lanes``)."""
+    total = 0
+    for name in sorted({m for names in settings.models.values() for m in names}):
+        quota = settings.quota(name)
+        if quota.in_flight is not None:
+            total += quota.max_in_flight if quota.learn else quota.in_flight
+        else:
+            total += math.ceil(quota.submits_per_second * caps(name).latency_s[1])
+    return max(1, total)
 
 
 class Settings(BaseSettings):
@@ -104,15 +117,18 @@ class Settings(BaseSettings):
     region: Literal["auto", "cn", "intl"] = "auto"
     image_base_url: str | None = None  # when set, sources are sent as this URL + file name
 
-    concurrency: int = Field(32, ge=1)
+    # Most API requests in flight at once, over all models. 0 (the default): what the
+    # configured models' quotas need (``auto_concurrency``), so that only the quotas bind;
+    # a number caps it (the progress display and the summary say when that cap binds).
+    concurrency: int = Field(0, ge=0)
     size: str = "1024*1024"
     edit_strength: float = Field(0.5, ge=0, le=1)
-    prompt_extend: bool = True
     seed: int | None = None
 
     # Missing task types get the region's defaults (runner.models.DEFAULT_MODELS).
     models: dict[str, list[str]] = Field(default_factory=dict)
-    quotas: dict[str, Quota] = Field(default_factory=lambda: dict(DEFAULT_QUOTAS))
+    # the region's published quotas (runner.models) under these, model by model
+    quotas: dict[str, Quota] = Field(default_factory=dict)
     default_quota: Quota = Field(default_factory=lambda: Quota(learn=True))
 
     # shared by every task; the account limit is 20
@@ -208,6 +224,7 @@ class Settings(BaseSettings):
         elif "base_url" not in self.model_fields_set:
             self.base_url = BASE_URLS[self.region]
         self.models = {**default_models(self.region), **self.models}
+        self.quotas = {**default_quotas(self.region), **self.quotas}
         return self
 
     @model_validator(mode="after")
@@ -276,8 +293,8 @@ class Settings(BaseSettings):
             if region not in BASE_URLS:  # [prices.beijing] would never be read: say so
                 raise ValueError(f"[prices] has unknown region {region!r} (one of cn, intl)")
             base = merged.get(region)
-            if base is None:
-                merged[region] = table
+            if base is None or (table.currency and table.currency != base.currency):
+                merged[region] = table  # another currency: the built-in figures do not mix
             else:
                 merged[region] = RegionPrices(
                     currency=table.currency or base.currency,
@@ -285,10 +302,25 @@ class Settings(BaseSettings):
                 )
         return merged
 
-    @field_validator("quotas")
+    @model_validator(mode="before")
     @classmethod
-    def _merge_quotas(cls, v: dict[str, Quota]) -> dict[str, Quota]:
-        return {**DEFAULT_QUOTAS, **v}
+    def _prompt_extend_is_a_variant(cls, data: Any) -> Any:
+        # the service rewrites a prompt unless parameters.prompt_extend says no: it is sent
+        # explicitly to every model that takes it, as each candidate's variant says
+        if isinstance(data, dict) and "prompt_extend" in data:
+            raise ValueError(
+                "prompt_extend is a prompt variant now: name +extend in [candidates] "
+                '(t2i = ["plain+extend"]); without it every model that takes it is sent false'
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _auto_concurrency(self) -> Settings:
+        # after the region's models and quotas are in: 0 becomes what they need
+        if self.concurrency == 0:
+            self.concurrency = auto_concurrency(self)
+            self.__pydantic_fields_set__.discard("concurrency")
+        return self
 
     @field_validator("size")
     @classmethod
@@ -326,6 +358,12 @@ class Settings(BaseSettings):
             slots = len(device_list(spec.devices)) * spec.batch
             return Quota(submits_per_second=1000.0, in_flight=slots, max_in_flight=slots)
         return self.quotas.get(model, self.default_quota)
+
+    @property
+    def concurrency_given(self) -> bool:
+        """Whether the overall cap is the user's (a setting, the environment, the command
+        line), not the figure the quotas need."""
+        return "concurrency" in self.model_fields_set
 
     def variants(self, task_type: str) -> list[str]:
         """The prompt variants of a type's candidates, one per candidate (a number left by

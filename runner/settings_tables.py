@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from runner.models import caps, known_models
+from runner.models import LIST_PRICES, PRICE_CURRENCY, REGIONS, caps, known_models
 
 TaskType = Literal["t2i", "tie", "vttie", "deepfake"]
 API_TASK_TYPES: tuple[str, ...] = ("t2i", "tie", "vttie")
@@ -138,22 +138,23 @@ class RegionPrices(BaseModel):
         return v
 
 
-# Public list prices (reference: dashscope.md, "Prices"); only what is documented.
+# Built-in list prices (runner.models.LIST_PRICES, with the date they were read); a
+# [prices.<region>] table overrides them model by model (in the same currency).
 DEFAULT_PRICES: dict[str, RegionPrices] = {
-    "intl": RegionPrices(currency="USD", per_image={"wan2.1-t2i-turbo": 0.025}),
+    region: RegionPrices(currency=PRICE_CURRENCY[region], per_image=dict(LIST_PRICES[region]))
+    for region in REGIONS
 }
 
-# The published quotas of every model in the table (both regions: the names differ);
-# the undocumented ones start from the same figures and learn from 429s.
-DEFAULT_QUOTAS: dict[str, Quota] = {
-    name: Quota(
-        submits_per_second=caps(name).submits_per_second,
-        in_flight=caps(name).in_flight,
-        learn=not caps(name).quota_published,
-    )
-    for name in known_models()
-}
 
-# Thin aliases of the capability table, until the scheduler asks runner.models.caps().
-SYNC_MODELS = frozenset(name for name in known_models() if caps(name).sync)
-SINGLE_IMAGE_MODELS = frozenset(name for name in known_models() if caps(name).n_max == 1)
+def default_quotas(region: str) -> dict[str, Quota]:
+    """The published quota in ``region`` of every model in the capability table (the
+    undocumented ones start from the table's figures and learn from 429s)."""
+    quotas: dict[str, Quota] = {}
+    for name in known_models():
+        found = caps(name, region)
+        quotas[name] = Quota(
+            submits_per_second=found.submits_per_second,
+            in_flight=found.in_flight,
+            learn=not found.quota_published,
+        )
+    return quotas

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from runner.outcomes import RowResult, RunSummary
 from runner.progress import duration
+from runner.scheduling.lanes import cap_note
 
 TYPE_ORDER = ("t2i", "tie", "vttie", "deepfake")
 
@@ -124,6 +125,9 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
                 str(m["p90_s"] or "-"),
             )
         console.print(mt)
+    note = cap_note(summary.models)
+    if note:
+        console.print(note, style="yellow", highlight=False)
     _print_cost(console, summary)
     if summary.judge:
         from runner.backends.judge.usage import describe

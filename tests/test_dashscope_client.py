@@ -40,6 +40,7 @@ from runner.errors import (
     ServiceUnreachable,
     SubmitUncertain,
     TokensThrottled,
+    WrongRoute,
 )
 
 BASE = "https://dashscope.test/api/v1"
@@ -250,8 +251,10 @@ async def test_cancel_task(client: DashScopeClient, mocked: FakeTransport) -> No
 ERROR_TABLE = [
     (400, "InvalidParameter", "msg", RowFailed),
     (400, "InvalidParameter", "Model not exist.", ModelNotServed),  # not served in the region
+    # input or output inappropriate: another model (or a changed prompt) may pass
     (400, "DataInspectionFailed", "msg", ModelRefused),
-    (400, "InvalidParameter.DataInspection", "msg", ModelRefused),
+    # not moderation: the media download timed out during inspection: send again
+    (400, "InvalidParameter.DataInspection", "msg", ServerError),
     (400, "IPInfringementSuspect", "msg", ModelRefused),
     (400, "Arrearage", "msg", Fatal),
     (400, "BadRequest.InputDownloadFailed", "msg", RowFailed),  # input errors: 400 now ...
@@ -260,6 +263,10 @@ ERROR_TABLE = [
     (415, "BadRequest.UnsupportedFileFormat", "msg", RowFailed),
     (401, "InvalidApiKey", "msg", Fatal),
     (403, "AccessDenied", "msg", ModelNotServed),
+    # the wrong route for the model: a request bug, fixed by the lifecycle
+    (403, "AccessDenied", "current user api does not support synchronous calls", WrongRoute),
+    (403, "AccessDenied", "current user api does not support asynchronous calls", WrongRoute),
+    (429, "Throttling.ConcurrencyLimit", "msg", RateLimited),  # undocumented: by its prefix
     (403, "Model.AccessDenied", "msg", ModelNotServed),
     (403, "AccessDenied.Unpurchased", "msg", ModelNotServed),
     (403, "AllocationQuota.FreeTierOnly", "msg", ModelNotServed),
@@ -885,7 +892,8 @@ async def test_images_edit_body(client: DashScopeClient, mocked: FakeTransport) 
     call = calls(mocked, "POST", I2I)[0]
     body = sent_json(call)
     assert body["input"] == {"prompt": "paint it blue", "images": ["https://img.test/a.png"]}
-    assert body["parameters"] == {"n": 2, "watermark": False, "seed": 9}
+    # it takes prompt_extend: always sent, false unless asked
+    assert body["parameters"] == {"n": 2, "watermark": False, "seed": 9, "prompt_extend": False}
     assert call.headers["X-DashScope-Async"] == "enable"
 
 

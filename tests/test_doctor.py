@@ -27,7 +27,19 @@ from runner.emulator import EmulatorConfig, EmulatorThread
 from runner.errors import SettingsError
 from runner.settings import Settings, load_settings
 
-NAMES = ["key", "base URL", "region", "settings", "models", "onnxruntime", "disk"]
+NAMES = [
+    "key",
+    "base URL",
+    "region",
+    "settings",
+    "prices",
+    "judge",
+    "models",
+    "onnxruntime",
+    "disk",
+]
+# broken settings: the checks that need them are left out
+FALLBACK_NAMES = ["key", "base URL", "region", "settings", "models", "onnxruntime", "disk"]
 
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -159,7 +171,7 @@ def test_region_and_the_models_it_serves() -> None:
         load_settings(region="cn", base_url="https://dashscope-intl.aliyuncs.com/api/v1")
     )
     assert crossed.level == "FAIL" and "is in intl" in crossed.detail
-    guessed = check_region(load_settings(models={"tie": ["qwen-image-edit-plus-2025-10-30"]}))
+    guessed = check_region(load_settings(models={"tie": ["qwen-image-edit-plus-2026-06-01"]}))
     assert guessed.level == "ok" and "not in the reference" in guessed.detail
 
 
@@ -173,9 +185,9 @@ def test_not_an_http_base_url_is_red() -> None:
 
 
 def test_broken_settings_are_one_red_line_and_the_rest_still_runs(tmp_path: Path) -> None:
-    (tmp_path / "settings.toml").write_text("concurrency = 0\n")
+    (tmp_path / "settings.toml").write_text("concurrency = -1\n")
     checks = doctor.diagnose(None, tmp_path / "out", timeout_s=0.5)
-    assert [c.name for c in checks] == NAMES
+    assert [c.name for c in checks] == FALLBACK_NAMES
     by = {c.name: c for c in checks}
     assert by["settings"].level == "FAIL" and "concurrency" in by["settings"].detail
     assert by["settings"].fix
@@ -288,3 +300,64 @@ def test_wired_into_the_cli(
     assert code in (0, 1)
     assert [line.split()[0] for line in out.strip().splitlines()[:-1]] and "key: set" in out
     _assert_hides(out, key)
+
+
+# --------------------------------------------------------------------------- --live
+
+
+def test_live_says_the_cost_first_and_learns_per_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.emulator.config import default_models
+    from runner.scheduling.learned import load_learned
+
+    # qwen-image-plus is served async only on this account: its sync call is refused and
+    # the request is sent the other way, as a run does
+    models = default_models()
+    models["qwen-image-plus"] = models["qwen-image-plus"].model_copy(
+        update={"endpoints": frozenset({"text2image"})}
+    )
+    (tmp_path / "live.toml").write_text(
+        '[models]\nt2i = ["qwen-image-plus", "wan2.2-t2i-flash", "no-such-model"]\n'
+        'tie = ["qwen-image-edit-plus"]\nvttie = ["qwen-image-edit-plus"]\n'
+    )
+    key = _key()
+    with EmulatorThread(EmulatorConfig(time_scale=0.01, models=models)) as emu:
+        monkeypatch.setenv("DASHSCOPE_API_KEY", key)
+        monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", emu.base_url)
+        printed: list[str] = []
+        console = SimpleNamespace(print=lambda text, **kw: printed.append(text))
+        out = tmp_path / "out"
+        args = SimpleNamespace(out=out, settings=tmp_path / "live.toml", timeout=2.0, live=True)
+        code = doctor.command(args, console)
+        billed = [b["model"] for b in emu.billed()]
+    text = "\n".join(printed)
+    _assert_hides(text, key)
+    cost = next(i for i, line in enumerate(printed) if line.startswith("doctor --live:"))
+    live = {line.split(":")[0].split()[-1]: line for line in printed if " live " in line}
+    assert cost < min(printed.index(line) for line in live.values())  # the cost first
+    assert "4 request(s)" in printed[cost] and "0.40 CNY" in printed[cost]  # 0.2 + 0.2
+    assert "no-such-model" in printed[cost] and "wan2.2-t2i-flash" in printed[cost]  # no price
+    assert live["qwen-image-plus"].startswith("ok") and "served async" in live["qwen-image-plus"]
+    assert "the table's route was refused" in live["qwen-image-plus"]
+    assert (
+        "served async" in live["wan2.2-t2i-flash"] and "served sync" in live["qwen-image-edit-plus"]
+    )
+    assert live["no-such-model"].startswith("FAIL") and "not served" in live["no-such-model"]
+    assert "served" in live["qwen-vl-max"]
+    assert code == 1  # a configured model is not served
+    assert sorted(billed) == ["qwen-image-edit-plus", "qwen-image-plus", "wan2.2-t2i-flash"]
+    # what it learned is where the next run in that folder reads it
+    checks = load_learned(out / "learned_quotas.json").checks
+    assert checks["qwen-image-plus"].route == "async" and checks["qwen-image-plus"].served
+    assert checks["qwen-image-edit-plus"].latency_s is not None
+    assert not checks["no-such-model"].served
+
+
+def test_live_needs_a_key(tmp_path: Path) -> None:
+    printed: list[str] = []
+    console = SimpleNamespace(print=lambda text, **kw: printed.append(text))
+    args = SimpleNamespace(out=tmp_path / "o", settings=None, timeout=0.5, live=True)
+    assert doctor.command(args, console) == 1
+    assert any(line.startswith("FAIL  live: needs DASHSCOPE_API_KEY") for line in printed)
+    assert not (tmp_path / "o").exists()

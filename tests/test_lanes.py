@@ -20,6 +20,8 @@ from runner.scheduling import (
     load_learned,
     save_learned,
 )
+from runner.scheduling.lanes import cap_note
+from runner.scheduling.learned import Learned, ModelCheck, save_checks
 from runner.settings import Quota
 
 try:
@@ -97,6 +99,45 @@ async def test_total_cap() -> None:
     assert not third.done() and pool.total == 2
     pool.release(pool.lanes["a"])
     await asyncio.wait_for(third, 1)
+
+
+async def test_a_given_cap_that_binds_is_counted_with_the_figure_that_would_not() -> None:
+    pool = LanePool(lanes(a=3, b=3), total_cap=2, cap_given=True)
+    await pool.acquire(["a"])
+    await pool.acquire(["b"])
+    held = [asyncio.create_task(pool.acquire(["a", "b"])) for _ in range(2)]
+    await settle()
+    assert pool.cap_held >= 1 and pool.total == 2  # a's and b's quotas had room
+    view = pool.views()[0]
+    assert (view["cap"], view["cap_given"], view["cap_needed"]) == (2, True, 6)
+    note = cap_note(pool.views())
+    assert note is not None and "concurrency 2 held back" in note and "6 would not bind" in note
+    for _ in held:
+        pool.release(pool.lanes["a"])
+    await asyncio.wait_for(asyncio.gather(*held), 1)
+
+
+async def test_an_automatic_cap_never_binds_before_the_quotas() -> None:
+    # the start figure is only what the quotas were thought to need: it never holds a slot
+    pool = LanePool(lanes(a=3, b=3), total_cap=2, cap_given=False)
+    got = [await asyncio.wait_for(pool.acquire(["a", "b"]), 1) for _ in range(6)]
+    assert sorted(g.name for g in got) == ["a"] * 3 + ["b"] * 3 and pool.cap_held == 0
+    assert cap_note(pool.views()) is None
+    assert pool.views()[0]["cap"] == 6  # what the lanes need
+    seventh = asyncio.create_task(pool.acquire(["a", "b"]))
+    await settle()
+    assert not seventh.done()  # now the quotas bind
+    pool.release(pool.lanes["a"])
+    await asyncio.wait_for(seventh, 1)
+
+
+def test_a_rate_bound_lanes_need_follows_its_latency() -> None:
+    lane = rate_bound("qwen-image-plus", rate=2.0)
+    assert lane.need() == 2 * 180 + 1  # t2i's slowest documented latency, before any is seen
+    for seconds in (10.0, 12.0, 11.0, 9.0, 10.5):
+        lane.stats.observe(seconds)
+    assert 2 * 9 < lane.need() <= 2 * 12 + 1
+    assert lanes(a=3)["a"].need() == 3 and learned_lane(ceiling=8).need() == 8
 
 
 async def test_classes_sharing_one_model_take_turns() -> None:
@@ -273,7 +314,7 @@ def test_learned_limits_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "out" / "learned_quotas.json"
     saved = save_learned({"a": a, "b": b, "k": known}, path)
     assert saved == {"a": 3, "b": 1}
-    assert load_learned(path) == {"a": 3, "b": 1}
+    assert load_learned(path).limits == {"a": 3, "b": 1}
     fresh = {"a": learned_lane("a"), "b": learned_lane("b"), "k": ModelLane("k", Quota())}
     apply_learned(fresh, load_learned(path))
     assert (fresh["a"].limit, fresh["b"].limit, fresh["k"].limit) == (3, 1, 2)
@@ -287,16 +328,16 @@ def test_saving_keeps_models_this_run_did_not_use(tmp_path: Path) -> None:
     b = learned_lane("b")
     b.limit, b.stats.submits = 4, 1
     save_learned([b], path)
-    assert load_learned(path) == {"a": 3, "b": 4}
+    assert load_learned(path).limits == {"a": 3, "b": 4}
 
 
 def test_load_learned_tolerates_junk(tmp_path: Path) -> None:
     path = tmp_path / "learned_quotas.json"
-    assert load_learned(path) == {}
+    assert load_learned(path) == Learned()
     path.write_text("{not json")
-    assert load_learned(path) == {}
+    assert load_learned(path) == Learned()
     path.write_text(json.dumps({"models": {"a": {"limit": 0}, "b": {"limit": "x"}, "c": 2}}))
-    assert load_learned(path) == {"c": 2}
+    assert load_learned(path).limits == {"c": 2}
 
 
 def test_a_loaded_limit_is_clamped_to_the_ceiling() -> None:
@@ -471,3 +512,26 @@ def test_a_rate_bound_lane_stays_busy_at_its_call_rate_without_hoarding_the_cap(
     assert sent[-1] - sent[0] <= 19 * window + _COLD_2_PER_S + 1e-6
     assert worst <= 2 and other_wait == 0.0
     assert 16 <= peak <= 18  # 8 s x 2 a second, plus the next one waiting for its turn
+
+
+def test_doctor_checks_are_kept_beside_the_learned_limits(tmp_path: Path) -> None:
+    path = tmp_path / "learned_quotas.json"
+    a = learned_lane("a")
+    a.limit, a.stats.submits = 3, 1
+    save_learned([a], path)
+    save_checks(
+        {
+            "a": ModelCheck(served=True, route="sync", latency_s=12.5, checked_at=1.0),
+            "gone": ModelCheck(served=False, note="Model not exist."),
+        },
+        path,
+    )
+    a.limit = 4
+    save_learned([a], path)  # a later run keeps doctor's findings
+    learned = load_learned(path)
+    assert learned.limits == {"a": 4}
+    assert learned.checks["a"] == ModelCheck(True, "sync", 12.5, 1.0, "")
+    assert not learned.checks["gone"].served
+    fresh = {"a": learned_lane("a"), "gone": ModelLane("gone", Quota())}
+    apply_learned(fresh, learned)
+    assert fresh["a"].prior_s == 12.5 and fresh["a"].limit == 4

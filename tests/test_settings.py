@@ -33,7 +33,8 @@ def test_defaults_equal_the_shipped_file() -> None:
     assert {k: v.model_dump() for k, v in s.quotas.items()} == {
         k: v.model_dump() for k, v in shipped.quotas.items()
     }
-    assert s.concurrency == 32 and s.models["tie"][0] == "wanx2.1-imageedit"
+    assert s.concurrency == shipped.concurrency and not s.concurrency_given
+    assert s.models["tie"][0] == "qwen-image-edit-plus"
     assert s.quota("wanx2.1-t2i-turbo").in_flight == 2
     # sync qwen-image-edit: 2 calls a second, no in-flight limit (the reference)
     assert s.quota("qwen-image-edit").in_flight is None and not s.quota("qwen-image-edit").learn
@@ -58,7 +59,7 @@ def test_quota_table_keys_are_the_interface(tmp_path: Path) -> None:
         "submits_per_second = 1\nin_flight = 3\n"
     )
     s = load_settings()
-    assert s.models["t2i"] == ["wan2.2-t2i-flash"] and s.models["tie"][0] == "wanx2.1-imageedit"
+    assert s.models["t2i"] == ["wan2.2-t2i-flash"] and s.models["tie"][0] == "qwen-image-edit-plus"
     assert s.quota("wan2.2-t2i-flash").in_flight == 3
     assert s.quota("wanx2.1-imageedit").in_flight == 2  # untouched defaults stay
 
@@ -79,7 +80,7 @@ def test_key_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("concurrency = 0\n", "concurrency"),
+        ("concurrency = -1\n", "concurrency"),
         ("[models]\npaint = ['x']\n", "unknown task type"),
         ("size = '1024x1024'\n", "size"),
         ("nonsense = 1\n", "nonsense"),

@@ -15,7 +15,13 @@ import aiohttp
 from aiohttp import web
 
 from runner.emulator.clock import Clock
-from runner.emulator.config import EmulatorConfig, Endpoint, ModelSpec, Region
+from runner.emulator.config import (
+    ASYNC_ENDPOINTS,
+    EmulatorConfig,
+    Endpoint,
+    ModelSpec,
+    Region,
+)
 from runner.emulator.faults import REQUEST_KINDS, FaultConfig, FaultInjector, FaultKind, FaultPlan
 from runner.emulator.protocol import ApiError
 from runner.emulator.quotas import QuotaBook
@@ -111,11 +117,24 @@ class EmulatorState:
 
         A model the region does not serve (or not on this endpoint) answers 400
         InvalidParameter "Model not exist." on the native API (the reference); the
-        OpenAI-compatible endpoint answers 404 model_not_found instead."""
+        OpenAI-compatible endpoint answers 404 model_not_found instead. A model the region
+        serves in the other mode only (qwen-image-max on the async text2image endpoint, an
+        async-only model on the sync one) answers 403 AccessDenied "current user api does
+        not support asynchronous (synchronous) calls", as the service does."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError("InvalidParameter", "Model is required.")
         spec = self.config.models.get(model)
+        if spec is not None and region in spec.regions and endpoint not in spec.endpoints:
+            asked_sync = endpoint == "multimodal"
+            if asked_sync and spec.endpoints & ASYNC_ENDPOINTS:
+                raise ApiError(
+                    "AccessDenied", "current user api does not support synchronous calls"
+                )
+            if not asked_sync and endpoint != "chat" and "multimodal" in spec.endpoints:
+                raise ApiError(
+                    "AccessDenied", "current user api does not support asynchronous calls"
+                )
         if spec is None or endpoint not in spec.endpoints or region not in spec.regions:
             if endpoint == "chat":
                 raise ApiError(

@@ -1,8 +1,12 @@
-"""Sync multimodal generation (qwen-image-edit family, qwen-image): the answer carries the
-image URLs (n of them for qwen-image-edit-plus).
+"""Generation named by chat-style messages: the sync multimodal-generation call (the
+qwen-image-edit family, the qwen-image family's text-to-image, qwen-image-2.0,
+z-image-turbo; wan2.6/2.7 on their sync route), whose answer carries the image URLs, and
+the newer async interface (image-generation/generation: wan2.6-t2i, wan2.6-image,
+wan2.7-image), whose task's poll answers with ``choices``.
 
-The call counts as in flight for its whole latency; the qwen-image-edit family has no
-in-flight cap (the reference), only a call rate.
+A sync call counts as in flight for its whole latency; most sync models have no in-flight
+cap there (the reference), only a call rate. A model that does not take
+``parameters.prompt_extend`` (qwen-image-edit) refuses it.
 """
 
 from __future__ import annotations
@@ -44,16 +48,28 @@ def _contents(inp: dict[str, Any]) -> tuple[list[object], list[str]]:
     return images, texts
 
 
-def _edit_params(spec: ModelSpec, params: dict[str, Any]) -> tuple[int, str | None]:
-    """(n, size) of a sync call: n within the model's range; size (qwen-image-edit-plus)
-    only with n = 1, each side 512-2048."""
+def _extend(spec: ModelSpec, params: dict[str, Any]) -> bool:
+    """parameters.prompt_extend: a bool, refused by a model that does not take it."""
+    if "prompt_extend" not in params:
+        return spec.prompt_extend_default and spec.takes_prompt_extend
+    if not spec.takes_prompt_extend:
+        raise ApiError("InvalidParameter", f"{spec.name} does not take parameters.prompt_extend.")
+    if not isinstance(params["prompt_extend"], bool):
+        raise ApiError("InvalidParameter", "parameters.prompt_extend must be a boolean.")
+    return params["prompt_extend"]
+
+
+def _edit_params(spec: ModelSpec, params: dict[str, Any], t2i: bool) -> tuple[int, str | None]:
+    """(n, size) of a call: n within the model's range; a text-to-image size is the
+    model's own rule (_picture); an edit's size (qwen-image-edit-plus) only with n = 1,
+    each side 512-2048."""
     n = params.get("n", spec.default_n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= spec.max_n:
         raise ApiError(
             "InvalidParameter", f"parameters.n must be within [1, {spec.max_n}] for {spec.name}."
         )
     size = params.get("size")
-    if size is None or "text2image" in spec.endpoints:
+    if size is None or t2i:
         return n, size
     if spec.max_n == 1:
         raise ApiError("InvalidParameter", f"{spec.name} does not take parameters.size.")
@@ -79,11 +95,11 @@ async def _picture(
 ) -> tuple[bytes | None, int, int]:
     """(the first source image, None for text-to-image; the result's width and height)."""
     spec = call.spec
-    if "text2image" in spec.endpoints:  # qwen-image family: text only
-        if images:
-            raise ApiError("InvalidParameter", f"{spec.name} takes text only.")
+    if spec.t2i and not images:  # text only (qwen-image-2.0 also edits, with images)
         width, height = parse_size(spec, call.params.get("size", spec.default_size))
         return None, width, height
+    if spec.t2i and spec.max_images < 1:
+        raise ApiError("InvalidParameter", f"{spec.name} takes text only.")
     if not 1 <= len(images) <= spec.max_images:
         count = "exactly one image" if spec.max_images == 1 else f"1 to {spec.max_images} images"
         raise ApiError("InvalidParameter", f"{spec.name} takes {count}.")
@@ -105,11 +121,12 @@ async def generation(request: web.Request) -> web.Response:
     state, spec, params = call.state, call.spec, call.params
     images, texts = _contents(call.inp)
     full_prompt, prompt = _instruction(call, texts)
-    n, size = _edit_params(spec, params)
+    n, size = _edit_params(spec, params, t2i=spec.t2i and not images)
+    _extend(spec, params)
     negative = params.get("negative_prompt")
     source, width, height = await _picture(call, images, size)
     check_inspection(state, prompt, negative if isinstance(negative, str) else None)
-    admit(state, spec)
+    admit(state, spec.model_copy(update={"max_in_flight": spec.sync_in_flight}))
     state.stats.sync_calls[spec.name] += 1
     try:
         _, latency_s = state.board.draw_latency(spec.name, spec.latency_s)

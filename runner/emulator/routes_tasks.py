@@ -49,6 +49,14 @@ def parse_size(spec: ModelSpec, raw: object) -> tuple[int, int]:
         if f"{width}*{height}" not in spec.sizes:
             allowed = ", ".join(spec.sizes)
             raise ApiError("InvalidParameter", f"size must be one of: {allowed}.")
+    elif spec.area is not None:  # a total-area rule, 1:4-4:1, no per-side limit
+        low, high = spec.area
+        if not (low <= width * height <= high and 0.25 <= width / height <= 4):
+            raise ApiError(
+                "InvalidParameter",
+                f"size {width}*{height} is out of range: the total pixels must be within "
+                f"[{low}, {high}] and the aspect ratio within [1:4, 4:1].",
+            )
     elif not (spec.min_side <= width <= spec.max_side and spec.min_side <= height <= spec.max_side):
         raise ApiError(
             "InvalidParameter",

@@ -9,6 +9,12 @@ holding fewer slots goes first, then the one that prefers the model. A rate-boun
 (no in-flight limit) hands its slots out as its submit turns come, so that it stays busy at
 its call rate without its waiters holding the cap. Each model's own slots, pacing and
 learned limit are ``model_lane.ModelLane``'s.
+
+The overall cap is the user's ``concurrency`` when one was given; then every hand-out it
+delays while a model had a free slot is counted (``cap_held``), with the figure that would
+not have bound (``needed``: what the lanes' quotas and observed latencies need), for the
+progress display and the summary. Without one the cap follows what the lanes need and
+never binds: only the quotas do.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class _Waiter:
     seq: int
     klass: Klass
     fut: asyncio.Future[ModelLane]
+    held: bool = False  # counted once as delayed by the overall cap
 
 
 class Slot:
@@ -69,12 +76,28 @@ class _SlotContext:
             self._slot.release()
 
 
+def cap_note(views: list[dict[str, Any]]) -> str | None:
+    """One line when the user's overall cap held requests back that a model's quota would
+    have let through (``LanePool.cap_view`` on the views), else None."""
+    view = next((v for v in views if "cap_held" in v), None)
+    if view is None or not view["cap_given"] or not view["cap_held"]:
+        return None
+    return (
+        f"concurrency {view['cap']} held back {view['cap_held']} request(s) while their "
+        f"model had a free slot: {view['cap_needed']} would not bind (or leave it unset)"
+    )
+
+
 class LanePool:
     """Hands out model slots under each model's limit and one overall cap."""
 
-    def __init__(self, lanes: dict[str, ModelLane], total_cap: int) -> None:
+    def __init__(
+        self, lanes: dict[str, ModelLane], total_cap: int, *, cap_given: bool = True
+    ) -> None:
         self.lanes = lanes
         self.total_cap = total_cap
+        self.cap_given = cap_given  # False: automatic, never binds
+        self.cap_held = 0  # waiters the given cap delayed while a model had a free slot
         self.total = 0
         self._queues: dict[Klass, deque[_Waiter]] = {}
         self._held: Counter[Klass] = Counter()
@@ -85,6 +108,27 @@ class LanePool:
     @property
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values())
+
+    @property
+    def cap(self) -> int:
+        """The overall cap in force: the given one; automatic, one more than is in flight (it
+        never binds: only the quotas do; ``needed`` is the figure it stands for)."""
+        return self.total_cap if self.cap_given else self.total + 1
+
+    def needed(self) -> int:
+        """In flight at once that no quota would refuse: the sum of the lanes' needs."""
+        return sum(lane.need() for lane in self.lanes.values())
+
+    def cap_view(self) -> dict[str, Any]:
+        """The overall cap, whether the user gave it, how often it held a slot back, and
+        the figure that would not bind."""
+        needed = self.needed()
+        return {
+            "cap": self.total_cap if self.cap_given else max(self.total_cap, needed),
+            "cap_given": self.cap_given,
+            "cap_held": self.cap_held,
+            "cap_needed": needed,
+        }
 
     # -- API ------------------------------------------------------------------
     def slot(self, models: Sequence[str]) -> _SlotContext:
@@ -106,7 +150,9 @@ class LanePool:
         self._give_back(lane, klass)
 
     def views(self) -> list[dict[str, Any]]:
-        return [lane.view() for lane in self.lanes.values()]
+        """Each lane's view, with the overall cap's (``cap_view``) on every one."""
+        cap = self.cap_view()
+        return [lane.view() | cap for lane in self.lanes.values()]
 
     # -- hand-out -------------------------------------------------------------
     def _now(self) -> float:
@@ -134,7 +180,7 @@ class LanePool:
 
     async def _wait_for(self, klass: Klass) -> ModelLane:
         now = self._now()
-        if not self.waiting and self.total < self.total_cap:
+        if not self.waiting and self.total < self.cap:
             best = self._best(klass, now)
             if best is not None:
                 return self._take(best[1], klass, now)
@@ -164,7 +210,7 @@ class LanePool:
             now = self._now()
         except RuntimeError:  # a limit changed outside a loop (tests): nothing waits
             return
-        while self.total < self.total_cap:
+        while self.total < self.cap:
             choice: tuple[tuple[int, int, int], Klass, ModelLane] | None = None
             for klass, queue in self._queues.items():
                 while queue and queue[0].fut.done():  # cancelled waiters
@@ -185,12 +231,24 @@ class LanePool:
             _, klass, lane = choice
             waiter = self._queues[klass].popleft()
             waiter.fut.set_result(self._take(lane, klass, now))
+        if self.total >= self.cap:
+            self._count_held(now)
         self._arm(now)
+
+    def _count_held(self, now: float) -> None:
+        """The overall cap is full: count each waiter whose model has a free slot now (once)."""
+        for klass, queue in self._queues.items():
+            if not queue or queue[0].held or queue[0].fut.done():
+                continue
+            lanes = (self.lanes.get(name) for name in klass)
+            if any(ln is not None and ln.free > 0 and ln.opens_in(now) <= 0 for ln in lanes):
+                queue[0].held = True
+                self.cap_held += 1
 
     def _arm(self, now: float) -> None:
         """Wake the hand-out when a rate-bound lane a waiter could use opens its next slot
         (no release announces that)."""
-        if self.total >= self.total_cap:
+        if self.total >= self.cap:
             return
         wake: float | None = None
         for klass, queue in self._queues.items():

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from pydantic import BaseModel
 
+from runner.backends.dashscope.client import send_image_request
 from runner.errors import (
     DashScopeError,
     DownloadError,
@@ -38,9 +39,11 @@ from runner.errors import (
     RunnerError,
     ServerError,
     Step,
+    WrongRoute,
     classify,
 )
 from runner.images import ImageProblem, result_to_jpeg
+from runner.models import ModelCaps, caps
 from runner.policy import Action, RetryPolicy, Tries
 from runner.scheduling.polling import TaskWatcher, WatchTimeout
 from runner.store.journal import Journal, PendingTask
@@ -94,6 +97,10 @@ class Client(Protocol):
     async def fetch_task(self, task_id: str) -> Any: ...
     async def cancel_task(self, task_id: str) -> None: ...
     async def multimodal_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any: ...
+    async def multimodal_t2i(self, model: str, prompt: str, **kw: Any) -> Any: ...
+    async def submit_generation(
+        self, model: str, prompt: str, images: list[str], **kw: Any
+    ) -> Any: ...
     async def download(self, url: str) -> bytes: ...
 
 
@@ -112,6 +119,8 @@ class Lifecycle:
     policy: RetryPolicy | None = None
     billed: dict[str, int] = field(default_factory=dict)  # model -> images paid in this run
     retries: int = 0  # download rounds and URL renewals (no payment)
+    # model -> sync: the route the service took where it refused the table's (``_send``)
+    routes: dict[str, bool] = field(default_factory=dict)
     _critical: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,31 +144,62 @@ class Lifecycle:
     async def submit(self, req: Request) -> PendingTask:
         """Send the request; return the journaled proof of payment (task id or sync URLs).
         A failure comes back as a typed error stamped with its step (submit or sync call)."""
+        _take_route(req, self.routes.get(req.model))
         try:
             return await self._shielded(self._submit_and_journal(req))
         except DashScopeError as exc:
             raise exc.at(Step.SYNC_CALL if req.sync else Step.SUBMIT) from None
 
     async def _send(self, req: Request) -> Any:
-        """The one request, in the form the model takes its input."""
-        c, common = self.client, {"n": req.n, "seed": req.seed}
-        if req.sync:
-            assert req.source is not None
-            return await c.multimodal_edit(
-                req.model, req.prompt, req.source, negative_prompt=req.negative, **common
+        """The one request, on the model's route, in the form it takes its input.
+
+        When the service answers that the route is the wrong one for the model (403 "does
+        not support synchronous/asynchronous calls": refused, not billed), the model's
+        later requests in this run go to its other documented route (runner.models;
+        ``submit`` applies it) and this one is answered a ``ServerError``, so that the row
+        sends again at once. A model refused on every route it has raises ``WrongRoute``
+        (set aside, loudly: its route in the table is wrong)."""
+        try:
+            return await send_image_request(
+                self.client,
+                req.model,
+                req.prompt,
+                sync=req.sync,
+                input_style=req.input_style,
+                source=req.source,
+                size=req.size,
+                n=req.n,
+                seed=req.seed,
+                negative=req.negative,
+                strength=req.strength,
+                prompt_extend=req.prompt_extend,
             )
-        if req.input_style == "images":
-            assert req.source is not None
-            return await c.submit_images_edit(
-                req.model, req.prompt, [req.source], negative_prompt=req.negative, **common
-            )
-        if req.source is not None:
-            edit = {"function": "description_edit", "strength": req.strength}
-            return await c.submit_image_edit(req.model, req.prompt, req.source, **edit, **common)
-        t2i = {"size": req.size or "1024*1024", "prompt_extend": req.prompt_extend}
-        return await c.submit_text2image(
-            req.model, req.prompt, negative_prompt=req.negative, **t2i, **common
-        )
+        except WrongRoute as exc:
+            other = _route(req.model, not req.sync)
+            # refused on the route the service took before: a route the table calls wrong
+            if other is None or self.routes.get(req.model) == req.sync:
+                raise WrongRoute(
+                    f"{req.model} refused its {_route_name(req.sync)} route and has no other "
+                    f"that works ({exc}); its route in runner/models.py is wrong",
+                    code=exc.code,
+                    status=exc.status,
+                    request_id=exc.request_id,
+                    model=req.model,
+                ) from None
+            if req.model not in self.routes:  # calls sent before the fix answer the same
+                self.routes[req.model] = other.sync
+                log.warning(
+                    "route_fixed",
+                    model=req.model,
+                    refused=_route_name(req.sync),
+                    now=_route_name(other.sync),
+                    error=str(exc),
+                )
+            raise ServerError(
+                f"{req.model} is not served {_route_name(req.sync)} here ({exc}): "
+                f"sent {_route_name(other.sync)} from now on",
+                model=req.model,
+            ) from None
 
     async def _submit_and_journal(self, req: Request) -> PendingTask:
         now = time.time()
@@ -312,3 +352,22 @@ class Lifecycle:
             "the task's results are gone",
             ResultExpired(f"task {paid.task_id} is {state.status}", model=paid.model),
         )
+
+def _route(model: str, sync: bool) -> ModelCaps | None:
+    """``model``'s caps on its sync (or async) route, None when it has no such route."""
+    found = caps(model)
+    if found.sync == sync:
+        return found
+    other = found.on_other_route()
+    return other if other is not None and other.sync == sync else None
+
+
+def _take_route(req: Request, sync: bool | None) -> None:
+    """Send ``req`` on the route the service took for its model (``Lifecycle.routes``)."""
+    route = None if sync is None or sync == req.sync else _route(req.model, sync)
+    if route is not None:
+        req.sync, req.input_style = route.sync, route.input_style
+
+
+def _route_name(sync: bool) -> str:
+    return "sync" if sync else "async"

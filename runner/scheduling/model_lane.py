@@ -13,10 +13,12 @@ its slots open as its submit turns come. ``lanes.LanePool`` hands the slots out.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import structlog
 
+from runner.models import caps
 from runner.scheduling.latency import LatencyModel
 from runner.scheduling.pacing import SubmitWindow
 from runner.settings import Quota
@@ -89,6 +91,9 @@ class ModelLane:
         self._strike: int | None = None  # stats.completed at a 429 forgiven at a proven level
         self._mark_completed = 0  # stats.completed when the limit last changed / 429'd
         self.raises = 0
+        # how long a call may take before any is seen: the slowest documented latency of
+        # the model's kind (runner.models), or what doctor --live measured (learned.py)
+        self.prior_s = caps(name).latency_s[1]
 
     @property
     def rate_bound(self) -> bool:
@@ -98,6 +103,16 @@ class ModelLane:
     @property
     def learned(self) -> bool:
         return bool(self.quota.learn) and self.limit is not None
+
+    def need(self) -> int:
+        """Slots this model can keep busy: its in-flight limit (a learned one: the most it
+        may probe up to), or for a rate-bound lane its call rate times the slowest latency
+        likely (p90 seen, else the prior), plus the call being handed out."""
+        if self.limit is not None:
+            return self.quota.max_in_flight if self.learned else self.limit
+        p90 = self.stats.quantile(0.9)
+        latency = p90 if p90 is not None else self.prior_s
+        return math.ceil(self.quota.submits_per_second * latency) + 1
 
     @property
     def free(self) -> int:
@@ -230,6 +245,7 @@ class ModelLane:
             "completed": self.stats.completed,
             "failed": self.stats.failed,
             "max_in_flight": self.stats.max_in_flight,
+            "need": self.need(),
             "p50_s": round(p50, 2) if p50 is not None else None,
             "p90_s": round(p90, 2) if p90 is not None else None,
             "detections": self.stats.detections,

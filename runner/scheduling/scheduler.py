@@ -69,7 +69,10 @@ class Scheduler:
         lanes = {m: ModelLane(m, settings.quota(m)) for m in sorted(names)}
         self.settings, self.emulated, self.backend = settings, emulated, backend
         self.out_dir, self.journal, self.on_row = out_dir, journal, on_row
-        self.lanes, self.pool = lanes, LanePool(lanes, total_cap=settings.concurrency)
+        self.lanes = lanes
+        self.pool = LanePool(
+            lanes, total_cap=settings.concurrency, cap_given=settings.concurrency_given
+        )
         self.polls = PollBudget(settings.poll_qps)
         # result decoding/encoding, below the loop's priority (a source to prepare is on the
         # way to a slot: it stays on the default executor, at normal priority)

@@ -21,7 +21,13 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import structlog
 
-from runner.backends.dashscope.config import I2I_PATH, MULTIMODAL_PATH, T2I_PATH, ClientConfig
+from runner.backends.dashscope.config import (
+    GENERATION_PATH,
+    I2I_PATH,
+    MULTIMODAL_PATH,
+    T2I_PATH,
+    ClientConfig,
+)
 from runner.backends.dashscope.requester import Requester
 from runner.backends.dashscope.transport import AiohttpTransport, Transport
 from runner.backends.dashscope.types import (
@@ -37,7 +43,7 @@ from runner.backends.dashscope.types import (
 from runner.errors import RowFailed
 from runner.models import caps
 
-__all__ = ["DashScopeClient", "default_transport"]
+__all__ = ["DashScopeClient", "default_transport", "send_image_request"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -151,16 +157,48 @@ class DashScopeClient:
         negative_prompt: str | None = None,
         seed: int | None = None,
         watermark: bool = False,
+        prompt_extend: bool = False,
     ) -> Submitted:
         """Submit an edit that names its sources as ``input.images`` (wan2.5-i2i-preview) on
         the image2image path. Not retried here."""
-        parameters = self._parameters(model, prompt, n, watermark, size=size, seed=seed)
+        parameters = self._parameters(
+            model, prompt, n, watermark, size=size, seed=seed, prompt_extend=prompt_extend
+        )
         if not images:
             raise ValueError("images is empty")
         input_ = _present(
             prompt=prompt, images=list(images), negative_prompt=negative_prompt or None
         )
         return await self._submit(I2I_PATH, model, input_, parameters)
+
+    async def submit_generation(
+        self,
+        model: str,
+        prompt: str,
+        images: list[str] | None = None,
+        *,
+        n: int = 1,
+        size: str | None = None,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        prompt_extend: bool = False,
+        watermark: bool = False,
+    ) -> Submitted:
+        """Submit a task on the newer interface (wan2.6-t2i, wan2.6-image, wan2.7-image):
+        ``input.messages`` with the text and any source ``images``; its poll answers with
+        ``choices``. Not retried here."""
+        parameters = self._parameters(
+            model,
+            prompt,
+            n,
+            watermark,
+            size=size,
+            negative_prompt=negative_prompt or None,
+            seed=seed,
+            prompt_extend=prompt_extend,
+        )
+        input_ = {"messages": [{"role": "user", "content": _content(prompt, images or [])}]}
+        return await self._submit(GENERATION_PATH, model, input_, parameters)
 
     async def fetch_task(self, task_id: str, *, max_retries: int | None = None) -> TaskState:
         """Poll a task (GET, retried on Retryable errors, a malformed answer included;
@@ -196,6 +234,40 @@ class DashScopeClient:
     ) -> SyncResult:
         """Sync multimodal-generation edit (the qwen-image-edit family; qwen-image-edit-plus
         returns n = 1-6 images in one call). No async header, not retried."""
+        return await self._sync_call(
+            model, prompt, [image], n, negative_prompt, seed, watermark, size, prompt_extend
+        )
+
+    async def multimodal_t2i(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        n: int = 1,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        watermark: bool = False,
+        size: str | None = None,
+        prompt_extend: bool | None = None,
+    ) -> SyncResult:
+        """Sync multimodal-generation text-to-image (the qwen-image family, qwen-image-2.0,
+        z-image-turbo; wan2.6-t2i on its sync route): one text item. Not retried."""
+        return await self._sync_call(
+            model, prompt, [], n, negative_prompt, seed, watermark, size, prompt_extend
+        )
+
+    async def _sync_call(
+        self,
+        model: str,
+        prompt: str,
+        images: list[str],
+        n: int,
+        negative_prompt: str | None,
+        seed: int | None,
+        watermark: bool,
+        size: str | None,
+        prompt_extend: bool | None,
+    ) -> SyncResult:
         parameters = self._parameters(
             model,
             prompt,
@@ -206,12 +278,11 @@ class DashScopeClient:
             size=size,
             prompt_extend=prompt_extend,
         )
-        content = [{"image": image}, {"text": prompt}]
         return await self._generate(
             "sync",
             MULTIMODAL_PATH,
             model,
-            {"messages": [{"role": "user", "content": content}]},
+            {"messages": [{"role": "user", "content": _content(prompt, images)}]},
             parameters,
             lambda data: parse_sync(data, model),
         )
@@ -297,8 +368,11 @@ class DashScopeClient:
         model: str, prompt: str, n: int, watermark: bool, **optional: object
     ) -> dict[str, Any]:
         """Checks ``n`` and the prompt's length, then the parameters of a call: ``n`` always
-        (the server's default is 4 images: 4x the cost and quota), ``watermark``, and the
-        ``optional`` ones that are not None (None: left to the server)."""
+        (the server's default is 4 images: 4x the cost and quota), ``watermark``,
+        ``prompt_extend`` always for a model that takes it (false when not given: the
+        service's default rewrites the prompt) and never for one that does not
+        (qwen-image-edit), and the other ``optional`` ones that are not None (None: left to
+        the server)."""
         # A wrong n is the caller's mistake, not the service's: the capability table says
         # what one request may return (qwen-image: 1, qwen-image-edit-plus: 6, wanx: 4).
         spec = caps(model)
@@ -311,7 +385,81 @@ class DashScopeClient:
                 chars=len(prompt),
                 limit=spec.prompt_limit,
             )
-        return {"n": n, "watermark": watermark} | _present(**optional)
+        extend = optional.pop("prompt_extend", None)
+        fixed: dict[str, Any] = {"n": n, "watermark": watermark}
+        if spec.prompt_extend:
+            fixed["prompt_extend"] = bool(extend)
+        return fixed | _present(**optional)
+
+
+async def send_image_request(
+    client: Any,
+    model: str,
+    prompt: str,
+    *,
+    sync: bool,
+    input_style: str,
+    source: str | None = None,
+    size: str | None = None,
+    n: int = 1,
+    seed: int | None = None,
+    negative: str | None = None,
+    strength: float = 0.5,
+    prompt_extend: bool = False,
+) -> Submitted | SyncResult:
+    """One generation request on a route (runner.models: ``sync`` and ``input_style``),
+    through ``client``'s method for it: the sync call (t2i or edit), the image-generation
+    interface (messages), an images-list edit, a function edit, or a text2image task.
+    ``source``: an edit's image (URL or data URI); ``prompt_extend`` is sent to the models
+    that take it."""
+    common: dict[str, Any] = {"n": n, "seed": seed}
+    extend = {"prompt_extend": prompt_extend}
+    if sync:
+        if source is not None:
+            return await client.multimodal_edit(
+                model, prompt, source, negative_prompt=negative, **extend, **common
+            )
+        return await client.multimodal_t2i(
+            model, prompt, negative_prompt=negative, size=size, **extend, **common
+        )
+    if input_style == "messages":  # the image-generation interface (wan2.6, wan2.7)
+        images = [source] if source is not None else []
+        return await client.submit_generation(
+            model,
+            prompt,
+            images,
+            negative_prompt=negative,
+            size=size if source is None else None,
+            **extend,
+            **common,
+        )
+    if input_style == "images":
+        if source is None:
+            raise ValueError(f"{model} edits an image: source is missing")
+        return await client.submit_images_edit(
+            model, prompt, [source], negative_prompt=negative, **extend, **common
+        )
+    if source is not None:
+        edit = {"function": "description_edit", "strength": strength}
+        return await client.submit_image_edit(model, prompt, source, **edit, **common)
+    return await client.submit_text2image(
+        model,
+        prompt,
+        negative_prompt=negative,
+        size=size or "1024*1024",
+        **extend,
+        **common,
+    )
+
+
+def _content(prompt: str, images: list[str]) -> list[dict[str, str]]:
+    """A user message's content: the source images, then the text."""
+    return [{"image": image} for image in images] + [{"text": prompt}]
+
+
+def _list_stamp(epoch: float) -> str:
+    """A task-list time bound: YYYYMMDDhhmmss on the service's clock (Beijing time)."""
+    return datetime.fromtimestamp(epoch, timezone(timedelta(hours=8))).strftime("%Y%m%d%H%M%S")
 
 
 def _present(**fields: object) -> dict[str, Any]:

@@ -19,10 +19,15 @@ MiB = 1024 * 1024
 T2I_PATH = "/services/aigc/text2image/image-synthesis"
 I2I_PATH = "/services/aigc/image2image/image-synthesis"
 MULTIMODAL_PATH = "/services/aigc/multimodal-generation/generation"
+# the newer async interface (wan2.6 / wan2.7): messages input, polls answered with choices
+GENERATION_PATH = "/services/aigc/image-generation/generation"
 CHUNK = 64 * 1024
 ERROR_BODY_MAX = 64 * 1024  # error bodies are small; never buffer a huge one
-CONNECTION_LIMIT = 64  # API host + OSS host together; quotas keep real use far lower
-CONNECTION_LIMIT_PER_HOST = 32
+# A sync call holds its connection for its whole latency: at 2 calls a second and 30 s that
+# is 60 per model, and the overall cap defaults to what the quotas need. The connector must
+# not bind before them (the lanes and the cap bound the requests; polls share 20 a second).
+CONNECTION_LIMIT = 1024  # API host + OSS host together
+CONNECTION_LIMIT_PER_HOST = 768
 
 
 def _user_agent() -> str:

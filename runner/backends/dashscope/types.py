@@ -29,7 +29,10 @@ __all__ = [
     "service_time",
 ]
 
-TaskStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"]
+# SUSPENDED: listed by the official SDK's task-status constants; not an end, polled on
+TaskStatus = Literal[
+    "PENDING", "RUNNING", "SUSPENDED", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 _TASK_STATUSES: frozenset[str] = frozenset(get_args(TaskStatus))
 
@@ -188,7 +191,9 @@ def parse_submitted(data: dict[str, Any], model: str) -> Submitted:
 
 
 def _task_output(task_id: str, data: dict[str, Any]) -> dict[str, Any]:
-    """The ``output`` object of a poll answer, checked to be about ``task_id``."""
+    """The ``output`` object of a poll answer, checked to be about ``task_id``: an answer
+    that names no task, or another one, is malformed (polled again), never taken as this
+    task's result."""
     request_id = str_or_none(data.get("request_id"))
     output = data.get("output")
     if not isinstance(output, dict):
@@ -199,12 +204,30 @@ def _task_output(task_id: str, data: dict[str, Any]) -> dict[str, Any]:
             f"task answer has an unknown output.task_status {status!r}", request_id=request_id
         )
     answered_id = output.get("task_id")
-    if answered_id not in (None, "", task_id):
+    if not isinstance(answered_id, str) or not answered_id:
+        raise ServerError(
+            f"asked for task {task_id!r}, the answer names no output.task_id",
+            request_id=request_id,
+        )
+    if answered_id != task_id:
         raise ServerError(
             f"asked for task {task_id!r}, the answer is about {answered_id!r}",
             request_id=request_id,
         )
     return output
+
+
+def _choice_images(choices: object) -> list[str]:
+    """The image URLs of a ``choices`` answer: ``choices[].message.content[].image`` (the
+    sync endpoint's answer, and the newer interface's finished task)."""
+    urls: list[str] = []
+    for choice in choices if isinstance(choices, list) else []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and isinstance(part.get("image"), str) and part["image"]:
+                urls.append(part["image"])
+    return urls
 
 
 def _task_results(
@@ -234,6 +257,7 @@ def parse_task(task_id: str, data: dict[str, Any], scrub: Scrub) -> TaskState:
     """A poll answer as a TaskState; a malformed one is a ServerError (polled again)."""
     output = _task_output(task_id, data)
     urls, item_errors, actual_prompts = _task_results(output.get("results"), scrub)
+    urls += _choice_images(output.get("choices"))
     request_id = str_or_none(data.get("request_id"))
     if output["task_status"] == "SUCCEEDED" and not urls:
         # SUCCEEDED means at least one image: an answer without one is malformed.
@@ -260,15 +284,8 @@ def parse_task(task_id: str, data: dict[str, Any], scrub: Scrub) -> TaskState:
 
 def parse_sync(data: dict[str, Any], model: str) -> SyncResult:
     """The image URLs of a multimodal-generation answer."""
-    urls: list[str] = []
     output = data.get("output")
-    choices = output.get("choices") if isinstance(output, dict) else None
-    for choice in choices if isinstance(choices, list) else []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else []:
-            if isinstance(part, dict) and isinstance(part.get("image"), str) and part["image"]:
-                urls.append(part["image"])
+    urls = _choice_images(output.get("choices") if isinstance(output, dict) else None)
     request_id = str_or_none(data.get("request_id"))
     if not urls:
         raise ServerError(
