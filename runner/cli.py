@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p = sub.add_parser("run", help="run the task list (the default command)")
     _common(run_p)
     run_p.add_argument(
-        "--concurrency", type=int, help="most API tasks in flight at once (default 32)"
+        "--concurrency",
+        type=int,
+        help="most API requests in flight at once (default: what the models' quotas need)",
     )
     run_p.add_argument(
         "--dry-run",
