@@ -10,9 +10,12 @@ against an emulator in another process:
    account's query budget with them (``PROFILES``); about 40 minutes;
 2. this runner on the real 1000-row workload, known then learned quotas (face swap in the
    same run), latencies at 1/5;
-3. with ``--all``: the three baselines on the API rows, side by side, and the overhead
+3. the competition workload under the 2026 catalogue (``bench.catalogue``): each region's
+   defaults before issue 23 and after, against each region's 2026 quotas, with the dry run's
+   cost of the task list; about 25 minutes;
+4. with ``--all``: the three baselines on the API rows, side by side, and the overhead
    benchmark (zero latency, no quotas); without it BENCHMARKS.md keeps their last tables;
-4. the slots plot, BENCHMARKS.md; then ``python -m bench.faceswap`` when it exists, whose
+5. the slots plot, BENCHMARKS.md; then ``python -m bench.faceswap`` when it exists, whose
    ``bench/faceswap_results.md`` goes into BENCHMARKS.md.
 
 Options: ``--scale``, ``--baseline-scale``, ``--skip`` parts, ``--all``, ``--seq-cap-s``,
@@ -28,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from . import catalogue
 from .common import (
     BASELINE_SCALE,
     OUT,
@@ -41,7 +45,7 @@ from .common import (
 from .plot import plot_slots
 from .report import write
 
-PARTS = ("profiles", "runner", "baselines", "overhead", "faceswap")
+PARTS = ("profiles", "runner", "catalogue", "baselines", "overhead", "faceswap")
 
 # Latency profiles (real seconds), the time scale each runs at and the rows of each workload.
 # Only the emulator's latencies are scaled (bench.common.emulator_config); its submit windows
@@ -153,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             if path.is_file():
                 results[mode] = read_json(path)
 
+    if "catalogue" not in args.skip:
+        results["catalogue"] = catalogue.run_all_configs()
+
     if "baselines" not in args.skip:
         # side by side: each waits on its quota, so they barely share the CPU. The sequential
         # loop would take as long as all its rows' latencies together (about 2.3 h real): it
@@ -236,6 +243,9 @@ def _report_only(args: argparse.Namespace) -> int:
     for mode in ("known", "learned"):
         if (res / f"runner-{mode}.json").is_file():
             results[mode] = read_json(res / f"runner-{mode}.json")
+    found = [res / f"catalogue-{name}.json" for name in catalogue.CONFIGS]
+    if any(path.is_file() for path in found):
+        results["catalogue"] = [read_json(path) for path in found if path.is_file()]
     if "known" in results:
         plot_slots([results["known"]], ROOT / "bench" / "slots.png")
     stamps = [p.stat().st_mtime for p in res.glob("*.json")]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import catalogue
 from .common import HIDDEN_QUOTAS, LATENCY_S, ROOT
 
 TARGET_KNOWN = 1.10
@@ -403,6 +404,14 @@ def render(results: dict[str, Any], previous: Path = ROOT / "BENCHMARKS.md") -> 
                 add("")
             lines.extend(old)
             add("")
+    # ---- the 2026 catalogue (bench.catalogue): this run's, else the previous section
+    cat = results.get("catalogue")
+    cat_lines = catalogue.section(cat) if cat else _previous(catalogue.TITLE, previous)
+    if cat_lines:
+        add(f"## {catalogue.TITLE}")
+        add("")
+        lines.extend(cat_lines)
+        add("")
     # ---- targets
     add("## Targets")
     add("")

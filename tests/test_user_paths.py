@@ -331,7 +331,8 @@ def test_dry_run_prints_cost_and_duration_without_a_request(job, tmp_path: Path)
     (tmp_path / "imgs" / "junk.png").write_bytes(b"not a picture at all")
     settings = tmp_path / "intl.toml"
     settings.write_text(
-        'region = "intl"\n[models]\nt2i = ["wan2.1-t2i-turbo"]\n[candidates]\nt2i = 2\n',
+        'region = "intl"\n[models]\nt2i = ["wan2.1-t2i-turbo"]\n[candidates]\nt2i = 2\n'
+        '[prices.intl]\ncurrency = "USD"\n"wan2.1-t2i-turbo" = 0.025\n',
         encoding="utf-8",
     )
     res = _cli(
@@ -352,7 +353,7 @@ def test_dry_run_prints_cost_and_duration_without_a_request(job, tmp_path: Path)
     assert "row 42 (bad input): junk.png is not a readable image" in out
     assert "2 unusable" in out
     assert "wan2.1-t2i-turbo" in out and "80" in out  # 40 rows x 2 candidates
-    assert "2.00 USD" in out  # 80 x $0.025, the documented intl list price
+    assert "2.00 USD" in out  # 80 x $0.025, the intl page's list price
     # quota bound: 40 requests (n=2 in one) at min(2/s, 2 in flight / 10 s) = 0.2/s
     assert "at least 3m 20s" in out
     assert not (tmp_path / "out").exists()  # nothing run, nothing written
@@ -389,7 +390,9 @@ async def test_budget_stops_submitting_and_names_the_rows(job, tmp_path: Path, q
         await run_all(
             tasks,
             out=tmp_path / "out2",
-            settings=quick.model_copy(update={"budget": 1.0}),
+            settings=quick.model_copy(
+                update={"budget": 1.0, "models": {**quick.models, "t2i": ["wanx2.1-t2i-turbo"]}}
+            ),
             progress=False,
         )
 
