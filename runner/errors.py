@@ -8,9 +8,11 @@ the ``step`` that failed, where the raiser knows it) what happens next.
 - ``RowFailed``: the row itself is wrong (bad input, rejected prompt on every model); fail it.
 - ``Fatal``: nothing else can succeed either (bad key, no money, disk full); stop the run.
   ``ServiceUnreachable``: every connection to the host failed for about 30 s.
+- ``Uncertain``: a paid request was written and its answer lost: it may have been billed;
+  never resent blindly.
 - ``Resubmit``: a paid task can give nothing (closed); its ``cause`` is decided as above.
   ``ResultUnreachable``: a paid image could not be downloaded now; the row fails, the task
-  stays open for the next run.
+  stays open for the next run. ``StillRunning``: the task had not ended by its deadline.
 
 ``Step`` names the call that failed (submit, poll, download, sync call, local generation,
 judge call); the lifecycle, the row steps and the judge stamp it on the error with ``at``.
@@ -19,7 +21,7 @@ judge call); the lifecycle, the row steps and the judge stamp it on the error wi
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Any, Self
 
 
 class Step(StrEnum):
@@ -102,9 +104,15 @@ class ServerError(Retryable):
     """5xx, a connection reset, a stalled server: nothing wrong with the request."""
 
 
-class SubmitUncertain(ServerError):
-    """A submit was answered 200 but the answer could not be read: the task MAY exist (and be
-    paid for). Retrying submits it again; the caller decides whether that is acceptable."""
+class Uncertain(DashScopeError):
+    """A paid request (a submit or a sync call) was written, but no usable answer came back:
+    a timeout, a reset or a cut body after the request left, an unreadable 2xx, a 2xx without
+    the task id. The service MAY have accepted it, and billed it, so it is never sent again
+    blindly: an async submit is looked for at the service (its task list), a sync call or an
+    unmatched submit fails its row unless the user pays again (``--repay-uncertain``).
+    ``paid``: the ledger's request (runner.store.ledger), set where the request is known."""
+
+    paid: Any = None
 
 
 class ModelRefused(DashScopeError):
@@ -163,6 +171,11 @@ class Resubmit(RunnerError):
 
 class ResultUnreachable(RunnerError):
     """A paid image exists but could not be fetched in this run; its task stays open."""
+
+
+class StillRunning(ResultUnreachable):
+    """The task was still PENDING or RUNNING at its deadline, one last poll included: it is
+    never resubmitted (it bills when it ends); the row fails, the next run polls it again."""
 
 
 class DiskFull(RunnerError):

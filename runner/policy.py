@@ -37,7 +37,9 @@ TokensThrottled (429)  as RateLimited; the judge pauses all its calls instead, u
 ServerError, other     row: resubmit after backoff until ``max_attempts``;
 Retryable, ResultExp.  download: download again (expired: with renewed URLs)
                        until ``download_rounds``, then fail the row, task kept
-SubmitUncertain        fail the row: another submit might pay twice
+Uncertain              fail the row (it may have been billed: another request
+                       might pay twice), unless ``repay_uncertain`` (the user's
+                       --repay-uncertain): then resubmit
 ModelNotServed         set the model aside for the run; the row takes the next
 ModelRefused           the row takes its next model
 RowFailed, other       fail the row (judge: the candidate stays unscored)
@@ -62,8 +64,8 @@ from runner.errors import (
     ResultExpired,
     Retryable,
     Step,
-    SubmitUncertain,
     TokensThrottled,
+    Uncertain,
 )
 from runner.retry import backoff_delay
 
@@ -108,6 +110,7 @@ class _Limits(Protocol):
     max_throttled: int
     backoff_max_s: float
     retry_after_cap_s: float
+    repay_uncertain: bool
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class RetryPolicy:
     download_rounds: int = 4  # each round is already the transport's retried GET
     call_retries: int = 4  # a judge call's, after the transport's own
     tokens_pause_max_s: float = 900.0  # a judge call's tokens-a-minute pauses, in all
+    repay_uncertain: bool = False  # the user accepts paying again for a lost answer
 
     @classmethod
     def from_settings(cls, settings: _Limits) -> RetryPolicy:
@@ -127,6 +131,7 @@ class RetryPolicy:
             max_throttled=settings.max_throttled,
             backoff_max_s=settings.backoff_max_s,
             retry_after_cap_s=settings.retry_after_cap_s,
+            repay_uncertain=settings.repay_uncertain,
         )
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
@@ -155,12 +160,15 @@ class RetryPolicy:
 
     def _row(self, exc: DashScopeError, tries: Tries) -> Decision:
         model = exc.model or None
-        if isinstance(exc, SubmitUncertain):
+        if isinstance(exc, Uncertain):
+            tries.count += 1
+            if self.repay_uncertain and tries.count < self.max_attempts:
+                return Decision(Action.RESUBMIT, self.delay(tries.count), model=model)
             return Decision(
                 Action.FAIL,
-                reason=f"{exc}; the service may have accepted the task, so it was not sent "
-                "again (run again to retry the row)",
-                attempts=tries.count + 1,
+                reason=f"uncertain: {exc}, so it was not sent again (run again with "
+                "--repay-uncertain to pay for the row again)",
+                attempts=tries.count,
                 model=model,
             )
         if isinstance(exc, RateLimited):

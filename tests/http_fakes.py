@@ -8,7 +8,7 @@ every new client gets.
 
 Routes match on method and the exact URL (query string included), first scripted first; an
 answer is used once unless ``repeat=True``. A request nothing matches fails like a refused
-connection, and is recorded like every other.
+connection (nothing sent), and is recorded like every other.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from runner.backends.dashscope import ClientConfig, Request, Response
@@ -57,6 +59,16 @@ def answer(
 
 
 Script = Answer | Callable[[Request], Answer]
+
+
+def refused(url: str) -> aiohttp.ClientConnectorError:
+    """What aiohttp raises when nothing listens: a connect-phase failure, nothing was sent."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    key = ConnectionKey(
+        parts.hostname or "", port, parts.scheme == "https", True, None, None, None, None
+    )
+    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
 
 
 @dataclass
@@ -139,7 +151,7 @@ class FakeTransport:
                     self._routes.remove(route)
                 script = route.script
                 return script(request) if callable(script) else script
-        raise aiohttp.ClientConnectionError(f"Connection refused: {request.method} {request.url}")
+        raise refused(request.url)
 
     # ---- the default transport of new clients, inside a ``with`` block
 

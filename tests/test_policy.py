@@ -24,7 +24,7 @@ POLICY = RetryPolicy(max_attempts=3, max_throttled=2, backoff_max_s=0.5, retry_a
         (errors.ServerError("503", step=Step.SUBMIT), Action.RESUBMIT),
         (errors.ResultExpired("UNKNOWN", step=Step.POLL), Action.RESUBMIT),
         (errors.RateLimited("429", step=Step.SUBMIT), Action.RESUBMIT),
-        (errors.SubmitUncertain("unreadable 200", step=Step.SUBMIT), Action.FAIL),
+        (errors.Uncertain("unreadable 200", step=Step.SUBMIT), Action.FAIL),
         (errors.ModelNotServed("Model not exist.", model="m"), Action.SET_ASIDE),
         (errors.ModelRefused("DataInspectionFailed", model="m"), Action.NEXT_MODEL),
         (errors.RowFailed("InvalidParameter"), Action.FAIL),
@@ -96,16 +96,33 @@ def test_the_step_is_stamped_once() -> None:
 
 def test_from_settings_reads_the_run_limits() -> None:
     settings = SimpleNamespace(
-        max_attempts=9, max_throttled=7, backoff_max_s=1.5, retry_after_cap_s=30.0
+        max_attempts=9,
+        max_throttled=7,
+        backoff_max_s=1.5,
+        retry_after_cap_s=30.0,
+        repay_uncertain=True,
     )
     policy = RetryPolicy.from_settings(settings)
     assert (policy.max_attempts, policy.max_throttled) == (9, 7)
     assert (policy.backoff_max_s, policy.retry_after_cap_s) == (1.5, 30.0)
+    assert policy.repay_uncertain
+
+
+def test_an_uncertain_request_is_paid_again_only_when_the_user_says_so() -> None:
+    lost = errors.Uncertain("answer lost", step=Step.SUBMIT, model="m")
+    refused = POLICY.decide(lost, Tries())
+    assert refused.action is Action.FAIL and "--repay-uncertain" in refused.reason
+    repay = RetryPolicy(max_attempts=3, repay_uncertain=True)
+    tries = Tries()
+    assert repay.decide(lost, tries).action is Action.RESUBMIT
+    assert repay.decide(lost, tries).action is Action.RESUBMIT
+    assert repay.decide(lost, tries).action is Action.FAIL  # within max_attempts all the same
 
 
 async def test_lifecycle_stamps_the_submit_step(tmp_path: Path) -> None:
     from runner.scheduling.lifecycle import Lifecycle, Request
     from runner.store.journal import Journal
+    from runner.store.ledger import Ledger, PaidBook
 
     class Refusing:
         async def submit_text2image(self, model: str, prompt: str, **kw: object) -> object:
@@ -116,9 +133,12 @@ async def test_lifecycle_stamps_the_submit_step(tmp_path: Path) -> None:
 
     journal = Journal(tmp_path)
     try:
-        life = Lifecycle(Refusing(), journal, None, cpu=cpu)  # type: ignore[arg-type]
+        ledger = Ledger(journal, PaidBook(), backend="b", emulated=False)
+        life = Lifecycle(Refusing(), ledger, None, cpu=cpu)  # type: ignore[arg-type]
         with pytest.raises(errors.ServerError) as info:
             await life.submit(Request(index="1", model="m", prompt="p"))
         assert info.value.step is Step.SUBMIT
+        # the refusal is journaled: the request was not billed
+        assert [p.phase for p in ledger.book.requests.values()] == ["refused"]
     finally:
         journal.close()

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from runner.errors import Fatal, RateLimited, ServerError
-from runner.scheduling import LatencyModel, ModelLane, PollBudget, TaskWatcher, WatchTimeout
+from runner.errors import StillRunning
+from runner.scheduling import LatencyModel, ModelLane, PollBudget, TaskWatcher
 from runner.settings import Quota
 
 try:
@@ -115,7 +116,7 @@ async def _drive(
             submitted = wall()
             service.add(task_id, submitted + service.rtt / 2, draw(rng))
             await asyncio.sleep(service.rtt)  # the submit's own round trip
-            state = await watcher.wait_terminal(ln, task_id, submitted_at=submitted)
+            state = await watcher.wait_terminal(ln, task_id, started=submitted)
             assert state.status == "SUCCEEDED"
             ids[ln.name].append(task_id)
 
@@ -215,7 +216,7 @@ def test_a_resumed_task_23_hours_old_is_polled_at_once_and_learned_only_from_sta
         long_ago = wall() - 23 * 3600
         service.add("old", long_ago, 23 * 3600 + 40)  # still running: ends in 40 s
         start = wall()
-        state = await watcher.wait_terminal(ln, "old", submitted_at=long_ago, resumed=True)
+        state = await watcher.wait_terminal(ln, "old", age_s=wall() - long_ago)
         assert state.status == "SUCCEEDED"
         assert service.polls[0][0] == pytest.approx(start, abs=0.05)  # looked at it at once
         return ln
@@ -227,20 +228,68 @@ def test_a_resumed_task_23_hours_old_is_polled_at_once_and_learned_only_from_sta
     assert stamped.stats.detections == 1  # it was watched while it ended
 
 
-def test_timeout_counts_from_this_runs_first_poll_not_from_the_submit() -> None:
-    async def go() -> tuple[float, float]:
+def test_the_deadline_counts_from_this_runs_first_poll_and_ends_with_one_more_look() -> None:
+    """A task still running at its deadline is polled once more and then kept (StillRunning),
+    never closed unseen; the deadline counts from this run's first poll, not the submit."""
+
+    async def go() -> tuple[float, int, str]:
         service = FakeService()
         budget = PollBudget(15, clock=wall)
         watcher = TaskWatcher(service, budget, timeout_s=60, first_s=0.5)
         submitted = wall() - 20 * 60  # a rerun 20 minutes after a crash
         service.add("t", submitted, 10 * 3600)
         start = wall()
-        with pytest.raises(WatchTimeout) as info:
-            await watcher.wait_terminal(lane(), "t", submitted_at=submitted, resumed=True)
-        return wall() - start, info.value.waited_s
+        with pytest.raises(StillRunning) as info:
+            await watcher.wait_terminal(lane(), "t", age_s=wall() - submitted)
+        last = service.polls[-1][0] - start
+        return wall() - start, int(last >= 60.0), str(info.value)
 
-    took, waited = run_virtual(go())
-    assert 59.5 <= took <= 61.0 and 59.5 <= waited <= 61.0
+    took, looked_after, why = run_virtual(go())
+    assert 59.5 <= took <= 61.0
+    assert looked_after == 1  # the last look came after the deadline
+    assert "kept" in why and "next run" in why
+
+
+def test_a_task_ending_just_at_its_deadline_is_taken_not_kept() -> None:
+    async def go() -> str:
+        service = FakeService()
+        watcher = TaskWatcher(service, PollBudget(15, clock=wall), timeout_s=30, first_s=40)
+        start = wall()
+        service.add("t", start, 30.2)  # ends right after the deadline; no look in between
+        state = await watcher.wait_terminal(lane(), "t", started=start)
+        return str(state.status)
+
+    assert run_virtual(go()) == "SUCCEEDED"
+
+
+def test_a_clock_that_steps_neither_ends_nor_freezes_a_wait() -> None:
+    """The watcher's deadline and the poll budget run on the monotonic clock: the wall clock
+    jumping a day forward (NTP, a laptop asleep) or an hour back changes nothing."""
+    import time as real_time
+
+    async def go(step: float) -> tuple[float, str]:
+        loop = asyncio.get_running_loop()
+        service = FakeService()
+        budget = PollBudget(15, clock=loop.time)  # a monotonic clock, on the virtual loop
+        watcher = TaskWatcher(service, budget, timeout_s=60, first_s=0.5)
+        service.add("t", wall(), 30.0)
+        original = real_time.time
+
+        async def jump() -> None:  # the wall clock steps while the task runs
+            await asyncio.sleep(10.0)
+            real_time.time = lambda: original() + step  # type: ignore[assignment]
+
+        jumper = asyncio.ensure_future(jump())
+        try:
+            state = await watcher.wait_terminal(lane(), "t", started=loop.time())
+        finally:
+            jumper.cancel()
+            real_time.time = original  # type: ignore[assignment]
+        return loop.time(), str(state.status)
+
+    for step in (86400.0, -3600.0):
+        took, status = run_virtual(go(step))
+        assert status == "SUCCEEDED" and 30.0 <= took < 33.0  # seen as it ended, no sooner
 
 
 def test_failed_polls_are_polled_again_honouring_retry_after_and_fatal_propagates() -> None:
@@ -251,13 +300,13 @@ def test_failed_polls_are_polled_again_honouring_retry_after_and_fatal_propagate
         start = wall()
         service.add("t", start, 1.0)
         service.errors = [RateLimited("slow down", retry_after=3.0), ServerError("boom")]
-        state = await watcher.wait_terminal(lane(), "t", submitted_at=start)
+        state = await watcher.wait_terminal(lane(), "t", started=start)
         assert state.status == "SUCCEEDED"
         times = [t - start for t, _ in service.polls]
         service.add("f", wall(), 1.0)
         service.errors = [Fatal("InvalidApiKey")]
         with pytest.raises(Fatal):
-            await watcher.wait_terminal(lane(), "f", submitted_at=wall())
+            await watcher.wait_terminal(lane(), "f", started=wall())
         return times
 
     times = run_virtual(go())
@@ -272,7 +321,7 @@ def test_every_terminal_status_is_returned_for_the_caller_to_decide(status: str)
         ln = lane()
         watcher = TaskWatcher(service, PollBudget(15, clock=wall), timeout_s=900, first_s=0.5)
         service.add("t", wall(), 2.0, status=status)
-        state = await watcher.wait_terminal(ln, "t", submitted_at=wall())
+        state = await watcher.wait_terminal(ln, "t", started=wall())
         return state.status, ln
 
     got, ln = run_virtual(go())
@@ -302,7 +351,7 @@ def test_budget_is_spent_while_tasks_may_have_ended() -> None:
             for k in range(2):
                 tid = f"{ln.name}{k}"
                 service.add(tid, start, 170.0 + k)
-                jobs.append(watcher.wait_terminal(ln, tid, submitted_at=start))
+                jobs.append(watcher.wait_terminal(ln, tid, started=start))
         await asyncio.gather(*jobs)
         window = [t for t, _ in service.polls if start + 70 <= t < start + 160]
         return len(window), 90.0

@@ -88,9 +88,12 @@ def test_journal_is_synced_per_record(tmp_path: Path, monkeypatch: pytest.Monkey
     assert [json.loads(x)["task_id"] for x in lines] == ["a", "b"]
 
 
-def test_old_task_ids_are_not_resumed(tmp_path: Path) -> None:
+def test_old_task_ids_are_kept_for_the_service_to_judge(tmp_path: Path) -> None:
+    """A task id is never dropped for its age on the local clock (a clock that stepped would
+    make a rerun pay for what it could fetch): the service answers UNKNOWN once it is gone."""
     (tmp_path / "journal.jsonl").write_text(
         json.dumps({"ev": "submitted", "index": "1", "model": "m", "task_id": "old", "t": 1000.0})
         + "\n"
     )
-    assert replay(tmp_path / "journal.jsonl").rows["1"].pending == []
+    pending = replay(tmp_path / "journal.jsonl").rows["1"].pending
+    assert [(p.task_id, p.phase, p.billed) for p in pending] == [("old", "accepted", 1)]

@@ -99,18 +99,23 @@ class EmulatorState:
         moved, self._moved = self._moved, asyncio.Event()
         moved.set()  # every sleeper waits on this one: they all look at the clock again
 
-    def bill(self, kind: str, ident: str, model: str, prompt: str, n: int) -> None:
-        """Records what the account pays for: an accepted task or an answered sync call."""
-        self.billed.append(
-            {
-                "kind": kind,
-                "id": ident,
-                "model": model,
-                "prompt": prompt,
-                "n": n,
-                "t": self.clock.wall(),
-            }
-        )
+    def bill(
+        self, kind: str, ident: str, model: str, prompt: str, n: int, images: int | None = None
+    ) -> dict[str, Any]:
+        """Records what the account pays for: an accepted task or an answered sync call.
+        ``images`` is settled when the work ends (failed images are not billed); a task's
+        entry has None until then."""
+        entry = {
+            "kind": kind,
+            "id": ident,
+            "model": model,
+            "prompt": prompt,
+            "n": n,
+            "images": images,
+            "t": self.clock.wall(),
+        }
+        self.billed.append(entry)
+        return entry
 
     def spec_for(self, body: dict[str, Any], endpoint: Endpoint, region: Region) -> ModelSpec:
         """The model a request names, as the region serves it.
@@ -200,12 +205,36 @@ def raise_request_fault(kind: FaultKind, faults: FaultConfig) -> None:
     raise ApiError("ModelUnavailable")
 
 
-async def stall_if_planned(request: web.Request, plan: FaultPlan) -> None:
-    """The stall fault: the work is done (a submitted task exists) but the answer is late."""
+class CutAnswer(Exception):
+    """Raised by a handler to answer 200 with a Content-Length the body never reaches."""
+
+
+async def before_answer(request: web.Request, plan: FaultPlan) -> None:
+    """The faults of an answer whose work is done (a submitted task exists, a sync call's
+    images are made, and billed): it comes late (stall), never (the connection is reset:
+    answer_lost) or cut after its status line (answer_cut)."""
+    state = state_of(request)
     if plan.has(FaultKind.STALL):
-        state = state_of(request)
         state.stats.faults_injected[FaultKind.STALL.value] += 1
         await state.sleep(state.config.faults.stall_s)
+    lost = ((FaultKind.ANSWER_LOST, ConnectionReset), (FaultKind.ANSWER_CUT, CutAnswer))
+    for kind, error in lost:
+        if plan.has(kind):
+            state.stats.faults_injected[kind.value] += 1
+            raise error
+
+
+async def cut_answer(request: web.Request) -> web.StreamResponse:
+    """200 and the start of a JSON body, then the connection closes short of its length."""
+    head = b'{"output": {"task_id": "'
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    resp.content_length = len(head) + 64
+    await resp.prepare(request)
+    await resp.write(head)
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return resp
 
 
 def reset_connection(request: web.Request) -> web.Response:

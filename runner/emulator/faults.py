@@ -37,6 +37,14 @@ class FaultKind(StrEnum):
     CORRUPT_IMAGE = "corrupt_image"  # 200 image/png, bytes are not a decodable PNG
     HTML_BODY = "html_body"  # 200 text/html error page instead of the image
     HUGE_BODY = "huge_body"  # 200 image/png streaming huge_body_bytes, no Content-Length
+    # answers whose work is done (and billed) but which do not reach the client whole
+    ANSWER_LOST = "answer_lost"  # the connection is reset instead of the answer
+    ANSWER_CUT = "answer_cut"  # 200, then the body stops short of its Content-Length
+    # a hostile or broken service
+    DUPLICATE_TASK_ID = "duplicate_task_id"  # a submit answers an earlier task's id
+    POLL_OTHER_TASK = "poll_other_task"  # a poll answers about another task
+    POLL_NO_TASK_ID = "poll_no_task_id"  # a poll answer without output.task_id
+    EXTRA_IMAGES = "extra_images"  # a task returns one image more than asked (and bills it)
 
 
 API_ENDPOINTS: frozenset[str] = frozenset(
@@ -60,6 +68,12 @@ DEFAULT_SCOPES: dict[FaultKind, frozenset[str]] = {
     FaultKind.CORRUPT_IMAGE: frozenset({"download"}),
     FaultKind.HTML_BODY: frozenset({"download"}),
     FaultKind.HUGE_BODY: frozenset({"download"}),
+    FaultKind.ANSWER_LOST: frozenset({"submit", "generation"}),
+    FaultKind.ANSWER_CUT: frozenset({"submit", "generation"}),
+    FaultKind.DUPLICATE_TASK_ID: frozenset({"submit"}),
+    FaultKind.POLL_OTHER_TASK: frozenset({"poll"}),
+    FaultKind.POLL_NO_TASK_ID: frozenset({"poll"}),
+    FaultKind.EXTRA_IMAGES: frozenset({"submit"}),
 }
 
 # Kinds the `transient` shorthand draws from: all are worth retrying.
@@ -86,6 +100,7 @@ TASK_KINDS: tuple[FaultKind, ...] = (
     FaultKind.TASK_FAILED,
     FaultKind.TASK_UNKNOWN,
     FaultKind.PARTIAL_SUCCESS,
+    FaultKind.EXTRA_IMAGES,
 )
 DOWNLOAD_KINDS: tuple[FaultKind, ...] = (
     FaultKind.URL_NOT_FOUND,
@@ -140,6 +155,12 @@ class FaultConfig(BaseModel):
     corrupt_image: FaultRule | None = None
     html_body: FaultRule | None = None
     huge_body: FaultRule | None = None
+    answer_lost: FaultRule | None = None
+    answer_cut: FaultRule | None = None
+    duplicate_task_id: FaultRule | None = None
+    poll_other_task: FaultRule | None = None
+    poll_no_task_id: FaultRule | None = None
+    extra_images: FaultRule | None = None
 
     transient: float = Field(0.0, ge=0.0, le=1.0)  # shorthand, see module docstring
     data_inspection_words: frozenset[str] = frozenset()  # prompt trigger words, case-folded

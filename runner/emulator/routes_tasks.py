@@ -1,8 +1,9 @@
-"""Async image tasks: submit (text2image, image2image), poll, cancel."""
+"""Async image tasks: submit (text2image, image2image), poll, list, cancel."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -11,14 +12,14 @@ from runner.emulator.config import IMAGE_EDIT_FUNCTIONS, ModelSpec
 from runner.emulator.context import (
     EmulatorState,
     ImageCall,
+    before_answer,
     guard,
     open_image_call,
-    stall_if_planned,
     state_of,
 )
 from runner.emulator.faults import TASK_KINDS, FaultKind, FaultPlan
 from runner.emulator.inputs import checked_image, load_image, probe_image
-from runner.emulator.protocol import ApiError, json_answer, request_id, wall_time
+from runner.emulator.protocol import BEIJING, ApiError, json_answer, request_id, wall_time
 from runner.emulator.state import Task, new_task_id
 
 _SIZE = re.compile(r"^\s*(\d+)\s*\*\s*(\d+)\s*$")
@@ -130,14 +131,18 @@ async def submit(request: web.Request) -> web.Response:
         fault=task_fault(state, call.plan), latency_s=latency_s,
         submit_wall=state.clock.wall(), submit_mono=state.clock.mono(),
     )
+    task.billing = state.bill("task", task.task_id, spec.name, inp["prompt"], n)
+    told = task.task_id
+    if call.plan.has(FaultKind.DUPLICATE_TASK_ID) and state.board.tasks:
+        state.stats.faults_injected[FaultKind.DUPLICATE_TASK_ID.value] += 1
+        told = next(reversed(state.board.tasks))  # the task is made, another's id is told
     state.board.add(task, pending_s)
     state.stats.submits[spec.name] += 1
-    state.bill("task", task.task_id, spec.name, inp["prompt"], n)
     answer = {
-        "output": {"task_id": task.task_id, "task_status": "PENDING"},
+        "output": {"task_id": told, "task_status": "PENDING"},
         "request_id": request_id(),
     }
-    await stall_if_planned(request, call.plan)
+    await before_answer(request, call.plan)
     return json_answer(answer)
 
 
@@ -208,7 +213,13 @@ def task_output(
     usage = None
     if task.status == "SUCCEEDED":
         ok = sum(1 for r in task.results if "url" in r)
-        output["results"] = task.results
+        if task.choices:  # the newer interface: output.choices[].message.content[].image
+            images = [{"image": r["url"], "type": "image"} for r in task.results if "url" in r]
+            message = {"role": "assistant", "content": images}
+            output["choices"] = [{"finish_reason": "stop", "message": message}]
+            output["finished"] = True
+        else:
+            output["results"] = task.results
         output["task_metrics"] = {"TOTAL": task.n, "SUCCEEDED": ok, "FAILED": task.n - ok}
         usage = {"image_count": ok}
     elif task.status == "FAILED":
@@ -236,7 +247,79 @@ async def poll(request: web.Request) -> web.Response:
         answer["output"] = output
         if usage is not None:
             answer["usage"] = usage
-    await stall_if_planned(request, plan)
+    if plan.has(FaultKind.POLL_OTHER_TASK):
+        state.stats.faults_injected[FaultKind.POLL_OTHER_TASK.value] += 1
+        others = [t for t in state.board.tasks.values() if t.task_id != task_id]
+        if others:
+            answer["output"] = task_output(others[-1], state.config.timestamps)[0]
+    if plan.has(FaultKind.POLL_NO_TASK_ID):
+        state.stats.faults_injected[FaultKind.POLL_NO_TASK_ID.value] += 1
+        answer["output"].pop("task_id", None)
+    await before_answer(request, plan)
+    return json_answer(answer)
+
+
+_STAMP = "%Y%m%d%H%M%S"
+
+
+def _stamp(raw: str | None, name: str) -> float | None:
+    """A list query's time bound: YYYYMMDDhhmmss on the service's clock (Beijing time)."""
+    if raw is None:
+        return None
+    try:
+        return datetime.strptime(raw, _STAMP).replace(tzinfo=BEIJING).timestamp()
+    except ValueError:
+        raise ApiError("InvalidParameter", f"{name} must look like 20250108160359.") from None
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """GET /tasks: the account's tasks in a window (at most 24 h), newest first, paged; on the
+    task-query budget. Items name the task, its status, model and times, not its prompt
+    (a poll of the task tells that)."""
+    state = state_of(request)
+    plan = await guard(request, "poll")
+    if not state.quotas.poll_allowed(state.clock.mono()):
+        raise ApiError("Throttling", "Requests rate limit exceeded, please try again later.")
+    q = request.query
+    start = _stamp(q.get("start_time"), "start_time")
+    end = _stamp(q.get("end_time"), "end_time")
+    if start is not None and end is not None and not 0 <= end - start <= 24 * 3600:
+        raise ApiError("InvalidParameter", "The time window must be within 24 hours.")
+    try:
+        page_no = max(1, int(q.get("page_no", "1")))
+        page_size = min(100, max(1, int(q.get("page_size", "10"))))
+    except ValueError:
+        raise ApiError("InvalidParameter", "page_no and page_size must be integers.") from None
+    model, status = q.get("model_name"), q.get("status")
+    found = [
+        t
+        for t in reversed(state.board.tasks.values())
+        if (model is None or t.model == model)
+        and (status is None or t.status == status)
+        and (start is None or t.submit_wall >= start)
+        and (end is None or t.submit_wall <= end)
+    ]
+    page = found[(page_no - 1) * page_size : page_no * page_size]
+    items = []
+    for t in page:
+        item = {
+            "task_id": t.task_id,
+            "task_status": "UNKNOWN" if t.expired else t.status,
+            "model_name": t.model,
+            "submit_time": wall_time(t.submit_wall),
+        }
+        if t.end_wall is not None:
+            item["end_time"] = wall_time(t.end_wall)
+        items.append(item)
+    state.stats.polls += 1
+    answer = {
+        "request_id": request_id(),
+        "data": items,
+        "total": len(found),
+        "page_no": page_no,
+        "page_size": page_size,
+    }
+    await before_answer(request, plan)
     return json_answer(answer)
 
 
@@ -246,5 +329,5 @@ async def cancel(request: web.Request) -> web.Response:
     task = state.board.get(request.match_info["task_id"])
     if task is None or not state.board.cancel(task):
         raise ApiError("UnsupportedOperation")
-    await stall_if_planned(request, plan)
+    await before_answer(request, plan)
     return json_answer({"request_id": request_id()})

@@ -10,7 +10,7 @@ from runner.scheduling.latency import LatencyModel
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
 from runner.scheduling.pacing import SubmitWindow
 from runner.scheduling.plan import ServiceClock, TaskPlan
-from runner.scheduling.polling import TERMINAL, PollBudget, TaskWatcher, WatchTimeout
+from runner.scheduling.polling import TERMINAL, PollBudget, TaskWatcher
 
 __all__ = [
     "LEARNED_NAME",
@@ -26,7 +26,6 @@ __all__ = [
     "SubmitWindow",
     "TaskPlan",
     "TaskWatcher",
-    "WatchTimeout",
     "apply_learned",
     "in_flight_limit",
     "load_learned",

@@ -3,9 +3,10 @@
 The service allows 20 task queries a second per account (``poll_qps``, 15 by default, is
 what the runner spends). ``PollBudget`` hands out turns ``1/qps`` apart to the waiting
 tasks (``TaskPlan``): among those due, the one most likely to have ended since it was last
-seen running. ``TaskWatcher.wait_terminal`` polls one task through it until the task ends,
-learning from each ending how long the model's tasks take: from the service's own
-timestamps when the answer carries them, else from the interval the polls bracket.
+seen running. ``TaskWatcher.wait_terminal`` polls one task through it until the task ends
+(or, one last poll past its deadline, is found still running), learning from each ending how
+long the model's tasks take: from the service's own timestamps when the answer carries them,
+else from the interval the polls bracket. Every time here is on the monotonic clock.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import Any, Protocol
 
 import structlog
 
-from runner.errors import RateLimited, Retryable
+from runner.errors import (
+    DashScopeError,
+    Fatal,
+    RateLimited,
+    ResultUnreachable,
+    Retryable,
+    Step,
+    StillRunning,
+)
 from runner.retry import backoff_delay
 from runner.scheduling.lanes import ModelLane
 from runner.scheduling.plan import ServiceClock, TaskPlan
@@ -27,17 +36,7 @@ log = structlog.get_logger(__name__)
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 _MAX_POLL_BACKOFF_S = 8.0
-
-
-class WatchTimeout(Exception):
-    """The task did not end within ``timeout_s`` of this run's first poll of it."""
-
-    def __init__(self, task_id: str, waited_s: float) -> None:
-        super().__init__(
-            f"task {task_id} still running {waited_s:.0f} s after this run's first poll"
-        )
-        self.task_id = task_id
-        self.waited_s = waited_s
+_LAST_LOOK = 1e12  # a task past its deadline takes the next turn before any other
 
 
 class _Due(Protocol):
@@ -155,7 +154,13 @@ def _stamp(state: Any, name: str) -> float | None:
 
 
 class TaskWatcher:
-    """Polls one task at a time (many at once share the budget) until it ends."""
+    """Polls one task at a time (many at once share the budget) until it ends.
+
+    The deadline is on the monotonic clock: ``timeout_s`` from this run's first poll of the
+    task. A task is never given up unseen: past the deadline it is polled once more, and one
+    still PENDING or RUNNING then raises ``StillRunning`` (the task stays open; the row fails
+    for this run and the next run polls it). Nothing here closes or cancels a task.
+    """
 
     def __init__(
         self, client: _Client, budget: PollBudget, *, timeout_s: float, first_s: float
@@ -170,47 +175,49 @@ class TaskWatcher:
         lane: ModelLane,
         task_id: str,
         *,
-        submitted_at: float | None,
-        resumed: bool = False,
+        started: float | None = None,
+        age_s: float = 0.0,
     ) -> Any:
         """The task's state as soon as it is SUCCEEDED, FAILED, CANCELED or UNKNOWN.
 
-        ``submitted_at`` is our wall clock at submit (for a resumed task, the journal's, and
-        possibly hours old). Failed polls are polled again (429s and 5xx with backoff);
-        ``WatchTimeout`` after ``timeout_s`` from this run's first poll.
+        ``started``: our clock's time of the submit, for a task sent in this run. A task of an
+        earlier run has none; ``age_s`` is then how old the journal says it is (a hint for the
+        planner only). Failed polls are polled again (429s and 5xx with backoff); a poll the
+        service refuses for good raises ``ResultUnreachable`` (the task is kept), a ``Fatal``
+        stops the run.
         """
         clock = self.budget.clock
         service = self.budget.service
-        fresh = not resumed and submitted_at is not None
-        plan = TaskPlan(
-            lane,
-            submitted_at if submitted_at is not None else clock(),
-            first_s=self.first_s,
-            fresh=fresh,
-        )
-        first_poll: float | None = None
+        fresh = started is not None
+        anchor = started if started is not None else clock() - max(0.0, age_s)
+        plan = TaskPlan(lane, anchor, first_s=self.first_s, fresh=fresh)
+        deadline: float | None = None
         failures = 0
         svc_submit: float | None = None
+        last_look = False
         while True:
-            if first_poll is not None:
-                left = first_poll + self.timeout_s - clock()
-                if left <= 0:
-                    raise WatchTimeout(task_id, clock() - first_poll)
+            if deadline is not None and not last_look:
+                left = deadline - clock()
                 try:
-                    async with asyncio.timeout(left):
+                    async with asyncio.timeout(max(0.0, left)):
                         await self.budget.turn(plan)
                 except TimeoutError:
-                    raise WatchTimeout(task_id, clock() - first_poll) from None
+                    last_look = True  # the deadline: one look more, at once, then decide
+                    await self.budget.turn(_Fixed(clock(), _LAST_LOOK))
             else:
                 await self.budget.turn(plan)
             sent = clock()
-            if first_poll is None:
-                first_poll = sent
+            if deadline is None:
+                deadline = sent + self.timeout_s
             plan.polls += 1
             plan.last_sent = sent
             try:
                 state = await self.client.fetch_task(task_id)
             except Retryable as exc:  # the task is still there: look again later, never re-pay
+                if last_look:
+                    raise StillRunning(
+                        self._still(task_id, f"its last poll failed: {exc}")
+                    ) from None
                 failures += 1
                 delay = backoff_delay(min(failures, 6), exc.retry_after, max_s=_MAX_POLL_BACKOFF_S)
                 plan.hold_until = clock() + delay
@@ -218,19 +225,35 @@ class TaskWatcher:
                     self.budget.pause(min(delay, _MAX_POLL_BACKOFF_S))
                 log.info("poll_failed", task_id=task_id, error=str(exc), retry_in=round(delay, 2))
                 continue
+            except DashScopeError as exc:
+                exc.model = exc.model or lane.name
+                if isinstance(exc, Fatal):
+                    raise exc.at(Step.POLL) from None
+                raise ResultUnreachable(
+                    f"polling task {task_id} was refused ({exc}); the task is kept: the next "
+                    "run asks for it again without paying"
+                ) from None
             recv = clock()
             failures = 0
             stamp = _stamp(state, "submit_time")
             if stamp is not None and svc_submit is None:
                 svc_submit = stamp
-                if fresh and submitted_at is not None:
-                    service.submitted(stamp, submitted_at)
+                if fresh:
+                    service.submitted(stamp, anchor)
                 plan.anchor = service.to_ours(stamp)
             if state.status not in TERMINAL:
+                if last_look:
+                    raise StillRunning(self._still(task_id, f"it was {state.status}"))
                 plan.last_not_done = sent
                 continue
             self._learn(lane, plan, state, sent=sent, recv=recv, svc_submit=svc_submit)
             return state
+
+    def _still(self, task_id: str, why: str) -> str:
+        return (
+            f"task {task_id} was still running at the service {self.timeout_s:.0f} s after "
+            f"this run's first poll ({why}); it is kept, not paid again: the next run polls it"
+        )
 
     def _learn(
         self,

@@ -1,18 +1,18 @@
 """What a rerun keeps: a done row whose image is whole and made from the same inputs, and the
-paid tasks of the others that are still worth fetching."""
+paid requests of the others that may still give their image (the ledger's open ones, on this
+run's backend)."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
-from runner.store.journal import TASK_ID_TTL_S, JournalState, PendingTask, RowState
+from runner.store.journal import JournalState, PaidRequest, RowState
 from runner.tasks import Task, TaskList
 
 __all__ = ["RowPlan", "jpeg_whole", "plan_rows"]
 
-RowPlan = tuple[RowState, list[PendingTask]]
+RowPlan = tuple[RowState, list[PaidRequest]]
 
 
 def jpeg_whole(path: Path) -> bool:
@@ -37,29 +37,36 @@ def plan_rows(
     *,
     imgs_dir: Path,
     emulated: bool,
+    backend: str | None = None,
 ) -> tuple[list[RowPlan], Counter[str]]:
-    """For each row: what the journal knows, and the paid tasks still worth fetching; and
+    """For each row: what the journal knows, and the paid requests worth another look; and
     why done rows are made again (reason -> rows).
 
     A done row is kept only when its image is whole, it was made from the same inputs, and
     it is not an emulator placeholder in a run with a key. A broken image is fetched again
-    from its journaled task while the id lives; a changed row's old tasks are left alone
-    (their images answer another prompt). Blocking (it reads the disk).
+    from the request that made it; a changed row's old requests are left alone (their
+    images answer another prompt), and so are requests another backend took (``backend``:
+    this run's; None takes every one). Nothing is dropped for its age on the local clock:
+    the service says when a task is gone. Blocking (it reads the disk).
     """
-    now = time.time()
     plans: list[RowPlan] = []
     redone: Counter[str] = Counter()
     for task in tasklist.tasks:
         prior = state.rows.get(task.index) or RowState(index=task.index)
         fp = fps.get(task.index)
-        pending = [p for p in prior.pending if p.fp is None or fp is None or p.fp == fp]
+        pending = [
+            p
+            for p in prior.pending
+            if (p.fp is None or fp is None or p.fp == fp)
+            and (backend is None or p.backend is None or p.backend == backend)
+        ]
         if prior.done:
             why = _redo_reason(task, prior, fp, imgs_dir / f"{task.index}.jpg", emulated)
             if why is None:
                 plans.append((prior, []))
                 continue
             if why == _DAMAGED:
-                pending = _refetchable(prior, now)
+                pending = _refetchable(state, prior, backend)
             redone[why] += 1
             prior = RowState(index=task.index)  # not done: make it (or fetch it) again
         plans.append((prior, pending))
@@ -85,14 +92,18 @@ def _redo_reason(
     return None
 
 
-def _refetchable(prior: RowState, now: float) -> list[PendingTask]:
-    """The done row's own paid task, while the service still keeps it."""
+def _refetchable(state: JournalState, prior: RowState, backend: str | None) -> list[PaidRequest]:
+    """The done row's own paid request, reopened: its task is asked again (or its sync URLs
+    downloaded again); the service says whether it still has the image."""
     r = prior.result
-    t = float(r.get("t") or 0.0)
-    if now - t >= TASK_ID_TTL_S or not r.get("model"):
-        return []
+    key: str | None = None
     if r.get("task_id"):
-        return [PendingTask(task_id=r["task_id"], model=r["model"], submitted_at=t)]
-    if r.get("url"):
-        return [PendingTask(task_id="refetch", model=r["model"], submitted_at=t, urls=[r["url"]])]
-    return []
+        key = state.book.by_task.get(str(r["task_id"]))
+    elif r.get("url"):  # a sync call: found by its URL
+        key = next((k for k, p in state.book.requests.items() if r["url"] in p.urls), None)
+    paid = state.book.requests.get(key) if key is not None else None
+    if paid is None:
+        return []
+    if backend is not None and paid.backend not in (None, backend):
+        return []
+    return [paid.model_copy(update={"phase": "answered" if paid.sync else "accepted"})]

@@ -21,7 +21,9 @@ from runner.errors import (
     Resubmit,
     ResultUnreachable,
     RowFailed,
+    ServerError,
     Step,
+    Uncertain,
 )
 from runner.images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
 from runner.models import caps, source_url
@@ -33,12 +35,11 @@ from runner.scheduling.finishing import Finisher, RowStop, failed
 from runner.scheduling.lanes import LanePool, ModelLane, Slot
 from runner.scheduling.lifecycle import Candidate, Lifecycle, Request
 from runner.settings import Settings
-from runner.store.journal import PendingTask
+from runner.store.ledger import BudgetReached, PaidRequest
 from runner.tasks import Task
 
 if TYPE_CHECKING:
     from runner.backends.local.pool import LocalPool
-    from runner.cost import Budget
 
 __all__ = ["RowSteps", "RowWork"]
 
@@ -69,7 +70,6 @@ class RowSteps:
     cpu: CpuPool
     finisher: Finisher
     policy: RetryPolicy
-    budget: Budget | None = None
     local: LocalPool | None = None  # the ``local:<name>`` models' workers
     refused_models: dict[str, str] = field(default_factory=dict)  # set aside for the run
     retries: int = 0
@@ -135,7 +135,7 @@ class RowSteps:
 
     async def _generate(self, row: RowWork, have: int) -> list[Candidate]:
         """One paid request that yields images, sent again or elsewhere until it does (or
-        cannot), as the policy decides. Only a closed task is paid again."""
+        cannot), as the policy decides. Only a closed request is paid for again."""
         while True:
             models = self._models_for(row)
             if not models:
@@ -147,8 +147,12 @@ class RowSteps:
                 )
             try:
                 return await self._request(row, have, models)
-            except Resubmit as exc:  # the task is closed: decided as a new request
+            except Resubmit as exc:  # the request is closed: decided as a new one
                 delay = self._after_error(row, exc.cause)
+            except Uncertain as exc:  # it may have been billed: paid again only if allowed
+                delay = self._after_error(row, exc)
+                if exc.paid is not None:
+                    await self.life.repay(exc.paid)
             except (DashScopeError, ResultUnreachable, ImageProblem) as exc:
                 delay = self._after_error(row, exc)
             if delay:
@@ -160,6 +164,9 @@ class RowSteps:
         decision = self.policy.decide(exc, row.tries)
         self.retries += row.tries.total - total
         model = decision.model or ""
+        if decision.action in (Action.SET_ASIDE, Action.NEXT_MODEL) and not model:
+            # no model to leave: trying again would send the same request at once
+            raise failed(row.task, decision.reason or str(exc), attempts=row.tries.count + 1)
         match decision.action:
             case Action.STOP:
                 raise exc  # Fatal: the scheduler stops the run
@@ -192,16 +199,17 @@ class RowSteps:
             if req.input_style == "local":  # this machine's GPUs: nothing to pay, poll or fetch
                 return await self._local(task, req, held)
             await lane.submit_gate()
-            if self.budget is not None and not self.budget.reserve(req.model, req.n):
-                why = getattr(self.budget, "reason", lambda: "the --budget would be passed")()
-                raise failed(task, f"not submitted: {why}")
             started = time.monotonic()
             try:
                 paid = await self.life.submit(req)
-            except BaseException as exc:
-                if self.budget is not None:
-                    self.budget.refund(req.model, req.n)
-                if isinstance(exc, DashScopeError) and not exc.model:
+            except BudgetReached as exc:
+                raise failed(task, f"not submitted: {exc}") from None
+            except Uncertain as exc:
+                if exc.paid is None or exc.paid.sync:
+                    raise
+                paid = await self.life.reconcile(exc.paid, lane)  # found, or Uncertain again
+            except DashScopeError as exc:
+                if not exc.model:
                     exc.model = lane.name  # what to set aside or learn from
                 if isinstance(exc, RateLimited):  # the quota said no: the lane learns it
                     lane.on_throttled()
@@ -211,11 +219,11 @@ class RowSteps:
                 held.release()
                 urls, actual = paid.urls, None
             else:
-                state = await self.life.wait(task.index, lane, paid, resumed=False)
+                state = await self.life.wait(lane, paid)
                 held.release()
                 urls = list(state.urls)
                 actual = (getattr(state, "actual_prompts", None) or [None])[0]
-        return await self.life.fetch(task.index, paid, urls, actual)
+        return await self.life.fetch(paid, urls, actual)
 
     async def _local(self, task: Task, req: Request, held: Slot) -> list[Candidate]:
         """A local diffusion model (``local:<name>``): the worker's images, checked and
@@ -292,22 +300,41 @@ class RowSteps:
             log.info("source_resized", index=task.index, note=src.note)
         return src
 
-    async def _resume(self, task: Task, paid: PendingTask) -> list[Candidate]:
-        """Fetch what a request paid for by an earlier run made, without paying again."""
-        log.info("task_resumed", index=task.index, task_id=paid.task_id)
+    async def _resume(self, task: Task, paid: PaidRequest) -> list[Candidate]:
+        """What a request of an earlier run paid for, fetched without paying again; a request
+        whose answer that run lost is looked for first (and paid again only when the user
+        says so). Nothing, when the service says the request can give nothing."""
+        log.info("task_resumed", index=task.index, task_id=paid.task_id, phase=paid.phase)
         try:
+            if paid.uncertain:
+                if paid.sync:
+                    raise self.life.not_found(paid, "the run that sent it ended first")
+                try:
+                    paid = await self.life.reconcile(paid, self._lane_for(paid.model))
+                except ServerError:  # the service never took it: nothing to fetch
+                    return []
             if paid.sync:
-                return await self.life.fetch(task.index, paid, paid.urls, None)
+                return await self.life.fetch(paid, paid.urls, None)
             if paid.model in self.pool.lanes:
                 async with self.pool.slot([paid.model]) as held:
-                    state = await self.life.wait(task.index, held.lane, paid, resumed=True)
+                    state = await self.life.wait(held.lane, paid)
             else:  # a model no longer listed: its task is still worth fetching
-                lane = ModelLane(paid.model, self.settings.quota(paid.model))
-                state = await self.life.wait(task.index, lane, paid, resumed=True)
+                state = await self.life.wait(self._lane_for(paid.model), paid)
             actual = (getattr(state, "actual_prompts", None) or [None])[0]
-            return await self.life.fetch(task.index, paid, list(state.urls), actual)
+            return await self.life.fetch(paid, list(state.urls), actual)
+        except Uncertain as exc:
+            if not self.policy.repay_uncertain:
+                reason = self.policy.decide(exc, Tries()).reason
+                raise failed(task, reason) from None
+            await self.life.repay(paid)
+            return []
         except ResultUnreachable as exc:
             raise failed(task, str(exc)) from None
         except Resubmit as exc:
             log.info("resume_closed", index=task.index, task_id=paid.task_id, why=str(exc))
             return []
+
+    def _lane_for(self, model: str) -> ModelLane:
+        lane = self.pool.lanes.get(model)
+        return lane if lane is not None else ModelLane(model, self.settings.quota(model))
+

@@ -31,7 +31,8 @@ from runner.scheduling.polling import PollBudget, TaskWatcher
 from runner.scheduling.rerun import jpeg_whole, plan_rows
 from runner.scheduling.rowsteps import RowSteps
 from runner.settings import Settings
-from runner.store.journal import Journal, JournalState, PendingTask, RowState
+from runner.store.journal import Journal, JournalState, PaidRequest, RowState
+from runner.store.ledger import Ledger, PaidBook
 from runner.tasks import Task, TaskList
 
 if TYPE_CHECKING:
@@ -80,6 +81,16 @@ class Scheduler:
         self.finisher = Finisher(
             settings, out_dir, journal, judge, emulated, swapper, swapper_problem
         )
+        self.budget = budget
+        # every paid request: this run's, and the folder's earlier ones once ``run`` has the
+        # journal's state (emulator rehearsals never count as real spend)
+        self.ledger = Ledger(
+            journal,
+            PaidBook(),
+            backend=backend,
+            emulated=backend.startswith("emulator"),
+            budget=budget,
+        )
         self.life: Lifecycle | None = None
         self.steps: RowSteps | None = None
         if client is not None:
@@ -88,14 +99,14 @@ class Scheduler:
             )
             self.life = Lifecycle(
                 client,
-                journal,
+                self.ledger,
                 watcher,
                 cpu=self.cpu.run,
                 jpeg_quality=settings.jpeg_quality,
                 policy=policy,
             )
             self.steps = RowSteps(
-                settings, self.life, self.pool, self.cpu, self.finisher, policy, budget, local
+                settings, self.life, self.pool, self.cpu, self.finisher, policy, local
             )
         self.swapper = swapper  # read by the rows window
         self.redone: Counter[str] = Counter()  # why done rows were made again
@@ -125,6 +136,7 @@ class Scheduler:
     ) -> RunSummary:
         started = time.monotonic()
         fps = fps or {}
+        self.ledger.adopt(state.book)
         self.imgs_dir.mkdir(parents=True, exist_ok=True)
         learned_path = self.out_dir / LEARNED_NAME
         apply_learned(self.lanes, await asyncio.to_thread(load_learned, learned_path))
@@ -136,7 +148,13 @@ class Scheduler:
             await self.journal.write("failed", index=bad.index, reason=bad.reason, kind="input")
             results.append(self._emit(res))
         plans, self.redone = await asyncio.to_thread(
-            plan_rows, tasklist, state, fps, imgs_dir=self.imgs_dir, emulated=self.emulated
+            plan_rows,
+            tasklist,
+            state,
+            fps,
+            imgs_dir=self.imgs_dir,
+            emulated=self.emulated,
+            backend=self.backend,
         )
         if self.redone:
             log.warning(
@@ -147,7 +165,7 @@ class Scheduler:
         # Rows are fed per task type through a window of workers, not all started at once:
         # memory stays flat on any number of rows, and every type keeps enough rows waiting
         # for its models' slots (the lanes stay work-conserving across types).
-        queues: dict[str, deque[tuple[Task, RowState, list[PendingTask]]]] = {}
+        queues: dict[str, deque[tuple[Task, RowState, list[PaidRequest]]]] = {}
         for task, (prior, keep) in zip(tasklist.tasks, plans, strict=True):
             queues.setdefault(task.task_type, deque()).append((task, prior, keep))
         finished: dict[str, RowResult] = {}
@@ -161,11 +179,9 @@ class Scheduler:
         except asyncio.CancelledError:
             # the run itself is cancelled (a caller's timeout, a notebook's interrupt): the
             # paid steps in flight still reach the journal before the client closes
-            if self.life is not None:
-                await self.life.drain()
+            await self.drain()
             raise
-        if self.life is not None:
-            await self.life.drain()  # paid ids of cancelled rows reach the journal first
+        await self.drain()  # paid ids of cancelled rows reach the journal first
         for task in tasklist.tasks:
             if task.index in finished:
                 results.append(finished[task.index])
@@ -196,10 +212,16 @@ class Scheduler:
             retries=self._retries(),
             throttled=sum(lane.stats.throttled for lane in self.lanes.values()),
             polls=self.polls.polls,
-            submits=sum(lane.stats.submits for lane in self.lanes.values()),
+            submits=self.ledger.taken(),
             stopped_reason=self._stop_reason,
             models=self.model_views(),
         )
+
+    async def drain(self) -> None:
+        """Wait for the paid calls in flight to be answered and journaled: as long as a sync
+        call may take (its timeout), a little more for the record."""
+        if self.life is not None:
+            await self.life.drain(self.settings.sync_timeout_s + 5.0)
 
     def _retries(self) -> int:
         """Requests sent again and download rounds repeated, all rows together."""
@@ -216,7 +238,7 @@ class Scheduler:
 
     async def _feed(
         self,
-        queue: deque[tuple[Task, RowState, list[PendingTask]]],
+        queue: deque[tuple[Task, RowState, list[PaidRequest]]],
         fps: dict[str, str],
         finished: dict[str, RowResult],
     ) -> None:
@@ -241,7 +263,7 @@ class Scheduler:
     def _stop(self, reason: str, *, by_user: bool = False) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-            (log.warning if by_user else log.error)("run_stopped", reason=reason)
+            (log.info if by_user else log.error)("run_stopped", reason=reason)  # said by a notice
             current = asyncio.current_task()
             for t in self._tasks:
                 if t is not current and not t.done():
@@ -249,7 +271,7 @@ class Scheduler:
 
     # --- one row -------------------------------------------------------------
     async def _row(
-        self, task: Task, prior: RowState, pending: list[PendingTask], fp: str | None
+        self, task: Task, prior: RowState, pending: list[PaidRequest], fp: str | None
     ) -> RowResult:
         t0 = time.monotonic()
         path = self.imgs_dir / f"{task.index}.jpg"
@@ -292,7 +314,7 @@ class Scheduler:
         res.seconds = round(time.monotonic() - t0, 3)
         return self._emit(res)
 
-    async def _make(self, task: Task, pending: list[PendingTask], fp: str | None) -> RowResult:
+    async def _make(self, task: Task, pending: list[PaidRequest], fp: str | None) -> RowResult:
         """The row made: a face swap, or an API (or local) model's image."""
         if task.task_type == "deepfake":
             return await self.finisher.swap_row(task, fp)

@@ -1,10 +1,11 @@
 """The journal: an append-only JSON-lines file under ``--out``, the run's single source of truth.
 
 Every record is typed (``Record``, a union keyed by ``ev``) and is on disk (fsync) before
-``write`` returns. A task the service accepted is written the moment its id is known, a sync
-call's result URLs the moment its answer arrives: that is the proof of payment a rerun uses to
-fetch instead of paying again. One writer thread commits records in groups, so a record never
-waits behind image work in the default thread pool.
+``write`` returns. A paid request is written before it leaves and again at each step of its
+life (runner.store.ledger): the task id the moment it is known, a sync call's result URLs the
+moment its answer arrives. That is the proof of payment a rerun uses to fetch instead of
+paying again. One writer thread commits records in groups, so a record never waits behind
+image work in the default thread pool.
 
 ``replay`` is the one reader (scheduler, report, submit, rejudge and the tests use it): it
 rebuilds what is known of each row; a half-written last line (a kill) or a malformed record is
@@ -24,36 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, ConfigDict, Field
 
 from runner.errors import DiskFull, RunnerError
 from runner.logs import redactor
+from runner.store.ledger import PaidBook, PaidRequest
 from runner.store.records import (
     Chosen,
     Done,
     Failed,
-    JournalState,
     Judged,
-    PendingTask,
     Record,
-    Reset,
-    RowState,
     RunEnd,
     RunStart,
-    Submitted,
-    SyncAnswer,
-    TaskClosed,
     parse_record,
 )
 
-# The record and state types live in runner.store.records; callers import them from here too.
 __all__ = [
     "JOURNAL_NAME",
-    "TASK_ID_TTL_S",
     "Journal",
     "JournalError",
+    "JournalLost",
     "JournalState",
     "JournalUnwritable",
-    "PendingTask",
+    "PaidRequest",
     "Record",
     "RowState",
     "last_tasks_path",
@@ -63,8 +58,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 JOURNAL_NAME = "journal.jsonl"
-# Task ids and result URLs live 24 h at the service; stop trusting them a little before.
-TASK_ID_TTL_S = 24 * 3600 - 600
 
 
 class JournalError(RunnerError):
@@ -75,17 +68,63 @@ class JournalUnwritable(DiskFull):
     """A journal write failed (permissions, I/O): every later one would too, stop the run."""
 
 
+class JournalLost(JournalUnwritable):
+    """The journal file or the output folder was replaced under the run: stop, one line."""
+
+
+# --------------------------------------------------------------------------- state
+
+
+class RowState(BaseModel):
+    """What the journal knows of one row."""
+
+    index: str
+    done: bool = False
+    file: str | None = None
+    model: str | None = None
+    emulated: bool = False
+    fp: str | None = None
+    failed_reason: str | None = None
+    pending: list[PaidRequest] = Field(default_factory=list)  # open paid requests
+    result: dict[str, Any] = Field(default_factory=dict)
+    judged: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> judge record
+    chosen: str | None = None  # the candidate file a rejudge copied to imgs/, if any
+
+
+class JournalState(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    rows: dict[str, RowState] = Field(default_factory=dict)
+    runs: int = 0
+    runs_info: list[dict[str, Any]] = Field(default_factory=list)  # run_start / run_end
+    damaged_lines: int = 0
+    book: PaidBook = Field(default_factory=PaidBook)  # every paid request (runner.store.ledger)
+
+    def row(self, index: str) -> RowState:
+        if index not in self.rows:
+            self.rows[index] = RowState(index=index)
+        return self.rows[index]
+
+    @property
+    def last_run(self) -> dict[str, Any] | None:
+        starts = [r for r in self.runs_info if r.get("ev") == "run_start"]
+        return starts[-1] if starts else None
+
+
 # --------------------------------------------------------------------------- replay
 
 
-def replay(path: Path, *, now: float | None = None) -> JournalState:
-    """Rebuild the state from a journal. Damaged or malformed lines are counted, not fatal."""
+def replay(path: Path) -> JournalState:
+    """Rebuild the state from a journal. Damaged or malformed lines are counted, not fatal.
+
+    Paid requests are never dropped on the local clock: a journaled task is asked again
+    (the service answers UNKNOWN once it is gone), so a clock that jumped cannot make a rerun
+    pay for what it could have fetched."""
     state = JournalState()
     if not path.exists():
         return state
     if path.is_dir():
         raise JournalError(f"{path} is a folder, not a journal file; move it away")
-    now = time.time() if now is None else now
     try:
         f = open(path, encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -99,49 +138,31 @@ def replay(path: Path, *, now: float | None = None) -> JournalState:
             if parsed is None:
                 state.damaged_lines += 1
                 continue
-            _apply(state, parsed[0], parsed[1], now)
+            _apply(state, parsed[0], parsed[1])
+    for paid in state.book.requests.values():
+        if paid.open:
+            state.row(paid.index).pending.append(paid)
     return state
 
 
-def _apply(state: JournalState, rec: Record, raw: dict[str, Any], now: float) -> None:
+def _apply(state: JournalState, rec: Record, raw: dict[str, Any]) -> None:
     if isinstance(rec, RunStart | RunEnd):
         if isinstance(rec, RunStart):
             state.runs += 1
+            state.book.run_started(rec.backend, rec.emulated)
         state.runs_info.append(raw)
         return
-    if isinstance(rec, Reset):
-        state.rows[rec.index] = RowState(index=rec.index)
-        return
+    state.book.apply(rec)
     row = state.row(rec.index)
-    if isinstance(rec, Submitted | SyncAnswer):
-        row.submits += 1  # paid, whether or not its id is still worth fetching
-        if now - rec.t < TASK_ID_TTL_S:
-            row.pending.append(_pending(rec, raw))
-    elif isinstance(rec, TaskClosed):
-        row.pending = [p for p in row.pending if p.task_id != rec.task_id]
-    elif isinstance(rec, Done):
+    if isinstance(rec, Done):
         _apply_done(row, rec, raw)
     elif isinstance(rec, Failed):
         row.done = False
         row.failed_reason = rec.reason
-        if rec.task_id:
-            row.pending = [p for p in row.pending if p.task_id != rec.task_id]
     elif isinstance(rec, Judged):
         row.judged[rec.file] = {k: v for k, v in raw.items() if k not in ("ev", "index")}
     elif isinstance(rec, Chosen):
         row.chosen = rec.file
-
-
-def _pending(rec: Submitted | SyncAnswer, raw: dict[str, Any]) -> PendingTask:
-    """The paid request a record proves: an async task id, or a sync call's result URLs."""
-    if isinstance(rec, SyncAnswer):
-        return PendingTask(
-            task_id=rec.call_id, model=rec.model, submitted_at=rec.t, fp=rec.fp, urls=rec.urls
-        )
-    candidate = int(raw.get("candidate", 0) or 0)
-    return PendingTask(
-        task_id=rec.task_id, model=rec.model, submitted_at=rec.t, candidate=candidate, fp=rec.fp
-    )
 
 
 def _apply_done(row: RowState, rec: Done, raw: dict[str, Any]) -> None:
@@ -151,7 +172,6 @@ def _apply_done(row: RowState, rec: Done, raw: dict[str, Any]) -> None:
     row.emulated = rec.emulated
     row.fp = rec.fp
     row.failed_reason = None
-    row.pending = []
     row.result = {k: v for k, v in raw.items() if k not in ("ev", "index", "t")}
     row.result["t"] = rec.t
 
@@ -166,6 +186,12 @@ class Journal:
 
     The record is queued before ``write`` first yields, and the wait is shielded: a caller
     cancelled while its record waits still gets it written (a paid id is never dropped).
+
+    The file and the folder are checked, not trusted: after each group commit the journal's
+    path must still name the file it writes, in the folder it opened. A journal deleted under
+    the run is written again whole from the open file (every record, earlier runs' too); one
+    replaced by another file, or a folder moved away, gets this run's records appended and
+    stops the run (``JournalLost``).
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -177,27 +203,25 @@ class Journal:
         self._fd = self._open()
         if created:  # the new name must survive a crash too
             _fsync_dir(out_dir)
+        self._folder_id = _identity(out_dir)
         self._needs_newline = self._ends_without_newline()
         self._lock = threading.Lock()
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._this_run: list[bytes] = []  # every line written by this object, for a repair
         self.records = 0
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise JournalError(f"cannot open {self.path}: {exc.strerror}") from None
 
     def _ends_without_newline(self) -> bool:
         try:
             size = os.fstat(self._fd).st_size
-            if size == 0:
-                return False
-            with open(self.path, "rb") as f:
-                f.seek(size - 1)
-                return f.read(1) != b"\n"
+            return size > 0 and os.pread(self._fd, 1, size - 1) != b"\n"
         except OSError:
             return False
 
@@ -209,16 +233,14 @@ class Journal:
         return (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8")
 
     def _commit(self, lines: list[bytes]) -> None:
-        """Append lines and fsync once (group commit). Raises DiskFull / JournalError."""
+        """Append lines and fsync once (group commit), then check the file is still the
+        journal. Raises DiskFull / JournalUnwritable / JournalLost."""
         with self._lock:
             data = b"".join(lines)
             if self._needs_newline:  # a kill or a failed write cut the last line short
                 data = b"\n" + data
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
+                _write_all(self._fd, data)
                 os.fsync(self._fd)
                 self._needs_newline = False
             except OSError as exc:
@@ -233,14 +255,91 @@ class Journal:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise DiskFull(f"no space left on the device writing {self.path}") from None
                 raise JournalUnwritable(f"cannot write {self.path}: {exc.strerror}") from None
+            self._this_run.extend(lines)
             self.records += len(lines)
+            self._check()
+
+    def _check(self) -> None:
+        """The path still names our file in our folder; repair or stop when it does not."""
+        folder = self.path.parent
+        if _identity(folder) != self._folder_id:
+            raise JournalLost(
+                f"the output folder {folder} was moved, deleted or replaced during the run; "
+                "stopped (the files already written are where the folder went)"
+            )
+        ours = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            self._rewrite_deleted()
+            return
+        except OSError as exc:
+            raise JournalUnwritable(f"cannot check {self.path}: {exc.strerror}") from None
+        if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
+            return
+        # Another file took the name: keep what it holds, add this run's records, stop.
+        self._fd = self._reopen_appending(self._this_run)
+        raise JournalLost(
+            f"{self.path} was replaced by another file during the run; this run's "
+            f"{len(self._this_run)} records were appended to it and the run stopped: check "
+            "the file, then run again"
+        )
+
+    def _rewrite_deleted(self) -> None:
+        """The journal was deleted: write everything the open file holds under its name."""
+        size = os.fstat(self._fd).st_size
+        content = _read_all(self._fd, size)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.restore")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.path.exists():  # taken meanwhile: not ours to overwrite
+            tmp.unlink(missing_ok=True)
+            self._fd = self._reopen_appending(self._this_run)
+            raise JournalLost(
+                f"{self.path} was deleted and replaced during the run; this run's records "
+                "were appended to the new file and the run stopped: check it, then run again"
+            )
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        os.close(self._fd)
+        self._fd = self._open()
+        log.warning("journal_restored", path=str(self.path), size=len(content))
+
+    def _reopen_appending(self, lines: list[bytes]) -> int:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        fd = self._open()
+        data = b"".join(lines)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        _write_all(fd, data)
+        os.fsync(fd)
+        return fd
 
     def write_sync(self, ev: str, **fields: Any) -> None:
         """For code outside the event loop (submit, report, rejudge's tools, tests)."""
         self._commit([self.encode(ev, fields)])
 
     async def write(self, ev: str, **fields: Any) -> None:
+        await self._queue(self.encode(ev, fields))
+
+    async def write_record(self, ev: str, **fields: Any) -> Record:
+        """``write``, returning the typed record as it is on disk (the ledger folds it)."""
         line = self.encode(ev, fields)
+        parsed = parse_record(line.decode("utf-8"))
+        if parsed is None:
+            raise JournalError(f"a {ev!r} record does not match its type: {fields}")
+        await self._queue(line)
+        return parsed[0]
+
+    async def _queue(self, line: bytes) -> None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._ensure_thread()
@@ -309,6 +408,31 @@ def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], error: A
         loop.call_soon_threadsafe(done)
     except RuntimeError:  # the loop is gone (the process is ending): the record is on disk
         pass
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,7 +1,7 @@
 """The output folder's lock: one run, submit or rejudge at a time in a folder.
 
-``OutLock`` holds an flock on ``.runner.lock``; the OS drops it when the process dies, so a
-killed run never leaves a stale lock.
+``OutLock`` holds an flock on the folder itself; the OS drops it when the process dies, so a
+killed run never leaves a stale lock, and deleting a file cannot break it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ class FolderBusy(RunnerError):
 
 
 class OutLock:
-    """An exclusive lock on an output folder (flock on ``.runner.lock``).
+    """An exclusive lock on an output folder: an flock on the folder itself.
 
-    The OS drops it when the process dies, so a killed run never leaves a stale lock. The
-    holder's pid is written into the file so a refused process can say who holds it.
+    The OS drops it when the process dies, so a killed run never leaves a stale lock, and no
+    file can be deleted to break it (a lock on a file inside the folder would go with the
+    file). The holder's pid is written into ``.runner.lock`` so that a refused process can say
+    who holds the folder; that file is only a note.
     """
 
     def __init__(self, out_dir: Path, what: str = "run") -> None:
@@ -36,33 +38,41 @@ class OutLock:
     def acquire(self) -> None:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.out_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise OutputUnwritable(f"cannot use {self.out_dir}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
             os.close(fd)
             raise FolderBusy(
-                f"{self.out_dir} is in use by another runner ({holder}); wait for it to "
-                "finish or use another --out"
+                f"{self.out_dir} is in use by another runner ({self._holder()}); wait for it "
+                "to finish or use another --out"
             ) from None
         except OSError:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} ({self.what})\n".encode())
         self._fd = fd
+        try:
+            self.path.write_text(f"pid {os.getpid()} ({self.what})\n", encoding="utf-8")
+        except OSError:
+            pass  # the note is for messages only; the lock is on the folder
 
     def release(self) -> None:
         if self._fd is not None:
             try:
-                os.ftruncate(self._fd, 0)
+                self.path.unlink(missing_ok=True)
             except OSError:
                 pass
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+    def _holder(self) -> str:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace").strip()[:200]
+        except OSError:
+            text = ""
+        return text or "pid unknown"
 
     def __enter__(self) -> OutLock:
         self.acquire()
@@ -70,11 +80,3 @@ class OutLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "pid unknown"

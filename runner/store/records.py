@@ -1,5 +1,6 @@
 """What the journal holds: its typed records, one JSON object a line (``Record``, a union
-keyed by ``ev``), and the state ``replay`` (runner.store.journal) rebuilds from them.
+keyed by ``ev``). ``replay`` (runner.store.journal) rebuilds the state from them; the paid
+requests' records are the ledger's (runner.store.ledger).
 """
 
 from __future__ import annotations
@@ -38,20 +39,38 @@ class RunStart(_Rec):
     tasks: str | None = None
     tasks_fp: str | None = None
     emulated: bool = False
+    backend: str | None = None  # where its paid requests go (runner.store.ledger)
 
 
 class RunEnd(_Rec):
     ev: Literal["run_end"]
 
 
-class Submitted(_RowRec):
-    """An async task the service accepted (paid for)."""
+class Sending(_RowRec):
+    """A paid request about to leave (runner.store.ledger): on disk before it is sent."""
 
-    ev: Literal["submitted"]
-    task_id: str = Field(min_length=1)
+    ev: Literal["sending"]
+    req: str = Field(min_length=1)
     model: str = ""
     n: int = 1
     fp: str | None = None
+    sync: bool = False
+    prompt: str | None = None
+    backend: str | None = None
+
+
+class Submitted(_RowRec):
+    """An async task the service accepted (paid for); ``adopted``: found again in the
+    service's task list after its answer was lost."""
+
+    ev: Literal["submitted"]
+    task_id: str = Field(min_length=1)
+    req: str | None = None  # None in journals from before the ledger
+    model: str = ""
+    n: int = 1
+    fp: str | None = None
+    backend: str | None = None
+    adopted: bool = False
 
 
 class SyncAnswer(_RowRec):
@@ -59,17 +78,50 @@ class SyncAnswer(_RowRec):
 
     ev: Literal["sync_answer"]
     call_id: str = Field(min_length=1)
+    req: str | None = None
     model: str = ""
+    n: int = 1
     urls: list[str] = Field(min_length=1)
     fp: str | None = None
+    backend: str | None = None
+
+
+class NotAccepted(_RowRec):
+    """The service refused a sent request (an error answer), or it never left: not billed."""
+
+    ev: Literal["not_accepted"]
+    req: str = Field(min_length=1)
+    why: str = ""
+
+
+class UncertainAnswer(_RowRec):
+    """A sent request whose answer was lost: the service may have accepted and billed it."""
+
+    ev: Literal["uncertain"]
+    req: str = Field(min_length=1)
+    why: str = ""
+
+
+class Ended(_RowRec):
+    """A task's end as a poll saw it: what it billed (SUCCEEDED: its images; FAILED: 0)."""
+
+    ev: Literal["ended"]
+    task_id: str = Field(min_length=1)
+    req: str | None = None
+    status: str
+    images: int = 0
+    urls: list[str] = Field(default_factory=list)
 
 
 class TaskClosed(_RowRec):
-    """A task id (or sync call) that can give no result any more: no rerun waits on it."""
+    """A paid request that can give no result any more: no rerun waits on it. ``images``
+    settles its bill where the close says it (FAILED: 0)."""
 
     ev: Literal["task_closed"]
-    task_id: str
+    task_id: str = ""
+    req: str | None = None
     why: str = ""
+    images: int | None = None
 
 
 class Done(_RowRec):
@@ -97,35 +149,37 @@ class Chosen(_RowRec):
     file: str
 
 
-class Reset(_RowRec):
-    ev: Literal["reset"]
-
-
 Record = Annotated[
     RunStart
     | RunEnd
+    | Sending
     | Submitted
     | SyncAnswer
+    | NotAccepted
+    | UncertainAnswer
+    | Ended
     | TaskClosed
     | Done
     | Failed
     | Judged
-    | Chosen
-    | Reset,
+    | Chosen,
     Field(discriminator="ev"),
 ]
 _RECORD: TypeAdapter[Record] = TypeAdapter(Record)
 _KNOWN_EVENTS = {
     "run_start",
     "run_end",
+    "sending",
     "submitted",
     "sync_answer",
+    "not_accepted",
+    "uncertain",
+    "ended",
     "task_closed",
     "done",
     "failed",
     "judged",
     "chosen",
-    "reset",
 }
 
 
@@ -141,56 +195,3 @@ def parse_record(line: str) -> tuple[Record, dict[str, Any]] | None:
         return _RECORD.validate_python(raw), raw
     except ValidationError:
         return None
-
-
-# --------------------------------------------------------------------------- state
-
-
-class PendingTask(BaseModel):
-    """A paid request whose result has not been taken yet: an async task id, or a sync
-    call's result URLs (``urls``; ``task_id`` is then the call's own id)."""
-
-    task_id: str
-    model: str
-    submitted_at: float
-    candidate: int = 0
-    fp: str | None = None
-    urls: list[str] = Field(default_factory=list)
-
-    @property
-    def sync(self) -> bool:
-        return bool(self.urls)
-
-
-class RowState(BaseModel):
-    """What the journal knows of one row."""
-
-    index: str
-    done: bool = False
-    file: str | None = None
-    model: str | None = None
-    emulated: bool = False
-    fp: str | None = None
-    failed_reason: str | None = None
-    pending: list[PendingTask] = Field(default_factory=list)
-    submits: int = 0  # accepted async tasks and answered sync calls: what was paid for
-    result: dict[str, Any] = Field(default_factory=dict)
-    judged: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> judge record
-    chosen: str | None = None  # the candidate file a rejudge copied to imgs/, if any
-
-
-class JournalState(BaseModel):
-    rows: dict[str, RowState] = Field(default_factory=dict)
-    runs: int = 0
-    runs_info: list[dict[str, Any]] = Field(default_factory=list)  # run_start / run_end
-    damaged_lines: int = 0
-
-    def row(self, index: str) -> RowState:
-        if index not in self.rows:
-            self.rows[index] = RowState(index=index)
-        return self.rows[index]
-
-    @property
-    def last_run(self) -> dict[str, Any] | None:
-        starts = [r for r in self.runs_info if r.get("ev") == "run_start"]
-        return starts[-1] if starts else None

@@ -20,12 +20,16 @@ from runner.errors import (
     ResultExpired,
     RowFailed,
     ServerError,
-    SubmitUncertain,
+    Uncertain,
     classify,
 )
 from runner.retry import parse_retry_after
 
 Scrub = Callable[[str], str]
+
+# The calls that are paid for when the service carries them out: once such a request has been
+# written, an answer that does not come back whole leaves the payment uncertain.
+PAID_KINDS = frozenset({"submit", "sync"})
 
 
 def answer_error(
@@ -76,13 +80,26 @@ def download_error(
 
 
 def network_error(
-    kind: str, exc: BaseException, timeout_s: float, model: str | None, scrub: Scrub
-) -> ServerError:
-    """No (complete) answer: nothing wrong with the request, so retryable."""
+    kind: str,
+    exc: BaseException,
+    timeout_s: float,
+    model: str | None,
+    scrub: Scrub,
+    *,
+    sent: bool,
+) -> DashScopeError:
+    """No (complete) answer. ``sent``: the request may have reached the service (the failure
+    came after the connection was made). A paid call in that case is ``Uncertain``; anything
+    else is retryable (nothing was carried out, or carrying it out again costs nothing)."""
     if isinstance(exc, TimeoutError):
         message = f"{kind}: no complete answer within {timeout_s:g} s ({type(exc).__name__})"
     else:
         message = f"{kind}: network error: {type(exc).__name__}: {exc}"
+    if sent and kind in PAID_KINDS:
+        return Uncertain(
+            scrub(f"{message}; the request was sent, so it MAY have been accepted (and billed)"),
+            model=model,
+        )
     return ServerError(scrub(message), model=model)
 
 
@@ -99,16 +116,19 @@ def client_error(
     if download:
         # str(exc) may quote the full pre-signed URL: the type name is enough.
         return DownloadError(f"download: {type(exc).__name__} ({where})")
-    return ServerError(scrub(f"{kind}: {type(exc).__name__}: {exc}"), model=model)
+    message = scrub(f"{kind}: {type(exc).__name__}: {exc}")
+    if kind in PAID_KINDS:  # the request went out (a redirect, a bad answer header...)
+        return Uncertain(f"{message}; it MAY have been accepted (and billed)", model=model)
+    return ServerError(message, model=model)
 
 
 def not_json_error(
     kind: str, status: int, raw: bytes, model: str | None, scrub: Scrub
-) -> ServerError:
+) -> DashScopeError:
     """A 2xx answer that is not JSON. A submit or a sync call may have been carried out (and
     billed): say so, so that the caller does not take a retry for free."""
-    if kind in ("submit", "sync"):
-        return SubmitUncertain(
+    if kind in PAID_KINDS:
+        return Uncertain(
             f"{kind}: HTTP {status} answer is not JSON; it MAY have been accepted (and billed): "
             f"{scrub(snippet(raw))}",
             status=status,

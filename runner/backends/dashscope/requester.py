@@ -41,7 +41,7 @@ from runner.backends.dashscope.types import (
     safe_where,
     str_or_none,
 )
-from runner.errors import DashScopeError, DownloadError, RateLimited, Retryable, ServerError
+from runner.errors import DashScopeError, DownloadError, RateLimited, Retryable
 from runner.retry import backoff_delay
 
 __all__ = ["Requester"]
@@ -152,7 +152,9 @@ class Requester:
             )
             if unreachable is not None:
                 raise unreachable from None
-            error = network_error(kind, exc, request.timeout_s, model, self.redact)
+            # A connect-phase failure sent nothing; any later one may have been carried out.
+            sent = not isinstance(exc, CONNECT_ERRORS)
+            error = network_error(kind, exc, request.timeout_s, model, self.redact, sent=sent)
             self._report_error(kind, error)
             raise error from None
         except aiohttp.ClientError as exc:
@@ -176,7 +178,7 @@ class Requester:
         except (ValueError, UnicodeDecodeError):
             raise not_json_error(kind, status, raw, model, self.redact) from None
         if not isinstance(parsed, dict):
-            raise ServerError(f"{kind}: HTTP {status} answer is not a JSON object", model=model)
+            raise not_json_error(kind, status, raw, model, self.redact)
         # Some gateways answer 200 with an error body: treat it as the error it names.
         if parsed.get("code") and "output" not in parsed and "choices" not in parsed:
             raise self._error_from_answer(status, raw, headers, kind=kind, model=model)
