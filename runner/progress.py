@@ -197,7 +197,7 @@ class ProgressObserver:
                     str(v["p50_s"] or "-"),
                     str(v["p90_s"] or "-"),
                 )
-            judge = self.scheduler.finisher.judge
+            judge = getattr(getattr(self.scheduler, "finisher", None), "judge", None)
             if judge is not None and judge.calls:  # its calls in "done", its 429s, its cost
                 cost = judge.usage.cost
                 label = f"judge {judge.model}" + ("" if cost is None else f" (est. {cost:.3f})")
