@@ -580,10 +580,21 @@ async def test_rejudge_picks_the_better_candidate(
     journal.close()
 
     settings = Settings()
-    summary = await rejudge(out, tasks, images, settings, client)
+    heard: list[tuple[int, int, int]] = []
+    summary = await rejudge(
+        out,
+        tasks,
+        images,
+        settings,
+        client,
+        on_row=lambda so_far: heard.append((so_far.rows, so_far.total, so_far.usage["calls"])),
+    )
     assert summary.rows == 3 and summary.files == 4 and summary.scored == 4
     assert summary.changed == 1 and not summary.budget_exhausted
-    assert summary.calls == 2 + 2 + 2 + 1
+    assert summary.calls == 2 + 2 + 2 + 1 == summary.usage["calls"]
+    # its progress after every row: rows done of 3, the judge's calls so far
+    assert [(r, t) for r, t, _ in heard] == [(1, 3), (2, 3), (3, 3)]
+    assert heard[-1][2] == 7 and summary.usage["input_size"] > 0
     # the sharp candidate is now the chosen output; every candidate file is kept
     assert (out / "imgs" / "1.jpg").read_bytes() == (out / "candidates/1/1.jpg").read_bytes()
     assert (out / "candidates/1/0.jpg").is_file()
@@ -626,3 +637,17 @@ async def test_rejudge_stops_at_budget(
     stub = StubClient()
     summary = await rejudge(out, tasks, tmp_path / "imgs", settings, stub, concurrency=1)
     assert summary.budget_exhausted and summary.scored == 1 and summary.calls == 2
+
+
+def test_doctor_says_which_texts_and_parser_are_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.doctor_checks import check_judge
+
+    settings = Settings(judge=JudgeSettings(model="qwen2.5-vl-72b-instruct"))
+    line = check_judge(settings).line()
+    assert "qwen2.5-vl-72b-instruct, 30 requests and 50,000 tokens a minute" in line
+    assert reference().source in line
+    stand_in = reference_module._builtin("lmms-eval is not installed; make install adds it")
+    monkeypatch.setattr(reference_module, "reference", lambda: stand_in)
+    check = check_judge(settings)
+    assert check.level == "warn" and "built-in (lmms-eval is not installed" in check.detail
+    assert "make install" in check.line()
