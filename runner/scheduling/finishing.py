@@ -66,10 +66,6 @@ class Finisher:
     def imgs_dir(self) -> Path:
         return self.out_dir / "imgs"
 
-    def variants(self, task_type: str) -> list[str]:
-        """The prompt variants of a row's candidates, one per candidate."""
-        return self.settings.variants(task_type)
-
     def judge_usage(self) -> dict[str, Any] | None:
         """The judge's calls, 429s, estimated tokens and cost so far; None without a judge."""
         return None if self.judge is None else self.judge.usage.model_dump(mode="json")

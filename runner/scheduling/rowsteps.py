@@ -88,7 +88,7 @@ class RowSteps:
     async def api_row(self, task: Task, pending: list[PaidRequest], fp: str | None) -> RowResult:
         """Collect the row's candidates (paid tasks first), one per prompt variant, then pick
         and write one."""
-        plan = PromptPlan(task.task_type, task.prompt, self.finisher.variants(task.task_type))
+        plan = PromptPlan(task.task_type, task.prompt, self.settings.variants(task.task_type))
         row = RowWork(task, plan, plan.want, fp)
         got: list[Candidate] = []
         for paid in pending:

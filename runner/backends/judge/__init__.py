@@ -1,5 +1,8 @@
-"""The VIEScore judge: asks a vision-language model to score candidates.
+"""The VIEScore judge: asks a vision-language model to score candidates, as GEdit-Bench does.
 
-``questions`` (what is asked), ``answers`` (parsing, arithmetic, the pick), ``pacing``
-(requests and tokens a minute), ``scorer`` (the ``Judge``).
+``reference`` (lmms-eval's own question texts and answer parser, read by path; ``builtin``
+stands in without the wheel), ``questions`` (the request's layout and images), ``answers``
+(reading an answer, the arithmetic, the pick), ``models`` (judge models and their quotas),
+``pacing`` (requests and tokens a minute), ``usage`` (calls, tokens, cost; the dry run's
+estimate), ``scorer`` (the ``Judge``), ``wins`` (which variants and models win; --learned).
 """
