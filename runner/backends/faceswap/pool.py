@@ -10,7 +10,10 @@ after a worker crash, and nothing that blocks the event loop.
   alone (so a row that kills its worker cannot take a neighbour's retry with it), and the
   run goes on. Only one row per worker is handed to the pool at a time, so a crash costs
   the rows running, not the whole queue.
-- submitting can spawn a process (dynamic spawning), so submits happen in a thread.
+- submitting can spawn a process (dynamic spawning), so submits happen in a thread, with
+  Ctrl-C blocked there (``lifeline``): workers are the runner's to stop, and they die with it.
+- closing never waits for a running swap: idle workers leave at once, busy ones are
+  stopped (their rows are over: the run finished or was stopped).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from runner.backends import lifeline
 from runner.backends.faceswap import worker
 from runner.backends.faceswap.models import ModelPaths, find_models
 from runner.backends.faceswap.processors import FALLBACKS, PROCESSORS
@@ -205,7 +209,7 @@ class FaceSwapPool:
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=get_context("spawn"),
-            initializer=worker.init_worker,
+            initializer=worker.init_process,
             initargs=(self.config(),),
         )
 
@@ -230,7 +234,7 @@ class FaceSwapPool:
         async with self._get_lock():
             if self._executor is not None:
                 return
-            self._executor = await asyncio.to_thread(self._new_executor)
+            self._executor = await asyncio.to_thread(lifeline.spawning, self._new_executor)
             self._generation += 1
             executor = self._executor
         try:
@@ -274,7 +278,7 @@ class FaceSwapPool:
     async def _submit(self, executor: ProcessPoolExecutor, fn: Callable[..., Any],
                       *args: Any) -> Any:
         # submit() may spawn a worker process: keep that off the event loop.
-        future = await asyncio.to_thread(executor.submit, fn, *args)
+        future = await asyncio.to_thread(lifeline.spawning, executor.submit, fn, *args)
         return await asyncio.wrap_future(future)
 
     async def _rebuild(self, generation: int) -> None:
@@ -283,7 +287,7 @@ class FaceSwapPool:
             if generation != self._generation or self._executor is None:
                 return  # someone else already rebuilt it (or the pool was closed)
             broken = self._executor
-            self._executor = await asyncio.to_thread(self._new_executor)
+            self._executor = await asyncio.to_thread(lifeline.spawning, self._new_executor)
             self._generation += 1
             self.crashes += 1
         await asyncio.to_thread(broken.shutdown, wait=False, cancel_futures=True)
@@ -347,11 +351,16 @@ class FaceSwapPool:
         )
         return result
 
-    async def close(self) -> None:
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Stop the workers: queued rows cancelled, idle workers leave (within ``grace_s``),
+        busy ones are ended."""
         async with self._get_lock():
             executor, self._executor = self._executor, None
         if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            procs = list((getattr(executor, "_processes", None) or {}).values())
+            await asyncio.to_thread(executor.shutdown, wait=False, cancel_futures=True)
+            grace = lifeline.STOP_GRACE_S if grace_s is None else grace_s
+            await asyncio.to_thread(lifeline.stop_processes, procs, grace)
         # asyncio primitives belong to one loop: a later run (a new notebook cell's loop,
         # another asyncio.run) gets fresh ones.
         self._lock = self._slots = self._retry_lock = None

@@ -192,7 +192,8 @@ class RayFaceSwapPool(FaceSwapPool):
         finally:
             slot.busy = False
 
-    async def close(self) -> None:
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Kill the actors (at once: Ray frees their CPUs); leave a cluster started here."""
         ray, self._ray = self._ray, None
         for slot in self.slots:
             actor, slot.actor = slot.actor, None

@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from runner.backends import lifeline
 from runner.backends.faceswap import jpeg
 from runner.backends.faceswap.detect import DlibModels, Face
 from runner.backends.faceswap.interfaces import Enhancer, Swapper
@@ -141,6 +142,13 @@ def init_worker(config: WorkerConfig) -> None:
         _ENGINE, _LOAD_ERROR = None, f"{type(exc).__name__}: {exc}"
 
 
+def init_process(config: WorkerConfig) -> None:
+    """The process pool's initializer: bound to the runner (it dies with it and leaves
+    Ctrl-C to it), then the models. A Ray actor calls ``init_worker``: Ray owns its life."""
+    lifeline.bind_to_parent()
+    init_worker(config)
+
+
 def run_job(job: SwapJob) -> SwapResult:
     if _ENGINE is None:
         raise FaceSwapError(f"face-swap models could not be loaded: {_LOAD_ERROR or 'no models'}")
@@ -167,6 +175,7 @@ __all__ = [
     "SwapJob",
     "WorkerConfig",
     "decode_jpeg",
+    "init_process",
     "init_worker",
     "ping",
     "read_rgb",

@@ -6,6 +6,8 @@ jobs sent to the least busy live worker, results awaited without blocking the lo
 - each worker has a reader thread that hands its pipe's messages to the loop; a worker that
   dies (killed, CUDA OOM, a segfault) fails its jobs in flight with ``ServerError``, which
   the scheduler retries as a new attempt, and is started again on the next job.
+- workers are started with Ctrl-C blocked and die with the runner (``lifeline``); closing
+  never waits for a running job: an idle worker leaves on "stop", a busy one is ended.
 - a pipeline that cannot load is ``ModelNotServed`` with one line naming what to put where;
   the scheduler sets the model aside and the row goes to the next model listed.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from runner.backends import lifeline
 from runner.backends.local import worker
 from runner.backends.local.config import WorkerSpec, worker_specs
 from runner.errors import ModelNotServed, RowFailed, ServerError
@@ -30,7 +33,7 @@ from runner.settings import Settings
 log = structlog.get_logger(__name__)
 
 LOAD_TIMEOUT_S = 1800.0  # a 20B model read from a slow disk takes minutes
-STOP_WAIT_S = 10.0
+EXIT_WAIT_S = 10.0  # the reader's wait for a process whose pipe closed to be reaped
 
 
 class _Worker:
@@ -66,7 +69,8 @@ class _Worker:
             name=f"runner-local-{self.spec.device}",
             daemon=True,
         )
-        await asyncio.to_thread(proc.start)  # spawning imports runner: off the loop
+        # spawning imports runner: off the loop, Ctrl-C blocked for the child
+        await asyncio.to_thread(lifeline.spawning, proc.start)
         child.close()  # ours closed: the pipe reports EOF when the worker dies
         self.proc, self.conn = proc, parent
         self.starts += 1
@@ -85,8 +89,11 @@ class _Worker:
             except (EOFError, OSError):
                 break
             self.loop.call_soon_threadsafe(self._on_message, msg)
-        proc.join(timeout=STOP_WAIT_S)
-        self.loop.call_soon_threadsafe(self._on_exit, proc, proc.exitcode)
+        proc.join(timeout=EXIT_WAIT_S)
+        try:
+            self.loop.call_soon_threadsafe(self._on_exit, proc, proc.exitcode)
+        except RuntimeError:  # the loop is closed: nobody waits for this worker any more
+            pass
 
     def _on_message(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -147,7 +154,7 @@ class _Worker:
         with self.send_lock:
             conn.send(msg)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         proc, conn = self.proc, self.conn
         if proc is None:
             return
@@ -157,10 +164,9 @@ class _Worker:
                 await asyncio.to_thread(self._send, conn, ("stop",))
             except (OSError, ValueError):
                 pass
-        await asyncio.to_thread(proc.join, STOP_WAIT_S)
-        if proc.is_alive():
-            proc.kill()
-            await asyncio.to_thread(proc.join, STOP_WAIT_S)
+        # an idle worker reads "stop" and leaves; a busy one would finish its job first
+        grace = lifeline.STOP_GRACE_S if grace_s is None else grace_s
+        await asyncio.to_thread(lifeline.stop_processes, [proc], grace)
         if conn is not None:
             conn.close()
 
@@ -277,9 +283,10 @@ class LocalPool:
         m = self.models.get(model)
         return list(m.workers) if m is not None else []
 
-    async def close(self) -> None:
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Stop every worker; idle ones get ``grace_s`` to leave, busy ones are ended."""
         await asyncio.gather(
-            *(w.stop() for m in self.models.values() for w in m.workers),
+            *(w.stop(grace_s) for m in self.models.values() for w in m.workers),
             return_exceptions=True,
         )
         self.models.clear()

@@ -121,7 +121,8 @@ class _RayWorker:
             self.actor = None
             log.warning("local_actor_died", model=self.spec.model, device=self.spec.device)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Kill the actor (at once: Ray frees its resources)."""
         actor, self.actor = self.actor, None
         if actor is not None:
             self.ray.kill(actor)
@@ -155,6 +156,6 @@ class RayPool(LocalPool):
     def _new_worker(self, spec: WorkerSpec) -> Any:
         return _RayWorker(spec, self.link.ray, self.link.actor_cls)
 
-    async def close(self) -> None:
-        await super().close()
+    async def close(self, *, grace_s: float | None = None) -> None:
+        await super().close(grace_s=grace_s)
         await self.link.leave()

@@ -15,6 +15,7 @@ import os
 from multiprocessing.connection import Connection
 from typing import Any
 
+from runner.backends import lifeline
 from runner.backends.local.families import Family, edit_size, family_of, t2i_size, with_suffix
 
 
@@ -174,7 +175,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(conn: Connection, spec: dict[str, Any]) -> None:
-    """The worker's entry point (spawned): load, say ready, then serve until "stop"."""
+    """The worker's entry point (spawned): bound to the runner (it dies with it and leaves
+    Ctrl-C to it), load, say ready, then serve until "stop"."""
+    lifeline.bind_to_parent()
     try:
         runner = Runner(load_pipeline(spec), spec)
     except LoadError as exc:
