@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from http_fakes import FakeTransport
+from http_fakes import FakeTransport, refused
 from structlog.testing import capture_logs
 
 from runner.backends.dashscope import (
@@ -38,8 +38,8 @@ from runner.errors import (
     RowFailed,
     ServerError,
     ServiceUnreachable,
-    SubmitUncertain,
     TokensThrottled,
+    Uncertain,
     WrongRoute,
 )
 
@@ -346,13 +346,13 @@ async def test_submit_answer_without_task_id(
 ) -> None:
     # A 200 submit whose answer cannot be read: the task may exist and be billed.
     mocked.post(T2I, payload={"output": {"task_status": "PENDING"}, "request_id": "r"})
-    with pytest.raises(SubmitUncertain, match=r"task_id.*MAY have been accepted"):
+    with pytest.raises(Uncertain, match=r"task_id.*MAY have been accepted"):
         await client.submit_text2image("m", "p")
     mocked.post(T2I, status=200, body="<html>", content_type="text/html")
-    with pytest.raises(SubmitUncertain, match=r"not JSON.*MAY have been accepted"):
+    with pytest.raises(Uncertain, match=r"not JSON.*MAY have been accepted"):
         await client.submit_text2image("m", "p")
     mocked.post(MM, status=200, body="{truncated", content_type="application/json")
-    with pytest.raises(SubmitUncertain):
+    with pytest.raises(Uncertain):
         await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
     assert len(calls(mocked, "POST", T2I)) == 2  # never retried in the client
 
@@ -392,14 +392,25 @@ async def test_429_on_submit_raises_once_with_retry_after(
         aiohttp.ClientPayloadError("truncated"),
     ],
 )
-async def test_network_errors_are_server_errors_and_post_not_retried(
+async def test_a_lost_answer_to_a_paid_call_is_uncertain_and_not_retried(
     client: DashScopeClient, mocked: FakeTransport, exc: Exception
 ) -> None:
+    """Any failure once the connection is made may come after the service took the request:
+    a submit (or a sync call) is then Uncertain, never resent here."""
     mocked.post(T2I, exception=exc)
     mocked.post(T2I, payload=submitted_payload())  # would succeed if (wrongly) retried
-    with pytest.raises(ServerError):
+    with pytest.raises(Uncertain, match="MAY have been accepted"):
         await client.submit_text2image("m", "p")
     assert len(calls(mocked, "POST", T2I)) == 1
+
+
+async def test_a_connect_failure_sent_nothing_and_is_retryable(
+    client: DashScopeClient, mocked: FakeTransport
+) -> None:
+    mocked.post(T2I, exception=refused(T2I))
+    with pytest.raises(ServerError) as info:
+        await client.submit_text2image("m", "p")
+    assert not isinstance(info.value, Uncertain)
 
 
 async def test_sync_and_chat_not_retried(client: DashScopeClient, mocked: FakeTransport) -> None:

@@ -53,14 +53,14 @@ async def test_emulated_run_then_rerun(job, tmp_path: Path, fast, monkeypatch) -
     )
     out = tmp_path / "out"
     summary = await run_all(tasks, out=out, settings=settings)
-    assert summary.emulated and summary.backend == "emulator"
+    assert summary.emulated and summary.backend.startswith("emulator:")
     assert summary.exit_code == 1  # the row with the missing image
     assert [r.index for r in summary.failed] == ["99"]
     files = sorted(p.name for p in (out / "imgs").iterdir())
     assert files == sorted(f"{i}.jpg" for i in range(1, 13))
     assert all(_valid_jpeg(out / "imgs" / f) for f in files)
     failed_csv = (out / "failed.csv").read_text(encoding="utf-8-sig")
-    assert "99,tie,bad," in failed_csv and "not found" in failed_csv
+    assert "99,tie,bad input," in failed_csv and "not found" in failed_csv
     assert json.loads((out / "summary.json").read_text())["by_type"]["t2i"]["done"] == 6
     state = replay(out / "journal.jsonl")
     assert all(state.rows[str(i)].done and state.rows[str(i)].emulated for i in range(1, 13))

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from runner.errors import Fatal, RateLimited, ServerError
-from runner.errors import StillRunning
+from runner.errors import Fatal, RateLimited, ServerError, StillRunning
 from runner.scheduling import LatencyModel, ModelLane, PollBudget, TaskWatcher
 from runner.settings import Quota
 

@@ -1,6 +1,9 @@
 """Soak: 1000 rows against the emulator with 20 % of its answers faulty.
 
-Every row done, every file a valid JPEG, nothing written twice, memory flat. The emulator runs
+Every row done, every file a valid JPEG, nothing written twice, memory flat, and counted from
+the service's billing ledger row by row: a row paid more than once only where the journal
+says why (a task that FAILED or vanished; a sync call whose answer a reset lost, paid again
+because the run allows it: ``repay_uncertain``). The emulator runs
 in its own process (``python -m runner.emulator --faults 0.2``) so the runner's memory is
 measured alone; the runner runs in this process (``run_all``) so its RSS can be sampled by the
 observer at 250 and at 1000 finished rows.
@@ -16,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import emulator_get, emulator_process, make_image, write_tasks
+from conftest import (
+    billed_per_row,
+    emulator_get,
+    emulator_process,
+    make_image,
+    paid_twice,
+    row_prompt,
+    write_tasks,
+)
 from PIL import Image
 
 import runner.scheduling.finishing as scheduler_mod
@@ -114,11 +125,13 @@ async def test_soak_1000_rows_with_20_percent_faults(
     rows: list[tuple[str, ...]] = []
     for i in range(1, ROWS + 1):
         if i % 10 == 0:
-            rows.append((str(i), "tie", f"make the sky purple {i}", sources[i % 4].name, ""))
+            text = row_prompt(i, "make the sky purple")
+            rows.append((str(i), "tie", text, sources[i % 4].name, ""))
         elif i % 20 == 5:
-            rows.append((str(i), "vttie", "change OPEN to SHUT", sources[i % 4].name, ""))
+            text = row_prompt(i, "change OPEN to SHUT")
+            rows.append((str(i), "vttie", text, sources[i % 4].name, ""))
         else:
-            rows.append((str(i), "t2i", f"a lighthouse number {i} at dusk", "", ""))
+            rows.append((str(i), "t2i", row_prompt(i), "", ""))
     tasks = write_tasks(tmp_path / "task.csv", rows)
     settings = load_settings(
         api_key=KEY,
@@ -130,6 +143,13 @@ async def test_soak_1000_rows_with_20_percent_faults(
         backoff_max_s=0.05,
         retry_after_cap_s=1.0,  # the emulator's Retry-After: 1 is honoured
         judge={"enabled": False},
+        models={
+            "t2i": ["wanx2.1-t2i-turbo", "wanx2.1-t2i-plus", "wan2.2-t2i-flash"],
+            "tie": ["wanx2.1-imageedit"],
+            "vttie": ["qwen-image-edit"],
+        },
+        candidates={"t2i": 1, "tie": 1, "vttie": 1},
+        repay_uncertain=True,  # a reset of a sync call may have been billed: pay again
         jpeg_quality=85,
         quotas={m: {"submits_per_second": 400, "in_flight": 12} for m in MODELS},
     )
@@ -171,6 +191,16 @@ async def test_soak_1000_rows_with_20_percent_faults(
     assert len(done) == ROWS and set(done.values()) == {1}
     state = replay(out / "journal.jsonl")
     assert state.damaged_lines == 0 and all(r.done for r in state.rows.values())
+    # paid once, but where the journal says why
+    billed = emulator_get(port, "/_emulator/billed")
+    assert len(billed_per_row(billed)) == ROWS
+    repaid = Counter(
+        str(e["index"])
+        for e in journal
+        if e["ev"] == "task_closed" and str(e.get("why", "")).startswith("uncertain")
+    )
+    extra = paid_twice(out, billed)
+    assert all(n <= repaid[row] for row, n in extra.items()), (extra, repaid)
     # memory flat: what the last 750 rows added is small (the first 250 warm every cache up)
     grown = sampler.rss[ROWS] - sampler.rss[250]
     figures = {
@@ -182,6 +212,8 @@ async def test_soak_1000_rows_with_20_percent_faults(
         "rss_mib": {k: round(v / MiB, 1) for k, v in sorted(sampler.rss.items())},
         "retries": summary.retries,
         "throttled": summary.throttled,
+        "billed": len(billed),
+        "repaid_uncertain": sum(repaid.values()),
     }
     print("SOAK", json.dumps(figures))
     assert grown < 32 * MiB, figures
