@@ -473,3 +473,73 @@ async def test_an_interrupted_rehearsal_run_again_finishes(tmp_path: Path) -> No
         await first
     again = await run_all(tasks, out=out, settings=settings)
     assert again.exit_code == 0, again.failed
+
+
+# --------------------------------------------------------------------------- exact cases
+
+BASE = "https://dashscope.test/api/v1"
+T2I_URL = f"{BASE}/services/aigc/text2image/image-synthesis"
+RESULT = "https://oss.test/r/1.png?Expires=1&Signature=s"
+DENIED = {"code": "AccessDenied", "message": "Access denied."}
+
+
+def _exact(**kw: Any) -> Settings:
+    base: dict[str, Any] = {
+        "api_key": KEY,
+        "base_url": BASE,
+        "poll_first_s": 0.01,
+        "backoff_max_s": 0.05,
+        "judge": {"enabled": False},
+        "models": {"t2i": [T2I]},
+        "candidates": {"t2i": 1},
+        "quotas": {T2I: FAST},
+    }
+    base.update(kw)
+    return load_settings(**base)
+
+
+async def test_a_poll_refused_for_good_fails_the_row_and_keeps_the_task(tmp_path: Path) -> None:
+    """A 403 on a poll (the task exists; the poll is refused): the row fails with the task
+    kept, once, and the rerun fetches it. Before: the error carried no model, the row "set
+    aside" '' and sent paid submits in a loop with no pause (51 in a probe)."""
+    from conftest import png_bytes
+    from http_fakes import FakeTransport
+
+    tasks = make_job(tmp_path, t2i=1)
+    out = tmp_path / "out"
+    submitted = {"output": {"task_id": "t-1", "task_status": "PENDING"}, "request_id": "r"}
+    done = {"output": {"task_id": "t-1", "task_status": "SUCCEEDED", "results": [{"url": RESULT}]}}
+    with FakeTransport() as m:
+        m.post(T2I_URL, payload=submitted, repeat=True)
+        m.get(f"{BASE}/tasks/t-1", status=403, payload=DENIED, repeat=True)
+        first = await run_all(tasks, out=out, settings=_exact())
+        assert len(m.calls("POST", T2I_URL)) == 1
+    assert first.exit_code == 1 and "kept" in (first.failed[0].reason or "")
+    with FakeTransport() as m:
+        m.get(f"{BASE}/tasks/t-1", payload=done)
+        m.get(RESULT, body=png_bytes(), content_type="image/png")
+        again = await run_all(tasks, out=out, settings=_exact())
+        assert not m.calls("POST", T2I_URL)  # fetched, not paid again
+    assert again.exit_code == 0, again.failed
+
+
+async def test_a_resumed_task_whose_poll_is_refused_fails_cleanly(tmp_path: Path) -> None:
+    """Before: "internal error", and the task never closed."""
+    from http_fakes import FakeTransport
+
+    tasks = make_job(tmp_path, t2i=1)
+    out = tmp_path / "out"
+    submitted = {"output": {"task_id": "t-1", "task_status": "PENDING"}, "request_id": "r"}
+    running = {"output": {"task_id": "t-1", "task_status": "RUNNING"}}
+    with FakeTransport() as m:
+        m.post(T2I_URL, payload=submitted)
+        m.get(f"{BASE}/tasks/t-1", payload=running, repeat=True)
+        first = await run_all(tasks, out=out, settings=_exact(task_timeout_s=0.2))
+    assert "still running" in (first.failed[0].reason or "")
+    with FakeTransport() as m:
+        m.get(f"{BASE}/tasks/t-1", status=403, payload=DENIED, repeat=True)
+        again = await run_all(tasks, out=out, settings=_exact())
+        assert not m.calls("POST", T2I_URL)
+    (row,) = again.failed
+    assert "internal error" not in (row.reason or "") and "kept" in (row.reason or "")
+    assert [p.task_id for p in replay(out / JOURNAL_NAME).rows["1"].pending] == ["t-1"]

@@ -23,6 +23,7 @@ the client, for a fresh request and for one an earlier run left open alike:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
@@ -48,6 +49,7 @@ from runner.errors import (
     classify,
 )
 from runner.images import ImageProblem, result_to_jpeg
+from runner.logs import NOTICE_LOGGER
 from runner.models import ModelCaps, caps
 from runner.policy import Action, RetryPolicy, Tries
 from runner.scheduling.polling import PollBudget, TaskWatcher
@@ -167,11 +169,10 @@ class Lifecycle:
         then a ``sending`` record without an answer, which the next run treats as uncertain."""
         pending = [t for t in self._critical if not t.done()]
         if pending:
-            log.warning(
-                "waiting_for_paid_calls",
-                calls=len(pending),
-                seconds=round(timeout_s),
-                message=f"waiting for {len(pending)} paid calls (Ctrl-C again to leave them)",
+            calls = f"{len(pending)} paid call{'s' if len(pending) > 1 else ''}"
+            logging.getLogger(NOTICE_LOGGER).warning(
+                f"waiting for {calls} to answer, at most {timeout_s:.0f} s "
+                "(Ctrl-C again to leave them: the next run treats them as uncertain)"
             )
             await asyncio.wait(pending, timeout=timeout_s)
 
