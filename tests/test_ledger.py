@@ -126,7 +126,15 @@ async def test_a_submit_that_never_reached_the_service_is_sent_again_for_free(
     assert len(records(out, "not_accepted")) == 1
 
 
-@pytest.mark.parametrize(("kind", "fault"), [("vttie", "answer_lost"), ("tie", "answer_cut")])
+@pytest.mark.parametrize(
+    ("kind", "fault"),
+    [
+        ("vttie", "answer_lost"),
+        ("vttie", "answer_cut"),
+        ("tie", "answer_lost"),
+        ("tie", "answer_cut"),
+    ],
+)
 async def test_a_lost_answer_that_cannot_be_matched_fails_until_the_user_pays_again(
     tmp_path: Path, kind: str, fault: str
 ) -> None:
