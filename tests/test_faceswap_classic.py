@@ -174,3 +174,16 @@ def test_best_of_candidates_by_identity(crops: dict[int, Path]) -> None:
     assert result.detail["variant"] == best["variant"]
     assert result.identity_target == best["identity_target"]
     assert all(c["seam"] >= 0 for c in tried)
+
+    # Every variant made comes back with its picture and its scores (for a judge to choose
+    # by the competition's formula); the offline choice is marked and is the output.
+    assert [v.name for v in result.variants] == names
+    assert result.chosen is not None and result.chosen.name == best["variant"]
+    assert result.chosen.jpeg == result.jpeg
+    assert [v.name for v in result.variants if v.chosen] == [best["variant"]]
+    assert max(result.variants, key=lambda v: v.offline_score) is result.chosen
+    for made, scored in zip(result.variants, tried, strict=True):
+        assert (made.identity_target, made.identity_ori, made.realism) == (
+            scored["identity_target"], scored["identity_ori"], scored["realism"])
+        assert rgb_of(made.jpeg).shape == rgb_of(result.jpeg).shape
+    assert len({v.jpeg for v in result.variants}) == len(result.variants)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from runner.backends.faceswap import FaceSwapError, FaceSwapPool
+from runner.backends.faceswap import FaceSwapError, FaceSwapPool, blend, tone
+from runner.backends.faceswap.masks import RegionMask
 from runner.backends.faceswap.models import find_models
 from runner.backends.faceswap.worker import Engine, SwapJob, WorkerConfig
 from runner.settings import FaceSwapSettings
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 RED = (230, 70, 60)  # target's "identity"
 BLUE = (60, 70, 230)  # ori's
+GREY = (220, 220, 220)  # a grey photo's face (its noisy background has no colour either)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,7 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "ori": face_card(BLUE, seed=1),
         "target": face_card(RED, seed=2),
         "blank": face_card((127, 127, 127), seed=3),
+        "grey": face_card(GREY, seed=4),
     }.items():
         out[name] = folder / f"{name}.png"
         Image.fromarray(img).save(out[name])
@@ -92,6 +96,67 @@ def test_target_identity_goes_into_ori_picture(models: Path, cards: dict[str, Pa
     keep = np.ones(ori.shape[:2], bool)
     keep[20:180, 20:180] = False
     assert np.abs(out.astype(int) - ori.astype(int)).mean(axis=2)[keep].mean() < 3
+
+
+def face_lab(data: bytes) -> np.ndarray:
+    """Mean Lab (8-bit scale) of the middle of the output's face cell."""
+    face = rgb(data)[FACE_CELL + 16 : 2 * FACE_CELL - 16, FACE_CELL + 16 : 2 * FACE_CELL - 16]
+    return np.asarray(tone.lab(np.ascontiguousarray(face)).reshape(-1, 3).mean(axis=0))
+
+
+def test_grey_ori_stays_grey(models: Path, cards: dict[str, Path]) -> None:
+    """The tiny swapper paints target's red: on a grey ori the face keeps only its
+    lightness, in ori's (grey) colour."""
+    result = engine_for(models).swap(SwapJob("1", str(cards["grey"]), str(cards["target"])))
+    assert result.detail["colour_modes"] == {"ori": "grey", "target": "colour"}
+    _, a, b = face_lab(result.jpeg)
+    assert abs(a - 128) < 4 and abs(b - 128) < 4, (a, b)
+
+
+def test_grey_target_takes_ori_colour(models: Path, cards: dict[str, Path]) -> None:
+    """A grey target's face (the tiny swapper paints it grey) on ori's blue face: ori's
+    colour, target's lightness."""
+    result = engine_for(models).swap(SwapJob("1", str(cards["ori"]), str(cards["grey"])))
+    assert result.detail["colour_modes"] == {"ori": "colour", "target": "grey"}
+    ori_face = np.asarray(Image.open(cards["ori"]).convert("RGB"))[
+        FACE_CELL + 16 : 2 * FACE_CELL - 16, FACE_CELL + 16 : 2 * FACE_CELL - 16]
+    _, a_ori, b_ori = tone.lab(np.ascontiguousarray(ori_face)).reshape(-1, 3).mean(axis=0)
+    _, a, b = face_lab(result.jpeg)
+    # ori's hue; less of its chroma where target's lightness leaves the gamut (a bright
+    # face cannot be as blue): painted grey, it had none.
+    hue, hue_ori = np.arctan2(b - 128, a - 128), np.arctan2(b_ori - 128, a_ori - 128)
+    assert abs(hue - hue_ori) < np.radians(15), (a, b, a_ori, b_ori)
+    assert np.hypot(a - 128, b - 128) > 0.3 * np.hypot(a_ori - 128, b_ori - 128)
+
+
+def test_the_inswapper_variant_is_returned_chosen(models: Path, cards: dict[str, Path]) -> None:
+    result = engine_for(models).swap(SwapJob("1", str(cards["ori"]), str(cards["target"])))
+    assert len(result.variants) == 1 and result.chosen is result.variants[0]
+    variant = result.variants[0]
+    assert variant.name == "inswapper" and variant.jpeg == result.jpeg
+    assert variant.identity_target == result.identity_target
+    assert variant.identity_ori == result.identity_ori
+    # dlib finds no face on a colour card: no landmarks to check realism with.
+    assert variant.realism is None and result.detail["realism"] is None
+
+
+def test_region_mask_gives_the_face_ori_contrast_and_detail() -> None:
+    """After the inswapper's paste, inside the face's region: a flat, sharp face on a soft
+    ori gets ori's contrast and softness (the "region" mask)."""
+    rng = np.random.default_rng(5)
+    shapes = cv2.resize(rng.normal(128, 45, (25, 25, 3)), (200, 200),
+                        interpolation=cv2.INTER_CUBIC)
+    ori = np.clip(cv2.GaussianBlur(shapes, (0, 0), 2.0), 0, 255).astype(np.uint8)
+    sharp = np.clip(128 + 0.6 * (shapes - 128) + rng.normal(0, 4, shapes.shape), 0,
+                    255).astype(np.uint8)
+    box = np.array([50.0, 50.0, 150.0, 150.0])
+    out, said = RegionMask().apply(ori, sharp, box)
+    assert said["contrast_gain"] > 1.0 and said["sharpness_ratio"] < 0.85
+    core = np.zeros((200, 200), np.float32)
+    core[85:115, 85:115] = 1.0
+    assert blend.sharpness(out, core) < 0.5 * blend.sharpness(sharp, core)
+    # pale before (under 0.8 of ori's contrast), not after
+    assert tone.contrast(sharp, core) < 0.8 * tone.contrast(ori, core) < tone.contrast(out, core)
 
 
 def test_no_face_reasons(models: Path, cards: dict[str, Path]) -> None:

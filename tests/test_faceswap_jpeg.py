@@ -53,17 +53,26 @@ def test_custom_tables_are_copied_not_rounded_to_a_quality(tmp_path: Path) -> No
         assert [list(out.quantization[k]) for k in sorted(out.quantization)] == tables
 
 
-def test_non_jpeg_and_greyscale_sources_get_the_default(tmp_path: Path) -> None:
+def test_non_jpeg_sources_get_the_default(tmp_path: Path) -> None:
     png = tmp_path / "src.png"
     Image.fromarray(photo()).save(png)
     style = jpeg.source_style(png, default_quality=93)
     assert (style.quality, style.subsampling, style.source) == (93, 2, "default")
-    # A greyscale JPEG has one table: the quality stands in for the chroma table.
+    assert jpeg.decode(jpeg.encode(photo(), style)).shape == (192, 192, 3)
+
+
+def test_greyscale_source_gives_a_greyscale_output_with_its_table(tmp_path: Path) -> None:
+    """ori's colour mode is kept: a greyscale JPEG (one table, no chroma) gives one too,
+    whatever colours the array to save has."""
     grey = tmp_path / "grey.jpg"
     Image.fromarray(photo()[..., 0]).save(grey, quality=80)
     g = jpeg.source_style(grey, default_quality=95)
-    assert g.quality == 80 and g.qtables is None
-    assert jpeg.decode(jpeg.encode(photo(), g)).shape == (192, 192, 3)
+    assert (g.quality, g.mode, g.describe()["mode"]) == (80, "L", "L")
+    data = jpeg.save_like_source(photo(), g)
+    with Image.open(io.BytesIO(data)) as out, Image.open(grey) as src:
+        assert out.mode == "L"
+        assert list(out.quantization[0]) == list(src.quantization[0])
+    assert jpeg.decode(data).shape == (192, 192, 3)
 
 
 def test_unreadable_source_falls_back_quietly(tmp_path: Path) -> None:

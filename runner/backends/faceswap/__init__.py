@@ -17,7 +17,7 @@ landmarker  mediapipe     ``detect.MeshTo68`` over ``landmark_mediapipe.MeshLand
 landmarker  dlib          ``detect.DlibLandmarker`` (68 points)
 swapper     classic       ``swappers.ClassicSwapper`` (the warp and blend of ``classic``)
 swapper     inswapper     ``swappers.InswapperSwapper`` (models loaded in ``inswapper``)
-mask        region        ``masks.RegionMask`` (soft ellipse, ori's sharpness; ``blend``)
+mask        region        ``masks.RegionMask`` (soft ellipse: ori's contrast and sharpness)
 mask        glasses       ``masks.GlassesMask`` (ori's frames removed whole; ``glasses``)
 enhancer    gfpgan,       ``enhance.Enhancer`` (GFPGAN 1.4 / CodeFormer ONNX, chosen by the
             codeformer    weights file found in models_dir)
@@ -28,11 +28,14 @@ classic: detector dlib, the configured landmarker (``faceswap.landmarker``, "aut
 (``mesh_warp``), its own masks per ``classic.Variant``, the pose and expression guard
 (``guard``: lower-risk variants for pairs unlike in pose or expression, the variant kept by
 identity and realism), dlib identity. inswapper: detector scrfd, masks region then glasses
-(the configured finder, when dlib is installed), ArcFace identity. Both: the enhancer when
-its weights exist.
+(the configured finder, when dlib is installed; with it also the realism check), ArcFace
+identity. Both: ori's colour mode and the face's contrast and detail matched to ori's
+(``tone``, ``blend.match_sharpness``), the enhancer when its weights exist, and every
+variant made returned with its scores (``result.SwapVariant``), the offline choice marked.
 
 Around them: ``detect.FaceFinder`` (a detector and a landmarker: main face, face near),
-``identity`` (embeddings and scores), ``jpeg`` (outputs saved the way their source was),
+``identity`` (embeddings and scores), ``tone`` (colour mode, contrast and chroma measured
+and matched), ``jpeg`` (outputs saved the way their source was, greyscale included),
 ``models`` (where weights live), ``worker`` (the per-process ``Engine``), ``pool`` (the
 process pool the scheduler awaits), ``ray_pool`` (the same as Ray actors, with ``--ray``;
 only then is ray imported).
@@ -41,6 +44,6 @@ only then is ray imported).
 from __future__ import annotations
 
 from runner.backends.faceswap.pool import FaceSwapPool
-from runner.backends.faceswap.result import FaceSwapError, SwapResult
+from runner.backends.faceswap.result import FaceSwapError, SwapResult, SwapVariant
 
-__all__ = ["FaceSwapError", "FaceSwapPool", "SwapResult"]
+__all__ = ["FaceSwapError", "FaceSwapPool", "SwapResult", "SwapVariant"]

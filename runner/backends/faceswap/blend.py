@@ -8,6 +8,8 @@ smoothly to zero before the mask's edge.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -163,7 +165,8 @@ def transfer_colour(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: 
     (under ``w_ref``).
 
     The std ratios are clipped, lightness hardest: a shadowed face must not be blown up into
-    noise, and a smiling ori's teeth must not stretch target's contrast.
+    noise, and a smiling ori's teeth must not stretch target's contrast. Both pictures in
+    colour: a grey one's colour is the caller's (``tone``, ``classic.swap``).
     """
     if strength <= 0:
         return src
@@ -171,16 +174,7 @@ def transfer_colour(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: 
     ref_lab = cv2.cvtColor(ref, cv2.COLOR_RGB2LAB).astype(np.float32)
     m_s, s_s = _masked_stats(src_lab, w_src)
     m_r, s_r = _masked_stats(ref_lab, w_ref)
-    if max(s_s[1], s_s[2]) < 1.5 <= max(s_r[1], s_r[2]):
-        # A grey face into a colour picture: a uniform tint looks painted. Take ori's own
-        # chroma (skin, lips, cheeks) under target's lightness instead.
-        chroma = cv2.GaussianBlur(ref_lab[..., 1:], (0, 0), 1.5)
-        src_lab[..., 1:] = chroma
-        m_s[1:], s_s[1:] = m_r[1:], s_r[1:]
-    # A grey ori (old photos, some LFW crops) has no chroma spread: the face must turn grey
-    # too, so the chroma ratio may then fall to zero.
-    low = 0.0 if max(s_r[1], s_r[2]) < 1.5 else 0.8
-    ratio = np.clip(s_r / s_s, [0.75, low, low], [1.33, 1.25, 1.25]).astype(np.float32)
+    ratio = np.clip(s_r / s_s, [0.75, 0.8, 0.8], [1.33, 1.25, 1.25]).astype(np.float32)
     goal = m_r.copy()
     goal[1:] = m_s[1:] + np.clip(m_r[1:] - m_s[1:], -CHROMA_SHIFT_MAX, CHROMA_SHIFT_MAX)
     out = (src_lab - m_s.astype(np.float32)) * ratio + goal.astype(np.float32)
@@ -224,33 +218,79 @@ def lowfreq_correct(src: np.ndarray, ref: np.ndarray, w_src: np.ndarray, w_ref: 
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def _grey(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def _laplacian_std(grey: np.ndarray, sel: np.ndarray) -> float:
+    return float(cv2.Laplacian(grey, cv2.CV_32F)[sel].std())
+
+
 def sharpness(img: np.ndarray, weight: np.ndarray) -> float:
-    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    lap = cv2.Laplacian(grey, cv2.CV_32F)
+    """The detail of ``img`` under ``weight``: the std of the grey Laplacian there."""
     w = weight > 0.5
-    return float(lap[w].std()) if w.any() else 0.0
+    return _laplacian_std(_grey(img), w) if w.any() else 0.0
+
+
+SHARPNESS_KEPT = (0.85, 1.18)  # ori's sharpness over the face's: left as it is in between
+BLUR_SIGMA_MAX = 6.0  # the softest ori is matched with at most this blur (pixels)
+SHARPEN_MAX = 1.0  # unsharp-mask amount at most (at 3 the JPEG ghost's AUC on LFW rose 0.01)
+UNSHARP_SIGMA = 1.0
+SEARCH_STEPS = 10  # bisection steps of the blur or the amount
+
+
+def _bisect(measure: Callable[[float], float], goal: float, top: float) -> float:
+    """The x in [0, top] where the increasing or decreasing ``measure`` meets ``goal``."""
+    lo, hi = 0.0, top
+    rising = measure(top) > measure(0.0)
+    for _ in range(SEARCH_STEPS):
+        mid = (lo + hi) / 2
+        if (measure(mid) < goal) == rising:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def match_sharpness(src: np.ndarray, ref: np.ndarray,
                     weight: np.ndarray) -> tuple[np.ndarray, float]:
-    """Blur or unsharp ``src`` so its Laplacian energy inside the mask is close to ``ref``'s.
+    """Blur or unsharp ``src`` so its Laplacian energy inside the mask meets ``ref``'s.
 
-    A pasted face sharper or softer than its surroundings is a classic forgery cue.
-    Returns the image and the factor applied (< 1 blurred, > 1 sharpened, 1 untouched).
+    A pasted face sharper or softer than its surroundings is a classic forgery cue, and a
+    sharp face in a soft photo (an upscaled thumbnail, a small face) is what a JPEG ghost
+    finds. A ratio within SHARPNESS_KEPT is left alone; past it, the blur's sigma (at most
+    BLUR_SIGMA_MAX) or the unsharp amount (at most SHARPEN_MAX) is searched on the grey
+    picture until the ratio is back at the band's edge (blurred all the way to ori's
+    energy, LFW's mildly sharper faces gave the JPEG ghost more to find). Returns the
+    image and ``ref``'s sharpness over ``src``'s (< 1 blurred, > 1 sharpened, 1 untouched).
     """
-    a, b = sharpness(src, weight), sharpness(ref, weight)
+    sel = weight > 0.5
+    if not sel.any():
+        return src, 1.0
+    grey = _grey(src)
+    a, b = _laplacian_std(grey, sel), sharpness(ref, weight)
     if a <= 0 or b <= 0:
         return src, 1.0
     ratio = b / a
-    if 0.85 <= ratio <= 1.18:
+    if SHARPNESS_KEPT[0] <= ratio <= SHARPNESS_KEPT[1]:
         return src, 1.0
     s = src.astype(np.float32)
     if ratio < 1.0:
-        sigma = float(np.clip((1.0 / ratio - 1.0) * 1.2, 0.3, 1.5))
-        return np.clip(cv2.GaussianBlur(s, (0, 0), sigma), 0, 255).astype(np.uint8), ratio
-    amount = float(np.clip(ratio - 1.0, 0.0, 1.0))
-    blurred = cv2.GaussianBlur(s, (0, 0), 1.0)
-    return np.clip(s + amount * (s - blurred), 0, 255).astype(np.uint8), ratio
+        def blurred(sigma: float) -> float:
+            if sigma < 0.05:
+                return a
+            # Rounded as the delivered picture will be: in a very soft ori the rounding
+            # noise is part of the energy measured.
+            return _laplacian_std(np.round(cv2.GaussianBlur(grey, (0, 0), sigma)), sel)
+
+        sigma = _bisect(blurred, b / SHARPNESS_KEPT[0], BLUR_SIGMA_MAX)
+        out = cv2.GaussianBlur(s, (0, 0), max(sigma, 0.05))
+    else:
+        detail = grey - cv2.GaussianBlur(grey, (0, 0), UNSHARP_SIGMA)
+        amount = _bisect(lambda k: _laplacian_std(grey + k * detail, sel), b / SHARPNESS_KEPT[1],
+                         SHARPEN_MAX)
+        out = s + amount * (s - cv2.GaussianBlur(s, (0, 0), UNSHARP_SIGMA))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), ratio
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runner.backends.faceswap import blend, glasses, mesh_warp
+from runner.backends.faceswap import blend, glasses, mesh_warp, tone
 from runner.backends.faceswap.detect import Face
 from runner.backends.faceswap.guard import MOUTH_GAP, mouth_open, region_mask
 
@@ -78,6 +78,9 @@ INNER_MOUTH = range(60, 68)
 LEFT_EYE, RIGHT_EYE = range(36, 42), range(42, 48)
 FOLD_AREA = 0.004  # twice a triangle's area, share of the face size squared, to count
 MIN_SHAPE = 0.4  # below this the swap keeps too little of target's face to be worth it
+INNER_ERODE = 0.08  # the inner face (contrast measured there): the 68 points' hull eroded
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+SKIN_COLOUR_BLUR = 0.05  # ori's skin colour for a grey target: blur sigma, share of size
 
 
 # iBUG 68-point order mirrored left <-> right.
@@ -355,11 +358,39 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         light_src = skin_src * blend.skin_likelihood(warped, skin_src)
         light_ref = skin_ref * blend.skin_likelihood(roi, skin_ref)
         face = blend.relight(warped, roi, light_src, light_ref)
-    keep = blend.feature_mask(roi.shape, dst, [INNER_MOUTH, LEFT_EYE, RIGHT_EYE], size, 0.01)
+    # Colour modes: a grey (or toned) ori gets its own colour back on the new face, whatever
+    # target's; a grey target on a colour ori gets ori's colour, carried along with ori's
+    # features to where the new ones are (lips to lips, cheeks to cheeks). Only the
+    # lightness is target's then; its eyes and mouth keep their own colour when both
+    # pictures have colour.
+    ori_mono, target_mono = tone.monochrome(ori), tone.monochrome(target)
+    keep = (None if ori_mono or target_mono else
+            blend.feature_mask(roi.shape, dst, [INNER_MOUTH, LEFT_EYE, RIGHT_EYE], size, 0.01))
     face = blend.transfer_colour(face, roi, skin_src, skin_ref, variant.colour, keep=keep)
     if variant.lowfreq > 0:
         face = blend.lowfreq_correct(face, roi, skin_src, skin_ref, variant.lowfreq * size)
-    face, sharp = blend.match_sharpness(face, roi, core)
+    # Contrast, then detail. A face flatter than both the photo it goes into and the one it
+    # comes from reads as pale (the colour transfer flattens a face whose skin has more
+    # shading than ori's, features and all): it gets the lower of the two contrasts back.
+    # Its sharpness is then measured at the contrast it will have. ori's frames are not its
+    # face: left out of both measures (their black lines would ask for a harder face).
+    not_frames = 1.0 - cv2.dilate(o_frames, np.ones((3, 3), np.uint8))
+    inner_new = blend.soft_mask(blend.hull_mask(roi.shape, dst), size, INNER_ERODE, 0.0)
+    inner_ori = blend.soft_mask(blend.hull_mask(roi.shape, o_pts), size, INNER_ERODE, 0.0)
+    goal = min(tone.contrast(roi, inner_ori * not_frames), tone.contrast(warped, inner_new))
+    face, gain = tone.match_contrast(face, inner_new, goal)
+    face, sharp = blend.match_sharpness(face, roi, core * not_frames)
+    if ori_mono:
+        face = tone.with_chroma(face, roi)
+    elif target_mono:
+        # ori's skin colour (its frames' and hair's left out), its eyes' and lips' own.
+        own = blend.feature_mask(roi.shape, o_pts, [MOUTH, LEFT_EYE, RIGHT_EYE], size, 0.01)
+        colours = tone.skin_colours(roi, skin_ref * blend.skin_likelihood(roi, skin_ref), own,
+                                    SKIN_COLOUR_BLUR * size)
+        o_layout = np.vstack([o_pts, o_x - shift, forehead_points(o_pts, variant.forehead),
+                              dst_ring])
+        face = tone.with_chroma(face, piecewise_warp(colours, o_layout, dst_all, roi.shape[:2],
+                                                     IDENTITY))
     if variant.blend == "poisson":
         # The Poisson region stays on skin (the mask's half-way line): a boundary across
         # hair or glasses would smear their colour over the face.
@@ -381,6 +412,9 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         "yaw_ori": round(yaw_o, 2),
         "yaw_target": round(yaw_t, 2),
         "sharpness_ratio": round(sharp, 3),
+        "contrast_gain": round(gain, 3),
+        "colour_modes": {"ori": "grey" if ori_mono else "colour",
+                         "target": "grey" if target_mono else "colour"},
         "occluded_share": round(float(occluded.sum()) / max(1.0, float(size * size)), 4),
         "glasses_removed": bool(o_frames.any()),
         "ori_frames_px": int(o_frames.sum()),

@@ -2,8 +2,9 @@
 processors), main-face choice, and ``FaceFinder``, which pairs any detector with any
 landmarker.
 
-HOG first (about 10 ms on a 250x250 LFW crop); when it finds nothing, the same with one
-up-sampling, then on a padded copy (HOG misses faces cut by the image border), and last the
+HOG first (about 10 ms on a 250x250 LFW crop); when it finds nothing, or a face near its
+smallest window (others as small may hide), the same with one up-sampling, then on a
+padded copy (HOG misses faces cut by the image border), and last the
 CNN (MMOD) detector, which is slow on CPU but finds turned and partial faces.
 """
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 DETECT_MAX_SIDE = 1024  # HOG time grows with pixels; detect on a smaller copy of big images
 CNN_MAX_SIDE = 480
+SMALL_FACE = 90  # box pixels at the detection scale: near HOG's window (80 x 80), the
+# smallest face it finds without up-sampling
 
 
 @dataclass
@@ -129,6 +132,12 @@ def detect_boxes(models: DlibModels, rgb: np.ndarray) -> tuple[np.ndarray, str]:
     for up in sorted({0, upsample}):
         rects = models.detector(small, up)
         if len(rects):
+            if up == 0 and min(r.width() for r in rects) < SMALL_FACE:
+                # Faces near HOG's smallest window: others as small are missed (a group
+                # photo's subject among them). Look again at twice the size.
+                again = models.detector(small, 1)
+                if len(again) > len(rects):
+                    return _rects_to_boxes(again, scale, 0), "hog1"
             return _rects_to_boxes(rects, scale, 0), f"hog{up}"
     pad = max(16, int(0.2 * max(small.shape[:2])))
     padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REPLICATE)

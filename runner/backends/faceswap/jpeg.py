@@ -5,8 +5,9 @@ quality, 4:4:4 where the photo was 4:2:0) carries a compression history of its o
 JPEG-ghost test finds (issue 14: AUC 0.986 under q95 4:4:4 for q95 4:2:0 sources). So the
 output is saved with the source's own quantization tables and chroma subsampling, read from
 its header (no pixel is decoded here), and the quality those tables correspond to is
-estimated for the record. A source that is not a JPEG gets the configured quality at 4:2:0,
-the web's usual setting.
+estimated for the record. A greyscale JPEG source gives a greyscale JPEG with its one
+table (the output keeps ori's colour mode, and its compression history). A source that is
+not a JPEG gets the configured quality at 4:2:0, the web's usual setting.
 """
 
 from __future__ import annotations
@@ -53,10 +54,14 @@ class JpegStyle:
     subsampling: int = DEFAULT_SUBSAMPLING
     qtables: list[list[int]] | None = field(default=None, compare=False)
     source: str = "default"  # "jpeg" when read from the source's header
+    mode: str = "RGB"  # "L": a greyscale JPEG, its one table
 
     def describe(self) -> dict[str, object]:
-        return {"quality": self.quality, "subsampling": SUBSAMPLING_NAMES.get(
+        said: dict[str, object] = {"quality": self.quality, "subsampling": SUBSAMPLING_NAMES.get(
             self.subsampling, str(self.subsampling)), "from": self.source}
+        if self.mode != "RGB":
+            said["mode"] = self.mode
+        return said
 
 
 def source_style(path: str | Path, default_quality: int) -> JpegStyle:
@@ -68,14 +73,16 @@ def source_style(path: str | Path, default_quality: int) -> JpegStyle:
                 return fallback
             tables = getattr(img, "quantization", None) or {}
             sampling = JpegImagePlugin.get_sampling(img)
+            grey = img.mode == "L"
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return fallback  # the decoder proper reports an unreadable file
     luma = tables.get(0)
     if luma is None or len(luma) != 64:
         return fallback
     quality = estimate_quality(luma)
-    # A greyscale JPEG has one table and no chroma: our RGB output needs two, so the
-    # quality stands in for them; likewise anything but the usual two or three tables.
+    if grey:  # one table, no chroma: the output is greyscale too
+        return JpegStyle(quality=quality, qtables=[list(luma)], source="jpeg", mode="L")
+    # Anything but the usual two or three tables: the quality stands in for them.
     usable = [list(tables[k]) for k in sorted(tables)]
     qtables = usable if len(usable) in (2, 3) and all(len(t) == 64 for t in usable) else None
     subsampling = sampling if sampling in SUBSAMPLING_NAMES else DEFAULT_SUBSAMPLING
@@ -85,6 +92,8 @@ def source_style(path: str | Path, default_quality: int) -> JpegStyle:
 def encode(rgb: np.ndarray, style: JpegStyle) -> bytes:
     buf = io.BytesIO()
     img = Image.fromarray(rgb)
+    if style.mode == "L":
+        img = img.convert("L")
     if style.qtables is not None:
         img.save(buf, "JPEG", qtables=style.qtables, subsampling=style.subsampling,
                  optimize=False)

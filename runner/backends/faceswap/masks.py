@@ -1,8 +1,9 @@
 """The mask processors: steps applied after a swapper pasted its face, each deciding where
 ori's picture may change (``apply(ori, out, box)`` -> the picture, what it reports).
 
-- "region": a soft ellipse over the detector's box; inside it the pasted face gets ori's
-  sharpness (``blend.match_sharpness``), blended back softly;
+- "region": a soft ellipse over the detector's box; inside it the pasted face gets at
+  least ori's luminance contrast (``tone.match_contrast``) and ori's sharpness
+  (``blend.match_sharpness``), blended back softly;
 - "glasses": ori's frame lines that the changed region's edge cuts are painted out whole,
   never left half (``glasses``); it needs a face finder (68 points) and does nothing
   without one.
@@ -18,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runner.backends.faceswap import blend, glasses
+from runner.backends.faceswap import blend, glasses, tone
 from runner.backends.faceswap.detect import FaceFinder
 from runner.backends.faceswap.inswapper import face_region
 
@@ -29,8 +30,11 @@ class RegionMask:
     def apply(self, ori: np.ndarray, out: np.ndarray,
               box: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         region = face_region(out.shape, np.asarray(box, dtype=np.float64))
-        sharpened, ratio = blend.match_sharpness(out, ori, region)
-        return blend.alpha_blend(sharpened, out, region), {"sharpness_ratio": round(ratio, 3)}
+        # The face stays where ori's was: it gets at least ori's contrast there.
+        matched, gain = tone.match_contrast(out, region, tone.contrast(ori, region))
+        matched, ratio = blend.match_sharpness(matched, ori, region)
+        return blend.alpha_blend(matched, out, region), {"sharpness_ratio": round(ratio, 3),
+                                                         "contrast_gain": round(gain, 3)}
 
 
 class GlassesMask:

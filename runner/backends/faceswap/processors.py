@@ -66,6 +66,7 @@ class Loader:
         self.enhancer: Enhancer | None = None  # given to the swapper built after it
         self._dlib: DlibModels | None = None
         self._insight: InsightSwapper | None = None
+        self._finder: FaceFinder | None = None
 
     # --- shared model files -------------------------------------------------------------
     def dlib(self) -> DlibModels:
@@ -102,9 +103,19 @@ class Loader:
 
     def finder(self) -> FaceFinder:
         """dlib's detector with the configured landmarker: main faces with 68 points."""
-        detector: Detector = self.build("detector", CLASSIC_DETECTOR)
-        landmarker: Landmarker = self.build("landmarker", self.config.landmarker)
-        return FaceFinder(detector, landmarker)
+        if self._finder is None:
+            detector: Detector = self.build("detector", CLASSIC_DETECTOR)
+            landmarker: Landmarker = self.build("landmarker", self.config.landmarker)
+            self._finder = FaceFinder(detector, landmarker)
+        return self._finder
+
+    def optional_finder(self) -> FaceFinder | None:
+        """The finder, or None where dlib (or its models) cannot be loaded: the inswapper's
+        glasses rule and realism check then do without."""
+        try:
+            return self.finder()
+        except Exception:
+            return None
 
 
 def enhancer_name(path: str | Path) -> str:
@@ -121,16 +132,12 @@ def _inswapper(loader: Loader) -> Swapper:
     models = loader.insight()
     masks: list[Mask] = [loader.build("mask", name) for name in INSWAPPER_MASKS]
     detector: Detector = loader.build("detector", INSWAPPER_DETECTOR)
-    return InswapperSwapper(models, detector, masks, loader.enhancer)
+    return InswapperSwapper(models, detector, masks, loader.enhancer, loader.optional_finder())
 
 
 def _glasses(loader: Loader) -> Mask:
     # Optional after the inswapper: without dlib it still swaps, ori's frames as they come.
-    try:
-        finder: FaceFinder | None = loader.finder()
-    except Exception:
-        finder = None
-    return GlassesMask(finder)
+    return GlassesMask(loader.optional_finder())
 
 
 def _mediapipe(loader: Loader) -> Landmarker:
