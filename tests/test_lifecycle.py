@@ -219,13 +219,16 @@ async def test_a_refusal_bills_nothing(tmp_path: Path, journal) -> None:
 
 
 async def test_a_task_id_another_row_owns_is_no_proof(tmp_path: Path, journal) -> None:
+    """Two requests answered one task id: neither answer proves its request (the first may
+    be the wrong one), so both are looked for by their prompts."""
     lc = life(Client(), journal, Watcher())
     await lc.submit(Request(index="14", model="m", prompt="p"))  # t1
     lc.client.ids = itertools.count(1)  # type: ignore[attr-defined]  # the service says t1 again
     with pytest.raises(Uncertain, match="already row 14"):
         await lc.submit(Request(index="15", model="m", prompt="q"))
     phases = {p.index: p.phase for p in replay(tmp_path / JOURNAL_NAME).book.requests.values()}
-    assert phases == {"14": "accepted", "15": "uncertain"}
+    assert phases == {"14": "uncertain", "15": "uncertain"}
+    assert replay(tmp_path / JOURNAL_NAME).book.by_task == {}  # the id is no one's now
 
 
 async def test_more_images_than_asked_are_counted_and_refused(tmp_path: Path, journal) -> None:

@@ -158,11 +158,6 @@ class Lifecycle:
         task.add_done_callback(self._critical.discard)
         return await asyncio.shield(task)
 
-    @property
-    def sending(self) -> int:
-        """Paid steps in flight: requests sent whose answer is not journaled yet."""
-        return sum(1 for t in self._critical if not t.done())
-
     async def drain(self, timeout_s: float) -> None:
         """Wait for paid steps still in flight to be journaled (on a stop or Ctrl-C): as long
         as the slowest may take (a sync call's timeout). Cancelled, it leaves them: each is
@@ -413,7 +408,7 @@ class Lifecycle:
             if getattr(state, "item_errors", None):
                 log.info("partial_success", index=index, errors=state.item_errors[:4])
             urls = list(state.urls)
-            await self.ledger.ended(paid, "SUCCEEDED", len(urls), urls)
+            await self.ledger.ended(paid, "SUCCEEDED", len(urls))
             if len(urls) > paid.n:
                 await self._too_many(paid, len(urls))
             if urls:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -76,7 +75,6 @@ class PaidRequest(BaseModel):
     urls: list[str] = Field(default_factory=list)
     sent_at: float = 0.0  # the journal's wall time of the send (a rerun's hint, never a clock)
     images: int | None = None  # billed images once the service said (answer, end)
-    status: str | None = None  # the task's end status, once seen
     why: str | None = None  # why it was refused, uncertain or closed
 
     @property
@@ -150,9 +148,7 @@ class PaidBook:
         if isinstance(rec, Ended):
             found = self._find(rec.req, rec.task_id)
             if found is not None:
-                found.phase, found.status, found.images = "ended", rec.status, rec.images
-                if rec.urls:
-                    found.urls = list(rec.urls)
+                found.phase, found.images = "ended", rec.images
             return found
         if isinstance(rec, TaskClosed):
             found = self._find(rec.req, rec.task_id)
@@ -190,7 +186,7 @@ class PaidBook:
             fp=rec.fp,
             sync=sync,
             prompt=getattr(rec, "prompt_sent", None),
-            backend=rec.backend or self.backend,
+            backend=self.backend,
             emulated=self.emulated,
             sent_at=rec.t,
         )
@@ -210,13 +206,6 @@ class PaidBook:
             if paid.billed:
                 out[paid.model] += paid.billed
         return out
-
-    def uncertain(self, *, emulated: bool | None = None) -> list[PaidRequest]:
-        return [
-            p
-            for p in self.requests.values()
-            if p.uncertain and (emulated is None or p.emulated == emulated)
-        ]
 
 
 class BudgetReached(RunnerError):
@@ -312,7 +301,6 @@ class Ledger:
             model=paid.model,
             n=paid.n,
             fp=paid.fp,
-            backend=self.backend,
             adopted=adopted,
         )
 
@@ -337,9 +325,7 @@ class Ledger:
         """sent -> uncertain: the request left and its answer was lost."""
         await self._write("uncertain", index=paid.index, req=paid.key, why=why)
 
-    async def ended(
-        self, paid: PaidRequest, status: str, images: int, urls: Iterable[str] = ()
-    ) -> None:
+    async def ended(self, paid: PaidRequest, status: str, images: int) -> None:
         """accepted -> ended: the billing of the task is settled (failed images: 0)."""
         await self._write(
             "ended",
@@ -348,7 +334,6 @@ class Ledger:
             task_id=paid.task_id,
             status=status,
             images=images,
-            urls=list(urls),
         )
 
     async def close(self, paid: PaidRequest, why: str, *, images: int | None = None) -> None:
@@ -384,10 +369,6 @@ class Ledger:
             for key in self._this_run
             if self.book.requests[key].phase not in ("sent", "refused", "uncertain")
         )
-
-    def in_flight(self) -> int:
-        """This run's requests sent whose answer has not come (yet)."""
-        return sum(1 for key in self._this_run if self.book.requests[key].phase == "sent")
 
     def claimed(self, task_id: str) -> bool:
         return task_id in self.book.by_task

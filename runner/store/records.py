@@ -69,7 +69,6 @@ class Submitted(_RowRec):
     model: str = ""
     n: int = 1
     fp: str | None = None
-    backend: str | None = None
     adopted: bool = False
 
 
@@ -83,7 +82,6 @@ class SyncAnswer(_RowRec):
     n: int = 1
     urls: list[str] = Field(min_length=1)
     fp: str | None = None
-    backend: str | None = None
 
 
 class NotAccepted(_RowRec):
@@ -110,7 +108,6 @@ class Ended(_RowRec):
     req: str | None = None
     status: str
     images: int = 0
-    urls: list[str] = Field(default_factory=list)
 
 
 class TaskClosed(_RowRec):
