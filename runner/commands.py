@@ -62,7 +62,7 @@ def ray_address(given: str | None) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from runner.job import run_all
+    from runner.job import check_out_dir, run_all
     from runner.settings import load_settings
 
     if args.concurrency is not None and args.concurrency < 1:
@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             for line in notes:
                 console.print(line, highlight=False)
         return EXIT_OK if dry_run(console, settings, tasks, images) else EXIT_FAILED_ROWS
+    check_out_dir(args.out)  # before run.log is opened in it
     key = settings.key()
     logs.configure(
         args.out / "run.log",

@@ -8,6 +8,9 @@ deepfake row failed). Two checks, each one clear line:
 * in the parent, before anything starts: the script's own line that leads to the call, when
   it is not under the guard (read from the script's source);
 * in a spawned child (the backstop, when the source cannot be read): refuse at once.
+
+A script read from stdin (``python - <<EOF``) is refused too, guarded or not: a spawned
+worker re-reads ``__main__`` from its file, and ``<stdin>`` is none.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ GUARD = 'if __name__ == "__main__":'
 
 class ScriptGuardMissing(SystemExit):
     """runner was called where a spawned worker would call it again (exit 1, one line)."""
+
+
+STDIN_MESSAGE = (
+    "error: runner cannot run from a script read from stdin (python -): its workers are "
+    "started with 'spawn', which re-reads the script from its file; save the script to a "
+    "file and run that"
+)
 
 
 def _message(where: str) -> str:
@@ -68,7 +78,10 @@ def _script_frame(frame: FrameType | None) -> FrameType | None:
 
 
 def check_script_guard(frame: FrameType | None = None) -> None:
-    """Raise ScriptGuardMissing (one line) when this call would be repeated by every worker."""
+    """Raise ScriptGuardMissing (one line) when this call would be repeated by every worker,
+    or when no worker could start (a script read from stdin)."""
+    if getattr(sys.modules.get("__main__"), "__file__", None) == "<stdin>":
+        raise ScriptGuardMissing(STDIN_MESSAGE)
     top = _script_frame(frame if frame is not None else sys._getframe(1))
     if top is None:
         return  # called from a function the script did not call at import (a notebook, -c)

@@ -26,8 +26,8 @@ from runner.backends.dashscope import DashScopeClient
 from runner.cost import Budget, billed_images, billed_rows, check_budget
 from runner.errors import DiskFull, SettingsError
 from runner.guard import check_script_guard
-from runner.interrupts import Interrupts
-from runner.outcomes import runs_view
+from runner.interrupts import Interrupts, Left
+from runner.outcomes import INTERRUPTED, STATUS_LABEL, runs_view
 from runner.outputs.report import SUMMARY_NAME
 from runner.policy import RetryPolicy
 from runner.scheduling.scheduler import RowResult, RunSummary, Scheduler
@@ -53,11 +53,61 @@ LOG_NAME = "run.log"
 
 
 class Observer(Protocol):
-    """Progress sink (runner.progress: the CLI's display, and the API's by default)."""
+    """Progress sink (runner.progress: the CLI's display, and the API's by default). An
+    observer with a ``stopping(line)`` method is told what a stop waits for."""
 
     def started(self, tasks: TaskList, scheduler: Scheduler, banner: list[str]) -> None: ...
     def row(self, result: RowResult) -> None: ...
     def finished(self, summary: RunSummary) -> None: ...
+
+
+class _Rows:
+    """The rows as they end, passed on to the observer; a run left at once (a second
+    Ctrl-C) is summed up from them. Once the last deepfake row has ended the face-swap
+    workers are released: their cores (a Ray cluster's CPUs) go to the rows left."""
+
+    def __init__(self, observer: Observer | None, tasklist: TaskList, swapper: Any) -> None:
+        self.observer = observer
+        self.ended: dict[str, RowResult] = {}
+        self.swaps_left = {t.index for t in tasklist.tasks if t.task_type == "deepfake"}
+        self.swapper = swapper
+        self.released: asyncio.Task[None] | None = None
+
+    def row(self, result: RowResult) -> None:
+        self.ended[result.index] = result
+        if self.observer is not None:
+            self.observer.row(result)
+        if result.index in self.swaps_left:
+            self.swaps_left.discard(result.index)
+            if not self.swaps_left and self.swapper is not None and self.released is None:
+                self.released = asyncio.get_running_loop().create_task(self.swapper.release())
+
+    def left_summary(
+        self, scheduler: Scheduler, tasklist: TaskList, elapsed_s: float
+    ) -> RunSummary:
+        """The summary of a run left at once: the rows that ended, the others stopped."""
+        rows = [
+            self.ended.get(index)
+            or RowResult(
+                index=index,
+                task_type=tasklist.types.get(index, ""),
+                status="stopped",
+                reason=f"{INTERRUPTED}: left at once",
+            )
+            for index in tasklist.order
+        ]
+        return RunSummary(
+            rows=rows,
+            elapsed_s=elapsed_s,
+            emulated=scheduler.emulated,
+            backend=scheduler.backend,
+            throttled=sum(lane.stats.throttled for lane in scheduler.lanes.values()),
+            polls=scheduler.polls.polls,
+            submits=scheduler.ledger.taken(),
+            stopped_reason=INTERRUPTED,
+            models=scheduler.model_views(),
+            left_early=True,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -80,6 +130,20 @@ async def _backend(settings: Settings) -> AsyncIterator[tuple[str, str, bool]]:
         yield emu.base_url, "emulator-key", True
 
 
+def _local_actor_cpus(settings: Settings, tasks: TaskList) -> int:
+    """The CPUs the run's local models take as Ray actors (one per device entry)."""
+    from runner.devices import device_list
+
+    types = {t.task_type for t in tasks.tasks}
+    names = {
+        m.removeprefix("local:")
+        for t in types
+        for m in settings.models.get(t, [])
+        if m.startswith("local:")
+    }
+    return sum(len(device_list(settings.local[n].devices)) for n in names if n in settings.local)
+
+
 def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
     if not any(t.task_type == "deepfake" for t in tasks.tasks):
         return None, None
@@ -91,7 +155,10 @@ def _faceswap(settings: Settings, tasks: TaskList) -> tuple[Any, str | None]:
         from runner.backends.faceswap.ray_pool import RayFaceSwapPool
 
         return RayFaceSwapPool(
-            settings.faceswap, settings.ray, jpeg_quality=settings.jpeg_quality
+            settings.faceswap,
+            settings.ray,
+            jpeg_quality=settings.jpeg_quality,
+            reserve_cpus=_local_actor_cpus(settings, tasks),
         ), None
     return FaceSwapPool(settings.faceswap, jpeg_quality=settings.jpeg_quality), None
 
@@ -114,13 +181,14 @@ async def run_all(
     In a notebook: ``summary = await run_all("task.csv", concurrency=32)``.
     Raises TaskFileError / SettingsError (one readable line) when nothing can start.
     Without an ``observer`` it shows a progress display (a terminal or a notebook) unless
-    ``progress=False``, and its notices go through logging.
+    ``progress=False``; its notices (the banner, rows not done, a stop, the closing line) go
+    through logging either way, as plain lines on stderr.
     """
     check_script_guard()  # before anything starts: a worker would re-run an unguarded script
-    if observer is None and progress:
+    if observer is None:  # the notices always; the live display unless progress=False
         from runner.progress import api_observer
 
-        observer = api_observer()
+        observer = api_observer(progress=progress, out_dir=Path(out))
     if settings is None:
         settings = load_settings(
             Path(settings_file) if settings_file else None, concurrency=concurrency, **overrides
@@ -128,6 +196,7 @@ async def run_all(
     elif concurrency is not None:
         settings = settings.model_copy(update={"concurrency": concurrency})
     out_dir = Path(out)
+    check_out_dir(out_dir)
     lock = OutLock(out_dir, "run")
     lock.acquire()  # FolderBusy: another process is using this folder; nothing touched
     try:
@@ -138,6 +207,15 @@ async def run_all(
         lock.release()
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """``--out`` and the run's folders in it are folders, or not there yet: one line else."""
+    for path in (out_dir, out_dir / "imgs", out_dir / "candidates"):
+        if path.exists() and not path.is_dir():
+            raise SettingsError(
+                f"{path} is a file, not a folder: move it away or give another --out"
+            )
+
+
 async def _run_locked(
     settings: Settings,
     tasks: Path,
@@ -146,36 +224,55 @@ async def _run_locked(
     observer: Observer | None,
     configure_logging: bool,
 ) -> RunSummary:
-    opened = await asyncio.to_thread(
-        open_job, tasks, Path(images) if images is not None else None, out_dir
-    )
-    tasklist = opened.tasklist
-    key = settings.key()
-    if configure_logging:
-        # stderr: a script's terminal, or the notebook's cell (the notices, the warnings)
-        logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=sys.stderr)
-    api_types = {t.task_type for t in tasklist.tasks} - {"deepfake"}
-    check_budget(settings, api_types)
-    journal = Journal(out_dir)
-    workers = Workers.for_run(settings, api_types, _faceswap(settings, tasklist))
-    try:
-        async with _backend(settings) as (base_url, api_key, emulated):
-            summary = await _run_with(
-                settings, opened, out_dir, journal, workers, observer, base_url, api_key, emulated
-            )
-    finally:
-        await workers.close()
-        journal.close()
-    try:
-        await journal_end(out_dir, summary)
-    except DiskFull as exc:  # a full disk: the summary on the console still says what to do
-        log.error("closing_files_not_written", error=str(exc))
-    summary.report = await _report(
-        out_dir, tasklist.path, tasklist.images_dir, json.loads(summary.model_dump_json())
-    )
+    # Ctrl-C / SIGTERM from here on: the run stops (start-up included) and still writes its
+    # closing files; a second one leaves at once with what can be written
+    with Interrupts(_stop_notice(observer)) as interrupts:
+        opened = await asyncio.to_thread(
+            open_job, tasks, Path(images) if images is not None else None, out_dir
+        )
+        tasklist = opened.tasklist
+        key = settings.key()
+        if configure_logging:
+            # stderr: a script's terminal, or the notebook's cell (the notices, the warnings)
+            logs.configure(out_dir / LOG_NAME, secrets=[key] if key else [], console=sys.stderr)
+        api_types = {t.task_type for t in tasklist.tasks} - {"deepfake"}
+        check_budget(settings, api_types)
+        journal = Journal(out_dir)
+        workers = Workers.for_run(settings, api_types, _faceswap(settings, tasklist))
+        try:
+            async with _backend(settings) as (base_url, api_key, emulated):
+                summary = await _run_with(
+                    settings, opened, out_dir, journal, workers, observer,
+                    base_url, api_key, emulated, interrupts,
+                )
+        finally:
+            # never waits for a running job; a run left at once does not wait at all
+            await workers.close(grace_s=0.0 if interrupts.left else None)
+            journal.close()
+        summary.left_early = summary.left_early or interrupts.left
+        try:
+            await journal_end(out_dir, summary)
+        except DiskFull as exc:  # a full disk: the summary on the console still says what to do
+            log.error("closing_files_not_written", error=str(exc))
+        if not interrupts.left:  # the page can wait for the next run, or `runner report`
+            try:
+                summary.report = await interrupts.until_left(
+                    _report(
+                        out_dir, tasklist.path, tasklist.images_dir,
+                        json.loads(summary.model_dump_json()),
+                    )
+                )
+            except Left:
+                summary.left_early = True
     if observer:
         observer.finished(summary)
     return summary
+
+
+def _stop_notice(observer: Observer | None) -> Callable[[str], None] | None:
+    """Where a stop says what it waits for: the observer's notices, else the log."""
+    stopping = getattr(observer, "stopping", None)
+    return stopping if callable(stopping) else None
 
 
 async def _run_with(
@@ -188,6 +285,7 @@ async def _run_with(
     base_url: str,
     api_key: str,
     emulated: bool,
+    interrupts: Interrupts,
 ) -> RunSummary:
     """The run itself, on a backend: journal its start, schedule every row, journal its end."""
     backend = "emulator" if emulated else base_url
@@ -213,9 +311,10 @@ async def _run_with(
     )
     swapper = workers.swapper
     policy = RetryPolicy.from_settings(settings)  # one object decides for the rows and the judge
+    rows = _Rows(observer, opened.tasklist, swapper)
     async with DashScopeClient(client_config(settings, base_url, api_key)) as client:
-        if swapper is not None:
-            await swapper.start()
+        if swapper is not None:  # the workers load their models; a Ctrl-C stops the wait
+            await interrupts.until_stopped(swapper.start())
         scheduler = Scheduler(
             settings,
             out_dir=out_dir,
@@ -227,7 +326,7 @@ async def _run_with(
             policy=policy,
             emulated=emulated and workers.api_models,
             backend=backend,
-            on_row=observer.row if observer else None,
+            on_row=rows.row,
             budget=budget,
             local=workers.local,
         )
@@ -235,9 +334,16 @@ async def _run_with(
             log.info("run_banner", line=line)
         if observer:
             observer.started(opened.tasklist, scheduler, lines)
-        # Ctrl-C / SIGTERM: the scheduler stops, the closing files are still written
-        with Interrupts(scheduler.interrupt) as interrupts:
-            summary = await scheduler.run(opened.tasklist, opened.state, opened.fps)
+        # Ctrl-C / SIGTERM: the scheduler stops, the closing files are still written; a
+        # second one leaves the rows under way (and the paid calls' drain) at once
+        interrupts.when_stopped(scheduler.interrupt)
+        t0 = time.monotonic()
+        try:
+            summary = await interrupts.until_left(
+                scheduler.run(opened.tasklist, opened.state, opened.fps)
+            )
+        except Left:
+            summary = rows.left_summary(scheduler, opened.tasklist, time.monotonic() - t0)
         summary.faceswap = swapper.describe() if swapper is not None else workers.swap_problem
         summary.judge = scheduler.finisher.judge_usage()
         summary.interrupted = interrupts.name
@@ -302,8 +408,11 @@ async def journal_end(out_dir: Path, summary: RunSummary) -> None:
 def write_run_files(out_dir: Path, summary: RunSummary) -> None:
     s = io.StringIO()
     w = csv.writer(s, lineterminator="\n")
-    w.writerow(["index", "task_type", "status", "reason"])
-    w.writerows([r.index, r.task_type, r.status, r.reason or ""] for r in summary.failed)
+    w.writerow(["index", "task_type", "status", "reason", "request_id"])
+    w.writerows(
+        [r.index, r.task_type, STATUS_LABEL[r.status], r.reason or "", r.request_id or ""]
+        for r in summary.failed
+    )
     write_atomic_sync(out_dir / FAILED_NAME, s.getvalue().encode("utf-8-sig"))
     data = summary.model_dump(mode="json")
     data["by_type"] = {k: dict(v) for k, v in summary.by_type().items()}

@@ -2,6 +2,8 @@
 
 Library modules only call ``structlog.get_logger(__name__)``; whoever runs the job (the CLI
 or ``run_all``) calls ``configure`` once with the file to write and the secrets to hide.
+The run's notices (the ``runner.notice`` logger: the banner, rows not done, a stop, the
+closing line) reach the console as plain lines, without a time stamp or a level tag.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ _SENSITIVE_KEYS = re.compile(r"authorization|api[_-]?key|secret|token|password",
 _BEARER = re.compile(r"(Bearer(?:\s|%20|\\[nrt])+)[A-Za-z0-9._~+/=\-]+", re.I)
 _SK = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")  # the shape of DashScope (and OpenAI) keys
 _MIN_SECRET = 4  # shorter "secrets" would redact ordinary words
+NOTICE_LOGGER = "runner.notice"  # the lines a person must read, shown as they are
 
 # Every key this process was given (configure, Settings.key): scrub_text removes them all.
 _known: set[str] = set()
@@ -138,10 +141,7 @@ def configure(
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_runner", False):
-            root.removeHandler(handler)
-            handler.close()
+    _detach()
     root.setLevel(logging.INFO)
     # third-party chatter (aiohttp access logs, the SDK) stays out of the console
     for noisy in ("aiohttp.access", "asyncio", "urllib3", "dashscope", "PIL"):
@@ -160,11 +160,24 @@ def configure(
                 foreign_pre_chain=foreign,
             )
         )
+        ch.addFilter(lambda record: record.name != NOTICE_LOGGER)  # shown plain, below
         ch._runner = True  # type: ignore[attr-defined]
         root.addHandler(ch)
+        nh = logging.StreamHandler(console)
+        nh.setLevel(logging.INFO)
+        nh.setFormatter(_PlainNotice())
+        nh._runner = True  # type: ignore[attr-defined]
+        notices = logging.getLogger(NOTICE_LOGGER)
+        notices.setLevel(logging.INFO)
+        notices.addHandler(nh)  # and on to the root's file handler
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            fh = _LogFile(log_file, encoding="utf-8", complaints=console or sys.stderr)
+        except OSError as exc:  # one line naming the file, not a traceback
+            from runner.errors import SettingsError
+
+            raise SettingsError(f"cannot write {log_file}: {exc.strerror or exc}") from None
         fh.setLevel(logging.INFO)
         fh.setFormatter(
             structlog.stdlib.ProcessorFormatter(
@@ -176,10 +189,59 @@ def configure(
         root.addHandler(fh)
 
 
+class _LogFile(logging.FileHandler):
+    """run.log: a write that fails (a full disk) is said once, in one line, not as logging's
+    traceback; the run goes on, and later lines are written again once they can be."""
+
+    def __init__(self, path: Path, *, encoding: str, complaints: TextIO) -> None:
+        super().__init__(path, encoding=encoding)
+        self.complaints = complaints
+        self.said = False
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if self.said:
+            return
+        self.said = True
+        exc = sys.exc_info()[1]
+        why = getattr(exc, "strerror", None) or (type(exc).__name__ if exc else "error")
+        try:
+            self.complaints.write(
+                f"warning: cannot write {self.baseFilename} ({why}); the run goes on, "
+                "its log may miss lines\n"
+            )
+            self.complaints.flush()
+        except (OSError, ValueError):
+            pass
+
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.handleError(None)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its last lines did not fit either: said once already
+            self.handleError(None)
+
+
+class _PlainNotice(logging.Formatter):
+    """A notice as its own line, secrets removed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_text(record.getMessage())
+
+
+def _detach() -> None:
+    for logger in (logging.getLogger(), logging.getLogger(NOTICE_LOGGER)):
+        for handler in list(logger.handlers):
+            if getattr(handler, "_runner", False):
+                logger.removeHandler(handler)
+                handler.close()
+
+
 def close() -> None:
     """Detach and close the handlers ``configure`` added (files are released)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_runner", False):
-            root.removeHandler(handler)
-            handler.close()
+    _detach()

@@ -12,6 +12,16 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Status = Literal["done", "skipped", "failed", "bad", "stopped"]
+INTERRUPTED = "interrupted"  # the reason of the rows a Ctrl-C or SIGTERM stopped
+# Statuses as people read them; "bad" is the row's own input (one status everywhere: the
+# progress bar, the summary, failed.csv and the report say "bad input").
+STATUS_LABEL = {
+    "done": "done",
+    "skipped": "already done",
+    "failed": "failed",
+    "bad": "bad input",
+    "stopped": "stopped",
+}
 
 
 class RowResult(BaseModel):
@@ -27,6 +37,7 @@ class RowResult(BaseModel):
     identity_ori: float | None = None
     score: float | None = None  # the judge's overall score of the chosen image
     seconds: float = 0.0
+    request_id: str | None = None  # the service's id of the request that failed the row
 
     @property
     def ok(self) -> bool:
@@ -47,6 +58,8 @@ class RunSummary(BaseModel):
     faceswap: str | None = None
     report: str | None = None  # path of report.html
     interrupted: str | None = None  # "SIGINT" / "SIGTERM": the run was asked to stop
+    # a second signal: the run was left at once (rows under way abandoned, no report.html)
+    left_early: bool = False
     # per model: images billed (accepted), list price, estimated cost (None: price unknown)
     billed: list[dict[str, Any]] = Field(default_factory=list)
     budget: float | None = None
@@ -64,6 +77,11 @@ class RunSummary(BaseModel):
     @property
     def failed(self) -> list[RowResult]:
         return [r for r in self.rows if not r.ok]
+
+    @property
+    def stopped_by_user(self) -> bool:
+        """The run stopped because it was asked to (Ctrl-C, SIGTERM), not for a cause to fix."""
+        return self.interrupted is not None and self.stopped_reason in (None, INTERRUPTED)
 
     @property
     def cost(self) -> float | None:
@@ -92,7 +110,9 @@ class RunSummary(BaseModel):
         counts = Counter(r.status for r in self.rows)
         parts = [f"{n} {status}" for status, n in sorted(counts.items())]
         where = "emulator" if self.emulated else self.backend
-        tail = f", stopped: {self.stopped_reason}" if self.stopped_reason else ""
+        tail = ""
+        if self.stopped_reason and not self.stopped_by_user:
+            tail = f", stopped: {self.stopped_reason}"
         if self.interrupted:
             tail += f", interrupted ({self.interrupted})"
         cost = self.cost

@@ -1,12 +1,17 @@
 """The live progress display (rich: a terminal, or a Jupyter cell) and the run's notices.
 
 The CLI and the Python API share it: the CLI prints notices on its console; the API sends
-them through logging, which a notebook shows under the cell. Rows that are not done and the
-emulator banner are notices; the bar, per-model slots and the ETA are the display.
+them through logging (the ``runner.notice`` logger), which ``runner.logs`` writes to stderr
+as plain lines: a script's terminal, or the notebook's cell. Rows that are not done, the
+emulator banner, a stop and the closing line are notices, shown with or without the display;
+the bar, per-model slots and the ETA are the display (``quiet``: none). In Jupyter the live
+display needs ipywidgets (the ``notebook`` extra); without it a progress line every few
+seconds stands in.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections import Counter
@@ -20,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from runner.cost import LOCAL_TYPES, estimate_for
-from runner.outcomes import RowResult, RunSummary
+from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
 from runner.scheduling.lanes import cap_note
 
 if TYPE_CHECKING:
@@ -29,15 +34,6 @@ if TYPE_CHECKING:
 
 Notice = Callable[[str, str], None]  # (level "info" | "warning", one line)
 
-# Statuses as the summary table names them; "bad" is the row's own input (one status
-# everywhere: the progress bar, the summary, failed.csv and the report say "bad input").
-STATUS_LABEL = {
-    "done": "done",
-    "skipped": "already done",
-    "failed": "failed",
-    "bad": "bad input",
-    "stopped": "stopped",
-}
 _MIN_ROWS_FOR_RATE = 5  # below this the observed rate says little; use the quota bound
 
 
@@ -75,6 +71,7 @@ class ProgressObserver:
         self._started = time.monotonic()
         self._first_new: float | None = None  # when the first row was done by this run
         self._new_done = 0
+        self._stopping = False
 
     # --- the observer protocol ----------------------------------------------------
     def started(self, tasks: TaskList, scheduler: Scheduler, banner: list[str]) -> None:
@@ -86,7 +83,7 @@ class ProgressObserver:
         self.progress.reset(self.bar, total=self.total, status="", eta=self._eta_text())
         for line in banner:  # what the run is about to do: shown whatever the log level
             self.notice("warning", line)
-        if not self.quiet and (self.console.is_terminal or self.console.is_jupyter):
+        if not self.quiet and self._can_redraw():
             self.live = Live(
                 get_renderable=self._renderable,
                 console=self.console,
@@ -122,6 +119,18 @@ class ProgressObserver:
 
     def finished(self, summary: RunSummary) -> None:
         self.close()
+
+    def stopping(self, line: str) -> None:
+        """A stop under way (Ctrl-C, SIGTERM): what it waits for, instead of an ETA."""
+        self._stopping = True
+        self.progress.update(self.bar, eta=self._eta_text())
+        self.notice("warning", line)
+
+    def _can_redraw(self) -> bool:
+        """A terminal, or Jupyter with ipywidgets (rich's live display needs them there)."""
+        if self.console.is_terminal:
+            return True
+        return self.console.is_jupyter and importlib.util.find_spec("ipywidgets") is not None
 
     def close(self) -> None:
         if self.live is not None:
@@ -174,6 +183,8 @@ class ProgressObserver:
         return est.duration_s
 
     def _eta_text(self) -> str:
+        if self._stopping:
+            return "stopping"
         try:
             eta = self.eta_s()
         except Exception:  # an estimate must never break the run it describes
@@ -223,16 +234,39 @@ class ApiObserver(ProgressObserver):
     """The Python API's observer: the CLI prints its own closing summary; a script or a
     notebook gets one closing notice instead."""
 
+    def __init__(self, console: Console, notice: Notice, *, quiet: bool = False,
+                 out_dir: Path | None = None) -> None:
+        super().__init__(console, notice, quiet=quiet)
+        self.out_dir = out_dir
+
     def finished(self, summary: RunSummary) -> None:
         self.close()
-        where = ""
-        if summary.report:
-            where = f" (listed in {Path(summary.report).parent / 'failed.csv'})"
         not_done = len(summary.failed)
-        line = f"{summary!r}" + (f"; {not_done} row(s) not done{where}" if not_done else "")
+        line = f"{summary!r}"
+        if not_done:
+            failed_csv = self.out_dir / "failed.csv" if self.out_dir else "failed.csv"
+            line += f"; {not_done} row(s) not done (listed in {failed_csv})"
+        if summary.left_early:
+            line += "; left at once: report.html not updated"
+        line += "; " + next_step(summary)
         self.notice("warning" if not_done or summary.stopped_reason else "info", line)
 
 
-def api_observer() -> ProgressObserver:
-    """The observer ``run_all`` uses when the caller gives none (a script, a notebook)."""
-    return ApiObserver(Console(stderr=True), log_notice)
+def next_step(summary: RunSummary) -> str:
+    """What to do now, in the words that fit how the run ended."""
+    if summary.stopped_by_user:
+        return "everything done so far is kept; run the same call again to go on"
+    if summary.stopped_reason:
+        return "everything done so far is kept; fix the cause and run the same call again"
+    retry = [r for r in summary.failed if r.status in ("failed", "stopped")]
+    if retry:
+        return f"run the same call again to retry the {len(retry)} failed row(s)"
+    if summary.failed:
+        return "fix the rows with bad input (task file or images), then run again"
+    return "every row is done"
+
+
+def api_observer(*, progress: bool = True, out_dir: Path | None = None) -> ProgressObserver:
+    """The observer ``run_all`` uses when the caller gives none (a script, a notebook):
+    notices always, the live display unless ``progress`` is False."""
+    return ApiObserver(Console(stderr=True), log_notice, quiet=not progress, out_dir=out_dir)

@@ -128,12 +128,14 @@ class Workers:
         )
         return cls(api_types, swap[0], swap[1], local_pool(settings, api_types), api_models)
 
-    async def close(self) -> None:
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Stop the workers; ``grace_s``: how long idle ones get to leave (None: the pools'
+        default, 0: stopped at once)."""
         # local first: with --ray the swapper started (and so shuts down) the Ray cluster
         if self.local is not None:
-            await self.local.close()
+            await self.local.close(grace_s=grace_s)
         if self.swapper is not None:
-            await self.swapper.close()
+            await self.swapper.close(grace_s=grace_s)
 
 
 def banner(

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from runner.outcomes import RowResult, RunSummary
+from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
 from runner.progress import duration
 from runner.scheduling.lanes import cap_note
 
@@ -19,8 +19,7 @@ TYPE_ORDER = ("t2i", "tie", "vttie", "deepfake")
 
 
 def _row_line(r: RowResult) -> str:
-    label = "bad input" if r.status == "bad" else r.status
-    return f"  row {r.index} ({r.task_type}, {label}): {r.reason}"
+    return f"  row {r.index} ({r.task_type}, {STATUS_LABEL[r.status]}): {r.reason}"
 
 
 def _money(amount: float | None, currency: str) -> str:
@@ -90,6 +89,11 @@ def run_line(run: dict[str, Any]) -> str:
 
 
 def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = None) -> None:
+    if summary.left_early:  # asked to leave at once: the closing lines only
+        done = sum(1 for r in summary.rows if r.ok)
+        console.print(f"{done} of {len(summary.rows)} rows done.", highlight=False)
+        _print_closing(console, summary, out_dir)
+        return
     table = Table(title="Run summary", show_lines=False)
     for col in ("type", "done", "already done", "failed", "bad input", "stopped", "total"):
         table.add_column(col, justify="right" if col != "type" else "left")
@@ -161,7 +165,7 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
 
 def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) -> None:
     failed = summary.failed
-    if summary.stopped_reason:
+    if summary.stopped_reason and not summary.stopped_by_user:
         # the service's messages end with a period of their own ("Invalid API-key provided.")
         reason = summary.stopped_reason.rstrip(". ")
         console.print(
@@ -172,8 +176,10 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
             markup=False,
         )
     if summary.interrupted:
+        how = " and left at once (report.html not updated)" if summary.left_early else ""
         console.print(
-            f"Interrupted ({summary.interrupted}): everything done so far is kept.",
+            f"Interrupted ({summary.interrupted}){how}: everything done so far is kept; "
+            "run the same command again to go on.",
             style="bold yellow",
             highlight=False,
         )
@@ -210,7 +216,8 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
         )
     if bad:
         console.print(
-            f"{len(bad)} row(s) have bad input (a missing or unreadable file, a bad field): "
+            f"{len(bad)} row(s) have bad input (a missing or unreadable file, no face found, "
+            "content the service refused, a bad field): "
             "running again will not help; fix the task file or the images, then run again.",
             highlight=False,
         )

@@ -65,7 +65,13 @@ def test_failed_and_bad_rows_are_notices_with_one_status_each() -> None:
     assert "1 bad input" in obs._status() and "1 failed" in obs._status()
 
 
-def test_live_display_in_jupyter() -> None:
+def test_live_display_in_jupyter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ipywidgets (the notebook extra) Jupyter gets the redrawing display."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    present = lambda name, *a: object() if name == "ipywidgets" else real(name)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", present)
     console = Console(file=io.StringIO(), force_jupyter=True, width=120)
     obs, _ = _observer(console)
     obs.started(_tasks(2), _scheduler([]), [])

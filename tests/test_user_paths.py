@@ -417,12 +417,12 @@ def test_signal_writes_the_closing_files(job, tmp_path: Path, sig: int, code: in
     journal = tmp_path / "out" / "journal.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if journal.is_file() and '"submitted"' in journal.read_text(encoding="utf-8"):
+        if journal.is_file() and '"sending"' in journal.read_text(encoding="utf-8"):
             break
         time.sleep(0.1)
     else:
         proc.kill()
-        pytest.fail("the run never submitted")
+        pytest.fail("the run never sent a request")
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stdout + stderr
@@ -504,7 +504,7 @@ def test_missing_source_is_bad_input_everywhere(job, tmp_path: Path) -> None:
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert 'data-status="bad input"' in page and 'data-status="failed"' not in page
     failed = (tmp_path / "out" / "failed.csv").read_text(encoding="utf-8-sig")
-    assert "2,tie,bad," in failed  # the machine-readable status: "bad" is "bad input"
+    assert "2,tie,bad input," in failed  # the status as the README and the summary say it
 
 
 async def test_deepfake_only_run_names_no_emulator(
@@ -580,3 +580,158 @@ async def test_submit_and_rejudge_wait_for_no_run(job, tmp_path: Path, quick) ->
         with pytest.raises(FolderBusy, match="in use"):
             await rejudge(out, tasks, None, quick, client=None)  # type: ignore[arg-type]
     assert pack(out, "team", allow_emulated=True).rows == 1  # free again
+
+
+# --------------------------------------------------------------------------- issue 25
+
+
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
+
+
+def test_quiet_script_still_names_the_bad_row(job, tmp_path: Path) -> None:
+    """progress=False hides the display only: the banner, the bad row and the closing line
+    reach the script's stderr as plain lines."""
+    job([*_t2i_rows(1), ("2", "tie", "make it blue", "gone.png", "")])
+    (tmp_path / "imgs" / "gone.png").unlink()
+    res = _script(
+        tmp_path,
+        """
+        if __name__ == "__main__":
+            raise SystemExit(runner.run("task.csv", out="out", progress=False).exit_code)
+        """,
+    )
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.splitlines()
+    assert any("EMULATOR" in line for line in lines)
+    assert "row 2 (tie, bad input): ori_image 'gone.png' not found in imgs" in lines
+    closing = [line for line in lines if line.startswith("RunSummary(")]
+    assert len(closing) == 1 and "1 row(s) not done" in closing[0]
+    assert "fix the rows with bad input" in closing[0]  # no rerun offered: it cannot help
+    assert not any(_TIMESTAMP.search(line) or "[warning" in line for line in lines), lines
+    assert "Traceback" not in res.stderr
+
+
+def test_notebook_without_ipywidgets_gets_progress_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rich's live display needs ipywidgets in Jupyter: without them, lines stand in (no
+    empty box, no warning)."""
+    import importlib.util
+    import io
+
+    from runner.progress import ProgressObserver
+    from runner.tasks import Task, TaskList
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name)
+    )
+    console = Console(file=io.StringIO(), force_jupyter=True)
+    lines: list[str] = []
+    observer = ProgressObserver(console, lambda level, line: lines.append(line))
+    tasks = [Task(index=str(i), task_type="deepfake", prompt="") for i in (1, 2)]
+    tasklist = TaskList(
+        path=Path("t.csv"), images_dir=Path("imgs"), tasks=tasks, bad=[], order=["1", "2"]
+    )
+    observer.started(tasklist, None, ["a banner line"])  # type: ignore[arg-type]
+    assert observer.live is None
+    observer.row(RowResult(index="1", task_type="deepfake", status="done"))
+    observer.row(RowResult(index="2", task_type="deepfake", status="bad", reason="no face"))
+    observer.finished(_summary())
+    assert lines[0] == "a banner line"
+    assert "row 2 (deepfake, bad input): no face" in lines
+    assert lines[-1].startswith("progress: 2/2 rows")
+
+
+def test_no_face_is_bad_input_and_not_offered_for_a_rerun(job, tmp_path: Path) -> None:
+    tasks = job([("1", "deepfake", "", "plain.png", "other.png"), *_t2i_rows(1, start=2)])
+    fast = _fast_settings(tmp_path, '[faceswap]\nbackend = "classic"\nworkers = 1\n')
+    res = _cli("--tasks", str(tasks), "--out", "out", "--settings", str(fast), "-q", cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "row 1 (deepfake, bad input): no face found in ori_image" in res.stdout
+    assert "Run the same command again" not in res.stdout
+    assert "1 row(s) have bad input" in res.stdout
+    failed = (tmp_path / "out" / "failed.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert failed == [
+        "index,task_type,status,reason,request_id",
+        "1,deepfake,bad input,no face found in ori_image,",
+    ]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert [r["kind"] for r in records if r["ev"] == "failed"] == ["input"]
+
+
+@pytest.mark.parametrize("team", ["../evil", "a/b", "", ".hidden", "x\ny"])
+def test_team_must_be_a_name(job, tmp_path: Path, quick, team: str) -> None:
+    tasks = job(_t2i_rows(1))
+    asyncio_run_all(tasks, tmp_path / "out", quick)
+    res = _cli("submit", "--out", "out", "--team", team, "--allow-emulated", cwd=tmp_path)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a team name" in lines[0], res.stderr
+    assert not list(tmp_path.rglob("*.zip"))  # nothing written, above --out or in it
+
+
+def asyncio_run_all(tasks: Path, out: Path, settings) -> RunSummary:
+    import asyncio
+
+    return asyncio.run(run_all(tasks, out=out, settings=settings, progress=False))
+
+
+def test_script_read_from_stdin_is_refused_in_one_line(job, tmp_path: Path) -> None:
+    job([("1", "deepfake", "", "f1.png", "f2.png")])
+    res = subprocess.run(
+        [sys.executable, "-"],
+        input='import runner\nif __name__ == "__main__":\n    runner.run("task.csv", out="out")\n',
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stdin" in lines[0] and "save the script" in lines[0], res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+async def test_a_rerun_keeps_the_scores(job, tmp_path: Path, quick) -> None:
+    tasks = job(_t2i_rows(3))
+    judged = quick.model_copy(update={"judge": quick.judge.model_copy(update={"enabled": True})})
+    first = await run_all(tasks, out=tmp_path / "out", settings=judged, progress=False)
+    scores = list(first.to_frame()["score"])
+    assert all(s is not None for s in scores), scores
+    again = await run_all(tasks, out=tmp_path / "out", settings=judged, progress=False)
+    frame = again.to_frame()
+    assert list(frame["status"]) == ["skipped"] * 3
+    assert list(frame["score"]) == scores
+
+
+def test_a_file_where_a_folder_goes_is_one_line(job, tmp_path: Path) -> None:
+    tasks = job(_t2i_rows(1))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "imgs").write_text("not a folder")
+    (tmp_path / "file").write_text("not a folder either")
+    for out, bad in (("out", "out/imgs"), ("file", "file")):
+        res = _cli("--tasks", str(tasks), "--out", out, "-q", cwd=tmp_path)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert res.stderr.strip() == f"error: {bad} is a file, not a folder: move it away " \
+            "or give another --out"
+
+
+def test_a_full_disk_under_run_log_is_one_line(job, tmp_path: Path) -> None:
+    """run.log on a device that is always full (/dev/full): the run goes on, one line."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    tasks = job(_t2i_rows(2))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.log").symlink_to("/dev/full")
+    fast = _fast_settings(tmp_path)
+    res = _cli("--tasks", str(tasks), "--out", "out", "--settings", str(fast), "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "cannot write" in lines[0] and "No space left on device" in lines[0]
+    assert "Traceback" not in res.stderr and "Logging error" not in res.stderr

@@ -1,5 +1,8 @@
 """Joining a Ray cluster, for the backends that run their workers as Ray actors (``--ray``):
-``join`` itself, and ``RayLink``, a pool's joined-once link to the cluster.
+``join`` itself, ``RayLink``, a pool's joined-once link to the cluster, and what keeps the
+actors fitting the cluster: ``cpus`` to size a pool by, and ``first_answer``, which names
+an actor Ray cannot place (what it asks for, what the cluster has free) instead of waiting
+without a word.
 
 Only imported with ``--ray``: nothing else in the runner imports ray.
 """
@@ -8,6 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+PLACEMENT_WARN_S = 5.0  # an actor with no process after this long waits for resources
+PLACEMENT_REMIND_S = 60.0
 
 
 def join(address: str) -> tuple[Any, bool]:
@@ -24,6 +34,43 @@ def join(address: str) -> tuple[Any, bool]:
         log_to_driver=False,
     )
     return ray, True
+
+
+def cpus(ray: Any) -> int:
+    """The cluster's CPUs (every node's), as Ray counts them for actors."""
+    return int(ray.cluster_resources().get("CPU", 0))
+
+
+def _unplaced(ray: Any, actor: Any) -> bool:
+    """True while Ray has given the actor no process (it waits for resources)."""
+    try:  # the GCS's view; the public state API needs the dashboard, which we do not start
+        info = ray._private.state.actors(actor._actor_id.hex())
+    except Exception:  # another Ray: say what it asks for anyway
+        return True
+    return not info.get("Pid")
+
+
+def waiting_line(ray: Any, what: str, needs: dict[str, float]) -> str:
+    """One line: the actor, what it asks for, what the cluster has and has free."""
+    total, free = ray.cluster_resources(), ray.available_resources()
+    asks = ", ".join(f"{n:g} {k}" for k, n in needs.items())
+    has = ", ".join(f"{free.get(k, 0):g} of {total.get(k, 0):g} {k} free" for k in needs)
+    return f"{what} waits for Ray to place it: it asks for {asks}; the cluster has {has}"
+
+
+async def first_answer(ray: Any, actor: Any, ref: Any, what: str, needs: dict[str, float]) -> Any:
+    """Await ``ref`` (the actor's first call); while Ray cannot place the actor, say so
+    after a few seconds and then every minute."""
+    fut = asyncio.wrap_future(ref.future())
+    wait = PLACEMENT_WARN_S
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), wait)
+        except TimeoutError:
+            if await asyncio.to_thread(_unplaced, ray, actor):
+                line = await asyncio.to_thread(waiting_line, ray, what, needs)
+                log.warning("ray_actor_unplaced", line=line)
+            wait = PLACEMENT_REMIND_S
 
 
 class RayLink:

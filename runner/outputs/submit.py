@@ -39,8 +39,29 @@ class SubmitReport(BaseModel):
     emulated: list[str] = Field(default_factory=list)
 
 
+TEAM_MAX = 64  # characters: a name, not a sentence
+
+
 def zip_name(team: str) -> str:
     return f"{team}_图片生成_result.zip"
+
+
+def check_team(team: str) -> str:
+    """The team name as given, when it is a name and not a path (the zip is always written
+    inside ``--out``); SubmitRefused, one line, else."""
+    name = team.strip()
+    why = None
+    if not name:
+        why = "it is empty"
+    elif any(c in name for c in "/\\\0") or name.startswith("."):
+        why = "it would be a path (no '/', '\\' or leading '.')"
+    elif any(not c.isprintable() for c in name):
+        why = "it holds control characters"
+    elif len(name) > TEAM_MAX:
+        why = f"it is longer than {TEAM_MAX} characters"
+    if why:
+        raise SubmitRefused(f"--team {team!r} is not a team name: {why}")
+    return name
 
 
 def _valid_jpeg(path: Path) -> bytes | None:
@@ -101,6 +122,7 @@ def pack(
     allow_emulated: bool = False,
 ) -> SubmitReport:
     """Write ``out_dir/<team>_图片生成_result.zip``; SubmitRefused (nothing written) else."""
+    team = check_team(team)
     _the_run(out_dir)  # before the lock, which would create the folder
     with OutLock(out_dir, "submit"):  # no run may write images while they are packed
         return _pack(out_dir, team, tasks, images, strict, allow_emulated)
@@ -121,6 +143,8 @@ def _pack(
     files, fallbacks, emulated = _row_images(out_dir, state, tasklist)
     _check_packable(out_dir, tasklist, fallbacks, emulated, strict, allow_emulated)
     path = out_dir / zip_name(team)
+    if path.parent != out_dir:  # check_team's promise, kept where the file is named
+        raise SubmitRefused(f"--team {team!r} would write outside {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic_sync(path, _zip_bytes(tasklist.order, files))
     return SubmitReport(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runner.backends.judge.answers import JudgeScore, pick
-from runner.errors import DiskFull, Fatal, RunnerError
+from runner.errors import DiskFull, Fatal, RowFailed, RunnerError
 from runner.outcomes import RowResult
 from runner.prompts import PromptPlan, SentPrompt
 from runner.scheduling.lifecycle import Candidate
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from runner.backends.faceswap.pool import FaceSwapPool
     from runner.backends.judge.scorer import Judge
 
-__all__ = ["Finisher", "RowStop", "failed"]
+__all__ = ["Finisher", "RowStop", "bad_input", "failed"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,14 @@ def failed(task: Task, reason: str, **kw: Any) -> RowStop:
     """The row's failure, to raise."""
     return RowStop(
         RowResult(index=task.index, task_type=task.task_type, status="failed", reason=reason, **kw)
+    )
+
+
+def bad_input(task: Task, reason: str, **kw: Any) -> RowStop:
+    """The row's own input is at fault (no face found, an unreadable source, content every
+    model refused): a rerun with the same input cannot help. To raise."""
+    return RowStop(
+        RowResult(index=task.index, task_type=task.task_type, status="bad", reason=reason, **kw)
     )
 
 
@@ -155,7 +163,9 @@ class Finisher:
             out = await self.swapper.swap(task.index, task.ori_image, task.target_image)
         except (Fatal, DiskFull):
             raise
-        except RunnerError as exc:
+        except RowFailed as exc:  # no face found, a source missing or not an image
+            raise bad_input(task, str(exc)) from None
+        except RunnerError as exc:  # a crashed worker, models that would not load
             raise failed(task, str(exc)) from None
         path = self.imgs_dir / f"{task.index}.jpg"
         await write_atomic(path, out.jpeg)

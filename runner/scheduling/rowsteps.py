@@ -31,7 +31,7 @@ from runner.outcomes import RowResult
 from runner.policy import Action, RetryPolicy, Tries
 from runner.prompts import PromptPlan
 from runner.scheduling.cpu import CpuPool
-from runner.scheduling.finishing import Finisher, RowStop, failed
+from runner.scheduling.finishing import Finisher, RowStop, bad_input, failed
 from runner.scheduling.lanes import LanePool, ModelLane, Slot
 from runner.scheduling.lifecycle import Candidate, Lifecycle, Request
 from runner.settings import Settings
@@ -111,8 +111,8 @@ class RowSteps:
             row.waiting_ready = True
             try:
                 row.source.append(await self._prepare(row.task))
-            except RowFailed as exc:
-                raise failed(row.task, str(exc)) from None
+            except RowFailed as exc:  # the source is not a usable image
+                raise bad_input(row.task, str(exc)) from None
         while len(got) < row.want:
             try:
                 got.extend(await self._generate(row, len(got)))
@@ -142,7 +142,9 @@ class RowSteps:
                 why = "; ".join(
                     f"{m}: {r}" for m, r in {**self.refused_models, **row.refused}.items()
                 )
-                raise failed(
+                # refused for its content by a model (not only models set aside): bad input
+                stop = bad_input if row.refused else failed
+                raise stop(
                     row.task, f"every model refused the row ({why})", attempts=row.tries.count
                 )
             try:
@@ -171,7 +173,10 @@ class RowSteps:
             case Action.STOP:
                 raise exc  # Fatal: the scheduler stops the run
             case Action.FAIL:
-                kw: dict[str, Any] = {"model": decision.model}
+                kw: dict[str, Any] = {
+                    "model": decision.model,
+                    "request_id": getattr(exc, "request_id", None),  # what support asks for
+                }
                 if decision.attempts is not None:
                     kw["attempts"] = decision.attempts
                 raise failed(row.task, decision.reason, **kw) from None

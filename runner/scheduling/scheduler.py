@@ -46,6 +46,16 @@ __all__ = ["RowResult", "RunSummary", "Scheduler", "jpeg_whole"]
 log = structlog.get_logger(__name__)
 
 
+def _kept_score(prior: RowState) -> float | None:
+    """A kept row's score: a rejudge's pick's, else the one it was made with."""
+    if prior.chosen:
+        overall = prior.judged.get(prior.chosen, {}).get("overall")
+        if isinstance(overall, int | float):
+            return float(overall)
+    score = prior.result.get("score")
+    return float(score) if isinstance(score, int | float) else None
+
+
 class Scheduler:
     def __init__(
         self,
@@ -285,6 +295,7 @@ class Scheduler:
                 emulated=prior.emulated,
                 identity_target=prior.result.get("identity_target"),
                 identity_ori=prior.result.get("identity_ori"),
+                score=_kept_score(prior),
             )
             return self._emit(res)
         try:
@@ -293,7 +304,8 @@ class Scheduler:
             res = stop.result
             log.info("row_failed", index=task.index, type=task.task_type, reason=res.reason)
             try:
-                await self.journal.write("failed", index=task.index, reason=res.reason, kind="row")
+                kind = "input" if res.status == "bad" else "row"  # bad input: the row's own
+                await self.journal.write("failed", index=task.index, reason=res.reason, kind=kind)
             except DiskFull as exc:
                 self._stop(f"DiskFull: {exc}")
         except (Fatal, DiskFull) as exc:

@@ -365,6 +365,10 @@ class FaceSwapPool:
         # another asyncio.run) gets fresh ones.
         self._lock = self._slots = self._retry_lock = None
 
+    async def release(self) -> None:
+        """No deepfake row is left: the workers go (their memory and cores to the rest)."""
+        await self.close()
+
     async def __aenter__(self) -> FaceSwapPool:
         await self.start()
         return self

@@ -8,7 +8,10 @@ runner.backends.faceswap.pool, each worker a Ray actor instead of a process.
   files. The models directory must be at the same path on every node (as a local model's
   ``path`` must);
 - a dead actor (killed, its node lost) is a crashed worker: it is replaced and the row
-  tried once more, on a fresh actor; a second death fails the row.
+  tried once more, on a fresh actor; a second death fails the row;
+- the actors fit the cluster: no more than its CPUs less those the run's local-model actors
+  need (``reserve_cpus``), and ``release`` gives their CPUs back once no deepfake row is
+  left; an actor Ray cannot place is named with what it waits for.
 
 Imported only with ``--ray``: nothing else imports ray.
 """
@@ -23,8 +26,8 @@ import structlog
 
 from runner.backends.faceswap import worker
 from runner.backends.faceswap.pool import FaceSwapPool
-from runner.backends.faceswap.result import FaceSwapError, SwapResult
-from runner.backends.raycluster import join
+from runner.backends.faceswap.result import FaceSwapBadInput, FaceSwapError, SwapResult
+from runner.backends.raycluster import cpus, first_answer, join
 from runner.settings import FaceSwapSettings
 
 log = structlog.get_logger(__name__)
@@ -42,7 +45,8 @@ class FaceSwapActor:
     def swap(
         self, index: str, ori: tuple[str, bytes], target: tuple[str, bytes]
     ) -> tuple[str, Any]:
-        """("done", the result as a dict) or ("failed", the reason)."""
+        """("done", the result as a dict), or ("bad" for the row's own input, else "failed",
+        the reason)."""
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="runner-faceswap-") as tmp:
@@ -54,17 +58,17 @@ class FaceSwapActor:
             try:
                 result = worker.run_job(worker.SwapJob(index=index, ori=paths[0], target=paths[1]))
             except FaceSwapError as exc:
-                return "failed", str(exc)
+                return ("bad" if isinstance(exc, FaceSwapBadInput) else "failed"), str(exc)
         return "done", result.model_dump()
 
 
 def _read_input(path: Path, role: str) -> tuple[str, bytes]:
     if not path.is_file():
-        raise FaceSwapError(f"{role} not found: {path}")
+        raise FaceSwapBadInput(f"{role} not found: {path}")
     try:
         return path.name, path.read_bytes()
     except OSError as exc:
-        raise FaceSwapError(f"{role} could not be read: {exc}") from None
+        raise FaceSwapBadInput(f"{role} could not be read: {exc}") from None
 
 
 class _Slot:
@@ -80,10 +84,18 @@ class _Slot:
 class RayFaceSwapPool(FaceSwapPool):
     """``FaceSwapPool`` on a Ray cluster: ``address`` is a cluster's, or "local" to start one."""
 
-    def __init__(self, settings: FaceSwapSettings, address: str, *, jpeg_quality: int = 95) -> None:
+    def __init__(
+        self,
+        settings: FaceSwapSettings,
+        address: str,
+        *,
+        jpeg_quality: int = 95,
+        reserve_cpus: int = 0,
+    ) -> None:
         super().__init__(settings, jpeg_quality=jpeg_quality)
         self.threads = 1  # one CPU per actor
         self.address = address
+        self.reserve_cpus = reserve_cpus  # the CPUs the run's local-model actors will take
         self.slots = [_Slot(i) for i in range(self.workers)]
         self._ray: Any = None
         self._actor_cls: Any = None
@@ -101,6 +113,22 @@ class RayFaceSwapPool(FaceSwapPool):
         if started:  # a cluster started here is shut down by close()
             self._started_here = True
         self._ray, self._actor_cls = ray, ray.remote(FaceSwapActor)
+        self._fit(cpus(ray))
+
+    def _fit(self, cluster_cpus: int) -> None:
+        """No more actors than the cluster's CPUs leave after the local models' (at least
+        one: its rows would wait for those CPUs otherwise)."""
+        fit = max(1, cluster_cpus - self.reserve_cpus)
+        if fit < len(self.slots):
+            log.warning(
+                "faceswap.actors_fitted",
+                actors=fit,
+                wanted=len(self.slots),
+                cluster_cpus=cluster_cpus,
+                kept_for_local_models=self.reserve_cpus,
+            )
+            self.slots = self.slots[:fit]
+            self.workers = fit
 
     def _get_ray_lock(self) -> asyncio.Lock:
         if self._ray_lock is None:
@@ -130,7 +158,9 @@ class RayFaceSwapPool(FaceSwapPool):
     async def _start_actor(self, slot: _Slot) -> None:
         actor = self._actor_cls.options(num_cpus=1).remote(self.config())
         try:
-            info = await actor.info.remote()
+            info = await first_answer(
+                self._ray, actor, actor.info.remote(), f"face-swap actor {slot.number}", {"CPU": 1}
+            )
         except self._ray.exceptions.RayError as exc:
             self._ray.kill(actor)
             log.error(
@@ -157,6 +187,8 @@ class RayFaceSwapPool(FaceSwapPool):
                 free.put_nowait(slot)
             if outcome is not None:
                 kind, value = outcome
+                if kind == "bad":
+                    raise FaceSwapBadInput(str(value))
                 if kind != "done":
                     raise FaceSwapError(str(value))
                 result = SwapResult.model_validate(value)
@@ -192,16 +224,24 @@ class RayFaceSwapPool(FaceSwapPool):
         finally:
             slot.busy = False
 
-    async def close(self, *, grace_s: float | None = None) -> None:
-        """Kill the actors (at once: Ray frees their CPUs); leave a cluster started here."""
-        ray, self._ray = self._ray, None
-        for slot in self.slots:
+    async def release(self) -> None:
+        """Kill the idle actors (no deepfake row is left): their CPUs go back to the cluster,
+        for the local models' actors. A later row would start them again."""
+        self._kill(self._ray, [s for s in self.slots if not s.busy])
+
+    def _kill(self, ray: Any, slots: list[_Slot]) -> None:
+        for slot in slots:
             actor, slot.actor = slot.actor, None
             if actor is not None and ray is not None:
                 try:
                     ray.kill(actor)
                 except Exception:  # already gone with its node or the cluster
                     pass
+
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Kill the actors (at once: Ray frees their CPUs); leave a cluster started here."""
+        ray, self._ray = self._ray, None
+        self._kill(ray, self.slots)
         if ray is not None and self._started_here:
             self._started_here = False
             await asyncio.to_thread(ray.shutdown)

@@ -21,7 +21,7 @@ from runner.backends.faceswap import jpeg
 from runner.backends.faceswap.detect import DlibModels, Face
 from runner.backends.faceswap.interfaces import Enhancer, Swapper
 from runner.backends.faceswap.processors import Loader, WorkerConfig, enhancer_name
-from runner.backends.faceswap.result import FaceSwapError, SwapResult
+from runner.backends.faceswap.result import FaceSwapBadInput, FaceSwapError, SwapResult
 from runner.backends.faceswap.swappers import SEAM_WEIGHT
 
 
@@ -108,11 +108,11 @@ def read_rgb(path: str, role: str) -> np.ndarray:
     from runner.images import ImageProblem, open_image
 
     if not Path(path).is_file():
-        raise FaceSwapError(f"{role} not found: {path}")
+        raise FaceSwapBadInput(f"{role} not found: {path}")
     try:
         rgb = open_image(Path(path))
     except ImageProblem as exc:
-        raise FaceSwapError(f"{role} is not a readable image: {exc}") from None
+        raise FaceSwapBadInput(f"{role} is not a readable image: {exc}") from None
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 

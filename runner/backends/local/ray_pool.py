@@ -20,7 +20,7 @@ import structlog
 
 from runner.backends.local.config import WorkerSpec
 from runner.backends.local.pool import LocalPool
-from runner.backends.raycluster import RayLink
+from runner.backends.raycluster import RayLink, first_answer
 from runner.errors import ModelNotServed, RowFailed, ServerError
 from runner.settings import Settings
 
@@ -78,8 +78,10 @@ class _RayWorker:
         spec = replace(self.spec, device="cuda:0" if gpu else "cpu").as_dict()
         actor = self.actor_cls.options(**options).remote(spec)
         self.starts += 1
+        needs = {"CPU": 1, **({"GPU": 1} if gpu else {})}
+        what = f"{self.spec.model} actor ({self.spec.device})"
         try:
-            info = await actor.info.remote()
+            info = await first_answer(self.ray, actor, actor.info.remote(), what, needs)
         except self.ray.exceptions.RayError as exc:
             self.ray.kill(actor)
             raise ServerError(
