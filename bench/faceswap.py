@@ -451,6 +451,22 @@ def side_by_side(sets: list[SwapSet]) -> list[str]:
     ]
 
 
+def targets_lines(sets: list[SwapSet]) -> list[str]:
+    """Issue 26's targets for the packaged set, where it ran with the eye."""
+    s = next((s for s in sets if s.key == "packaged" and s.eye), None)
+    if s is None or s.eye is None:
+        return []
+    tone = tone_summary(s.pictures)
+    flagged = len(tone["pale"]) + len(tone["grey"]) + len(tone["leak"])
+    return [
+        "",
+        f"Targets on the packaged set: FaceNet closer to target >= 90 %: "
+        f"{mark(s.eye['closer_share'] >= 0.9)}; JPEG-ghost AUC <= 0.80: "
+        f"{mark(s.eye['ghost_auc'] <= 0.8)}; no pale or grey face, no colour on a grey ori: "
+        f"{mark(flagged == 0)} (and by eye on the sheet).",
+    ]
+
+
 def eye_lines(eye: dict[str, Any]) -> list[str]:
     based = eye["based"]
     share = eye["based_out"] / eye["based_real"] if based else nan
@@ -593,6 +609,7 @@ def markdown(sets: list[SwapSet], speed: dict[int, float], timings: dict[str, fl
         "(other work shares it).",
         "",
         *side_by_side(sets),
+        *targets_lines(sets),
         "",
         "How the tone is measured (`bench.faceswap.picture_stats`, `runner/backends/faceswap/"
         "tone.py`): inside ori's inner face (its 68-point hull eroded by 8 % of the face size) "
