@@ -19,6 +19,7 @@ import asyncio
 import base64
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def as_check(outcome: Outcome, book: PriceBook) -> Check:
     return Check(name, "ok", ", ".join(parts))
 
 
-def live_checks(settings: Settings, out_dir: Path, say: object) -> list[Check]:
+def live_checks(settings: Settings, out_dir: Path, say: Callable[[str], None]) -> list[Check]:
     """Say the cost, probe every model and the judge, write what was learned under
     ``out_dir``; one Check per model. ``say(line)`` prints a line before the requests."""
     try:
@@ -225,7 +226,6 @@ def live_checks(settings: Settings, out_dir: Path, say: object) -> list[Check]:
                 "export DASHSCOPE_API_KEY=...",
             )
         ]
-    assert callable(say)
     say(cost_line(settings))
     outcomes = asyncio.run(run_live(settings, key))
     now = time.time()
