@@ -6,6 +6,7 @@ IMAGES ?=
 OUT ?= outputs
 TEAM ?=
 CONCURRENCY ?= 32
+# TASKS, IMAGES, OUT and TEAM are passed quoted: paths with spaces work
 
 .PHONY: install install-gpu run submit dry-run test lint bench doctor clean gpu-check
 
@@ -26,16 +27,16 @@ install-gpu: install
 	$(BIN)/pip install -q onnxruntime-gpu
 
 run:
-	$(BIN)/python -m runner $(if $(TASKS),--tasks $(TASKS),--sample) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --concurrency $(CONCURRENCY)
+	$(BIN)/python -m runner $(if $(TASKS),--tasks "$(TASKS)",--sample) $(if $(IMAGES),--images "$(IMAGES)") --out "$(OUT)" --concurrency $(CONCURRENCY)
 
 # Packs the task list of the run in OUT (its journal remembers it) unless TASKS says otherwise;
 # nothing is passed that was not given: no sample, no guessed team name.
 submit:
 	$(if $(TEAM),,$(error give TEAM=<your team name>))
-	$(BIN)/python -m runner submit $(if $(TASKS),--tasks $(TASKS)) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --team $(TEAM) $(SUBMIT_FLAGS)
+	$(BIN)/python -m runner submit $(if $(TASKS),--tasks "$(TASKS)") $(if $(IMAGES),--images "$(IMAGES)") --out "$(OUT)" --team "$(TEAM)" $(SUBMIT_FLAGS)
 
 dry-run:
-	$(BIN)/python -m runner $(if $(TASKS),--tasks $(TASKS),--sample) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) --dry-run
+	$(BIN)/python -m runner $(if $(TASKS),--tasks "$(TASKS)",--sample) $(if $(IMAGES),--images "$(IMAGES)") --out "$(OUT)" --dry-run
 
 test:
 	$(BIN)/python -m pytest -q
@@ -58,4 +59,4 @@ gpu-check:
 	$(BIN)/python -m bench.gpu_check --images $(GPU_IMAGES) $(foreach w,$(WEIGHTS),--weights $(w))
 
 clean:
-	rm -rf $(OUT)/imgs $(OUT)/*.jsonl $(OUT)/*.log
+	rm -rf "$(OUT)"/imgs "$(OUT)"/*.jsonl "$(OUT)"/*.log

@@ -37,6 +37,11 @@ Notice = Callable[[str, str], None]  # (level "info" | "warning", one line)
 _MIN_ROWS_FOR_RATE = 5  # below this the observed rate says little; use the quota bound
 
 
+def limit_text(limit: int | None) -> str:
+    """A model's in-flight limit as shown: "none" for a model without one (sync calls)."""
+    return "none" if limit is None else str(limit)
+
+
 def duration(seconds: float) -> str:
     s = max(0, round(seconds))
     h, rem = divmod(s, 3600)
@@ -64,9 +69,10 @@ class ProgressObserver:
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"),
+            TextColumn("{task.fields[spend]}"),
             console=console,
         )
-        self.bar = self.progress.add_task("rows", total=1, status="", eta="")
+        self.bar = self.progress.add_task("rows", total=1, status="", eta="", spend="")
         self._last_line = 0.0
         self._started = time.monotonic()
         self._first_new: float | None = None  # when the first row was done by this run
@@ -100,7 +106,13 @@ class ProgressObserver:
             self._new_done += 1
             if self._first_new is None:
                 self._first_new = time.monotonic()
-        self.progress.update(self.bar, advance=1, status=self._status(), eta=self._eta_text())
+        self.progress.update(
+            self.bar,
+            advance=1,
+            status=self._status(),
+            eta=self._eta_text(),
+            spend=self._spend_text(),
+        )
         if result.status in ("failed", "bad"):
             self.notice(
                 "warning",
@@ -112,9 +124,9 @@ class ProgressObserver:
             done = sum(self.counts.values())
             if now - self._last_line > 5 or done == self.total:
                 self._last_line = now
-                eta = self._eta_text()
+                extra = [t for t in (self._eta_text(), self._spend_text()) if t]
                 self.notice(
-                    "info", f"progress: {done}/{self.total} rows" + (f", {eta}" if eta else "")
+                    "info", f"progress: {done}/{self.total} rows" + "".join(f", {t}" for t in extra)
                 )
 
     def finished(self, summary: RunSummary) -> None:
@@ -182,6 +194,21 @@ class ProgressObserver:
         )
         return est.duration_s
 
+    def _spend_text(self) -> str:
+        """The folder's estimated spend so far (the run's ledger at list prices), against
+        the budget when there is one; "" when nothing is priced or spent."""
+        budget = getattr(self.scheduler, "budget", None)
+        ledger = getattr(self.scheduler, "ledger", None)
+        if budget is None or ledger is None:
+            return ""
+        try:
+            spent = budget.cost(ledger.spent())
+        except Exception:  # an estimate must never break the run it describes
+            return ""
+        if budget.limit is not None:
+            return f"spent {budget.prices.money(spent)} of {budget.prices.money(budget.limit)}"
+        return f"spent {budget.prices.money(spent)}" if spent else ""
+
     def _eta_text(self) -> str:
         if self._stopping:
             return "stopping"
@@ -202,7 +229,7 @@ class ProgressObserver:
                 learned = "~" if v["learned"] else ""
                 table.add_row(
                     str(v["model"]),
-                    f"{v['in_flight']}/{learned}{v['limit']}",
+                    f"{v['in_flight']}/{learned}{limit_text(v['limit'])}",
                     str(v["completed"]),
                     str(v["throttled"]),
                     str(v["p50_s"] or "-"),
@@ -217,8 +244,8 @@ class ProgressObserver:
         return table
 
     def _renderable(self) -> Any:
-        # called at each redraw: the ETA moves between rows too
-        self.progress.update(self.bar, eta=self._eta_text())
+        # called at each redraw: the ETA and the spend move between rows too
+        self.progress.update(self.bar, eta=self._eta_text(), spend=self._spend_text())
         return Group(self.progress.get_renderable(), self._models_table())
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
-from runner.progress import duration
+from runner.progress import duration, limit_text
 from runner.scheduling.lanes import cap_note
 
 TYPE_ORDER = ("t2i", "tie", "vttie", "deepfake")
@@ -118,7 +118,7 @@ def print_summary(console: Console, summary: RunSummary, out_dir: Path | None = 
         for col in ("model", "limit", "submits", "429", "done", "p50 s", "p90 s"):
             mt.add_column(col)
         for m in used:
-            limit = f"{m['limit']} (learned)" if m.get("learned") else str(m["limit"])
+            limit = limit_text(m.get("limit")) + (" (learned)" if m.get("learned") else "")
             mt.add_row(
                 str(m["model"]),
                 limit,

@@ -144,7 +144,7 @@ def test_make_submit_passes_only_what_it_is_given(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert "--tasks x.csv" in dry.stdout
+    assert '--tasks "x.csv"' in dry.stdout
 
 
 def test_make_submit_packs_the_runs_own_list(job, tmp_path: Path) -> None:
@@ -735,3 +735,86 @@ def test_a_full_disk_under_run_log_is_one_line(job, tmp_path: Path) -> None:
     assert len(lines) == 1, res.stderr
     assert "cannot write" in lines[0] and "No space left on device" in lines[0]
     assert "Traceback" not in res.stderr and "Logging error" not in res.stderr
+
+
+def test_make_targets_take_paths_with_spaces(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    folder = tmp_path / "my data"
+    folder.mkdir()
+    write_tasks(folder / "task.csv", _t2i_rows(2))
+    env = _env(RUNNER_EMULATOR__TIME_SCALE="0.01", RUNNER_POLL_FIRST_S="0.02")
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["make", "-s", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=180,
+        )
+
+    paths = ("TASKS=my data/task.csv", "OUT=my out")
+    dry = make("dry-run", *paths)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    run = make("run", *paths)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(p.name for p in (tmp_path / "my out" / "imgs").iterdir()) == ["1.jpg", "2.jpg"]
+    sub = make("submit", "OUT=my out", "TEAM=my team", "SUBMIT_FLAGS=--allow-emulated")
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert (tmp_path / "my out" / "my team_图片生成_result.zip").is_file()
+
+
+async def test_failed_csv_names_the_request_support_asks_for(tmp_path: Path) -> None:
+    from http_fakes import FakeTransport
+
+    base = "https://dashscope.test/api/v1"
+    tasks = write_tasks(tmp_path / "task.csv", [("1", "t2i", "a cat", "", "")])
+    with FakeTransport() as m:
+        m.post(
+            f"{base}/services/aigc/text2image/image-synthesis",
+            status=400,
+            payload={"code": "InvalidParameter", "message": "bad size", "request_id": "req-7f3"},
+        )
+        settings = load_settings(
+            api_key="sk-test0000000000000000",
+            base_url=base,
+            poll_first_s=0.01,
+            judge={"enabled": False},
+            models={"t2i": ["wanx2.1-t2i-turbo"]},
+        )
+        summary = await run_all(tasks, out=tmp_path / "out", settings=settings, progress=False)
+    assert summary.rows[0].status == "failed" and summary.rows[0].request_id == "req-7f3"
+    failed = (tmp_path / "out" / "failed.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert failed[0] == "index,task_type,status,reason,request_id"
+    assert failed[1].startswith("1,t2i,failed,") and failed[1].endswith(",req-7f3")
+
+
+def test_limit_column_and_spend_shown_without_none(job, tmp_path: Path) -> None:
+    """A sync model has no in-flight limit: "none", not "None"; the progress lines carry the
+    folder's estimated spend against the budget."""
+    tasks = job(_t2i_rows(3))
+    fast = _fast_settings(
+        tmp_path,
+        '[models]\nt2i = ["wanx2.1-t2i-turbo"]\n'
+        '[quotas."wanx2.1-t2i-turbo"]\nin_flight = "none"\n'
+        '[prices.cn]\ncurrency = "CNY"\n"wanx2.1-t2i-turbo" = 0.2\n',
+    )
+    res = _cli("--tasks", str(tasks), "--out", "out", "--settings", str(fast), "--budget", "5",
+               cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "None" not in res.stdout
+    models = res.stdout.split("Models (this run)")[1].splitlines()
+    assert any("wanx2.1-t2i-turbo" in line and "none" in line for line in models)
+    assert "progress: 3/3 rows" in res.stdout and "spent 0.60 CNY of 5.00 CNY" in res.stdout
+
+
+def test_report_redacts_a_typed_key_and_marks_chinese_prompts(job, tmp_path: Path) -> None:
+    key = "sk-" + "a1b2c3d4" * 4
+    tasks = job([("1", "t2i", f"a cat, my key is {key}", "", ""), ("2", "t2i", "一只猫", "", "")])
+    res = _cli(
+        "--tasks", str(tasks), "--out", "out", "--settings", str(_fast_settings(tmp_path)), "-q",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert key not in page and "my key is [redacted]" in page
+    assert '<div class="prompt" lang="zh">一只猫</div>' in page
+    assert '"Noto Sans CJK SC"' in page and '"Microsoft YaHei"' in page  # a CJK font stack

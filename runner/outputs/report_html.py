@@ -14,6 +14,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from runner.logs import scrub_text
 from runner.outputs.report_data import (
     STATUSES,
     Overview,
@@ -30,7 +31,17 @@ from runner.outputs.thumbs import Thumb
 
 __all__ = ["page"]
 
-_e = html.escape
+
+def _e(text: str) -> str:
+    """Text for the page: without a key anyone typed into it (as the journal has it), escaped."""
+    return html.escape(scrub_text(text))
+
+
+def _lang(text: str) -> str:
+    """``lang="zh"`` for text with CJK characters: the browser then takes a Chinese font
+    from the page's stack (or the system's), not boxes or Japanese glyph forms."""
+    cjk = any("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff" for c in text)
+    return ' lang="zh"' if cjk else ""
 
 
 @cache
@@ -74,7 +85,7 @@ def _score_html(rec: dict[str, Any] | None) -> str:
 
 def _prompt_cell(r: Row) -> str:
     """The prompt, with what was sent, the negative prompt and the service's rewrite folded."""
-    prompt = [f'<div class="prompt">{_e(r.prompt)}</div>' if r.prompt else ""]
+    prompt = [f'<div class="prompt"{_lang(r.prompt)}>{_e(r.prompt)}</div>' if r.prompt else ""]
     sent = r.result.get("prompt_sent")
     if isinstance(sent, str) and sent and sent != r.prompt:
         prompt.append(f"<details><summary>sent</summary>{_e(sent)}</details>")
