@@ -285,9 +285,13 @@ def next_step(summary: RunSummary) -> str:
         return "everything done so far is kept; run the same call again to go on"
     if summary.stopped_reason:
         return "everything done so far is kept; fix the cause and run the same call again"
-    retry = [r for r in summary.failed if r.status in ("failed", "stopped")]
+    budget = summary.budget is not None
+    held = [r for r in summary.failed if budget and "budget" in (r.reason or "")]
+    retry = [r for r in summary.failed if r.status in ("failed", "stopped") and r not in held]
     if retry:
         return f"run the same call again to retry the {len(retry)} failed row(s)"
+    if held:
+        return f"{len(held)} row(s) wait for a larger budget"
     if summary.failed:
         return "fix the rows with bad input (task file or images), then run again"
     return "every row is done"
