@@ -784,7 +784,8 @@ async def speed_only(rows: list[dict[str, str]], imgs: Path, args: argparse.Name
             for t in text
             if not t.startswith("Throughput re-measured alone")
         ]
-        cut = next((i for i, t in enumerate(text) if t.startswith("Picture:")), len(text))
+        cut = next((i for i, t in enumerate(text) if t.startswith("Independent eye")),
+                   len(text))  # after the LFW table, whose speed lines it replaced
         text[cut:cut] = [note, ""]
         RESULTS_MD.write_text("\n".join(text) + "\n", encoding="utf-8")
     return 0
