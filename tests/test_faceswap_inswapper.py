@@ -186,6 +186,8 @@ async def test_pool_runs_inswapper_in_a_spawned_worker(models: Path,
         result = await pool.swap("7", cards["ori"], cards["target"])
         assert result.embedding == "arcface"
         assert result.identity_target is not None and result.identity_target > 0.9
+        # The variants cross the process boundary with their pictures.
+        assert result.chosen is not None and result.chosen.jpeg == result.jpeg
         with pytest.raises(FaceSwapError, match="no face found in target_image"):
             await pool.swap("8", cards["ori"], cards["blank"])
     finally:
