@@ -8,8 +8,9 @@ are still written. A notice says what the stop waits for and that a second signa
 The second signal leaves at once: what the run awaits through ``until_left`` is abandoned
 (cancelled, not waited for) and ``Left`` raised, so the caller writes what it can (the
 journal's last records, failed.csv, summary.json) and returns. Signals after that are
-ignored. Once a stop is under way, errors of the abandoned tasks go to the log file, not
-the console (no "Task exception was never retrieved" under the closing lines).
+ignored. Once a run stops (a signal, or ``quiet()`` for a stop of its own such as a dead
+network), errors of the tasks it abandoned go to the log file, not the console, for the rest
+of the loop's life (no "Task exception was never retrieved" under the closing lines).
 
 Outside the main thread (where signal handlers cannot be set) nothing is installed and the
 defaults apply.
@@ -65,7 +66,6 @@ class Interrupts:
         self._left: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: dict[signal.Signals, Any] = {}
-        self._previous_handler: Any = None
 
     def __enter__(self) -> Interrupts:
         loop = asyncio.get_running_loop()
@@ -86,7 +86,7 @@ class Interrupts:
         if self.caught is None:
             self.caught = sig
             log.info("run_interrupted", signal=sig.name)
-            self._quiet()
+            self.quiet()
             key = "Ctrl-C" if sig == signal.SIGINT else sig.name
             self.notice(
                 f"{sig.name}: stopping. No new row starts; rows under way are stopped, then "
@@ -101,10 +101,9 @@ class Interrupts:
             log.info("run_left", signal=sig.name)
             _set(self._left)
 
-    def _quiet(self) -> None:
-        if self._loop is not None:
-            self._previous_handler = self._loop.get_exception_handler()
-            self._loop.set_exception_handler(_quiet_exception_handler)
+    def quiet(self) -> None:
+        """From now on, errors of abandoned tasks go to the log file (the run stopped)."""
+        asyncio.get_running_loop().set_exception_handler(_quiet_exception_handler)
 
     # --- what a signal gives up ------------------------------------------------------------
     def when_stopped(self, stop: Callable[[], None]) -> None:
@@ -156,9 +155,6 @@ class Interrupts:
             if previous is not None:
                 signal.signal(sig, previous)
         self._previous.clear()
-        if self.caught is not None and not self.left:
-            # nothing was abandoned: the loop's own handler again (a notebook's loop lives on)
-            self._loop.set_exception_handler(self._previous_handler)
 
     @property
     def name(self) -> str | None:

@@ -344,6 +344,8 @@ async def _run_with(
             )
         except Left:
             summary = rows.left_summary(scheduler, opened.tasklist, time.monotonic() - t0)
+        if summary.stopped_reason:  # what the stop abandoned says nothing on the console
+            interrupts.quiet()
         summary.faceswap = swapper.describe() if swapper is not None else workers.swap_problem
         summary.judge = scheduler.finisher.judge_usage()
         summary.interrupted = interrupts.name

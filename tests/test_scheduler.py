@@ -273,7 +273,7 @@ async def test_unreadable_source_fails_row_with_reason(tmp_path: Path, job) -> N
     tasks = job(_rows(1, "tie", 5))
     (tmp_path / "imgs" / "s5.png").write_bytes(b"<html>not an image</html>")
     summary, _ = await _run(tmp_path, tasks, FakeService())
-    assert summary.rows[0].status == "failed"
+    assert summary.rows[0].status == "bad"  # the row's own input: a rerun cannot help
     assert "not an image" in summary.rows[0].reason
 
 
