@@ -491,12 +491,15 @@ DEFAULT_MODELS: dict[Region, dict[str, list[str]]] = {
     "cn": {
         # qwen-image-plus: strong text rendering in pictures, 0.20 CNY (qwen-image: the
         # same capability at 0.25), sync at 2 calls a second with no in-flight cap.
-        # qwen-image-2.0: the 2026 generation-and-editing model, 0.2 CNY, sync 2/s: a
-        # second full-rate lane at the same price.
-        "t2i": ["qwen-image-plus", "qwen-image-2.0"],
+        "t2i": ["qwen-image-plus"],
         # qwen-image-edit-plus: instruction edits incl. precise text edits, 0.2 CNY
         # (qwen-image-edit costs 0.3 for less: n 1), sync 2/s, no in-flight cap;
-        # qwen-image-2.0 edits too, 0.2 CNY, its 2/s shared with t2i.
+        # qwen-image-2.0: the 2026 generation-and-editing model, 0.2 CNY, sync 2/s, a
+        # second full-rate lane for the edits (twice the t2i rows in the competition's
+        # list: 2 lanes against 1 end together). Not in t2i too: a model two types share
+        # goes to the type whose rows wait in the pool, and edit rows wait there only a
+        # few at a time (their sources are prepared first), so the t2i rows would take
+        # its turns and the edits end last.
         "tie": ["qwen-image-edit-plus", "qwen-image-2.0"],
         # text in pictures: the 2026 page gives the whole edit family precise text edits
         "vttie": ["qwen-image-edit-plus", "qwen-image-2.0"],

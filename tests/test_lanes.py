@@ -181,35 +181,6 @@ async def test_fair_split_keeps_each_type_on_its_preferred_model() -> None:
     assert mismatched <= 10, grants
 
 
-def test_classes_sharing_a_rate_bound_model_finish_together() -> None:
-    """Beijing's defaults: t2i on qwen-image-plus then qwen-image-2.0, edits on
-    qwen-image-edit-plus then qwen-image-2.0, every one 2 calls a second. 250 t2i rows and
-    500 edits finish in the fluid bound's 750 / 6 = 125 s only if the shared model works
-    for the edits: the t2i rows, fewer, must not take its turns."""
-
-    async def go() -> tuple[float, dict[str, float]]:
-        pool = LanePool(
-            {m: rate_bound(m) for m in ("plus", "v2", "eplus")}, total_cap=10**6, cap_given=False
-        )
-        loop = asyncio.get_running_loop()
-        done: dict[str, float] = {}
-
-        async def row(kind: str, models: list[str]) -> None:
-            async with pool.slot(models) as held:
-                await held.lane.submit_gate()
-                await asyncio.sleep(5.0)  # the call
-            done[kind] = loop.time()
-
-        rows = [row("t2i", ["plus", "v2"]) for _ in range(250)]
-        rows += [row("edit", ["eplus", "v2"]) for _ in range(500)]
-        await asyncio.gather(*rows)
-        return loop.time(), done
-
-    end, done = run_virtual(go())
-    assert end <= (125 + 5) * 1.05, done  # the bound, the last call's 5 s, the cold start
-    assert abs(done["t2i"] - done["edit"]) < 10, done  # together, not t2i first
-
-
 async def test_cancelled_waiter_leaves_the_queue() -> None:
     pool = LanePool(lanes(a=1), total_cap=10)
     held = await pool.acquire(["a"])

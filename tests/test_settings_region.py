@@ -60,7 +60,7 @@ def test_sdk_variables_and_their_precedence(
 
 def test_region_from_base_url_picks_the_defaults() -> None:
     cn = load_settings()
-    assert cn.region == "cn" and cn.models["t2i"] == ["qwen-image-plus", "qwen-image-2.0"]
+    assert cn.region == "cn" and cn.models["t2i"] == ["qwen-image-plus"]
     assert cn.models["tie"] == cn.models["vttie"] == ["qwen-image-edit-plus", "qwen-image-2.0"]
     intl = load_settings(base_url="https://dashscope-intl.aliyuncs.com/api/v1")
     assert intl.region == "intl"

@@ -4,10 +4,8 @@ DashScope caps each model at a few tasks in flight and a few submits a second. S
 fully every allowed model's slots stay busy, so ``LanePool.slot(models)`` (or
 ``acquire``/``release``) is work-conserving: a waiter gets the most preferred model of its
 list that has a free slot, and no slot stays idle while a waiter could use it. Waiters with
-different model lists (task types) that share a model share the slots in proportion to
-the rows each has waiting: a class more than a slot below that share goes first (so that
-classes sharing a model finish together, instead of the one with fewer rows taking the
-shared model's turns), otherwise the one that prefers the model. A rate-bound lane
+different model lists (task types) that share a model share its slots fairly: the class
+holding fewer slots goes first, then the one that prefers the model. A rate-bound lane
 (no in-flight limit) hands its slots out as its submit turns come, so that it stays busy at
 its call rate without its waiters holding the cap. Each model's own slots, pacing and
 learned limit are ``model_lane.ModelLane``'s.
@@ -207,34 +205,25 @@ class LanePool:
         self._held[klass] -= 1
         self._dispatch()
 
-    @staticmethod
-    def _live(queue: deque[_Waiter]) -> bool:
-        """Drop the cancelled waiters at the head; whether any is left."""
-        while queue and queue[0].fut.done():
-            queue.popleft()
-        return bool(queue)
-
     def _dispatch(self) -> None:
         try:
             now = self._now()
         except RuntimeError:  # a limit changed outside a loop (tests): nothing waits
             return
         while self.total < self.cap:
-            choice: tuple[tuple[int, int, float, int], Klass, ModelLane] | None = None
-            queues = [(k, q) for k, q in self._queues.items() if self._live(q)]
-            waiting = sum(len(q) for _, q in queues)
-            held = sum(self._held[k] for k, _ in queues) + 1  # with the slot handed out now
-            for klass, queue in queues:
+            choice: tuple[tuple[int, int, int], Klass, ModelLane] | None = None
+            for klass, queue in self._queues.items():
+                while queue and queue[0].fut.done():  # cancelled waiters
+                    queue.popleft()
+                if not queue:
+                    continue
                 best = self._best(klass, now)
                 if best is None:
                     continue
                 rank, lane = best
-                # Slots follow the rows left: a class more than a slot below its share of
-                # the held slots (its waiting rows over all waiting) goes first, so that
-                # classes sharing a model finish together; otherwise the class that prefers
-                # this model, then the one furthest below its share, then the oldest waiter.
-                below = self._held[klass] - held * len(queue) / waiting
-                key = (0 if below <= -1 else 1, rank, below, queue[0].seq)
+                # fewest slots held first, then the class that prefers this model,
+                # then the oldest waiter
+                key = (self._held[klass], rank, queue[0].seq)
                 if choice is None or key < choice[0]:
                     choice = (key, klass, lane)
             if choice is None:
