@@ -535,3 +535,36 @@ def test_doctor_checks_are_kept_beside_the_learned_limits(tmp_path: Path) -> Non
     fresh = {"a": learned_lane("a"), "gone": ModelLane("gone", Quota())}
     apply_learned(fresh, learned)
     assert fresh["a"].prior_s == 12.5 and fresh["a"].limit == 4
+
+
+def test_the_summary_says_when_a_given_cap_held_requests_back() -> None:
+    import io
+
+    from rich.console import Console
+
+    from runner.outcomes import RunSummary
+    from runner.summary_view import print_summary
+
+    view = {
+        "model": "a",
+        "submits": 10,
+        "limit": 3,
+        "learned": False,
+        "throttled": 0,
+        "completed": 10,
+        "p50_s": 1.0,
+        "p90_s": 2.0,
+        "cap": 2,
+        "cap_given": True,
+        "cap_held": 7,
+        "cap_needed": 6,
+    }
+    summary = RunSummary(rows=[], elapsed_s=1.0, emulated=True, backend="emulator", models=[view])
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200), summary)
+    assert "concurrency 2 held back 7 request(s)" in out.getvalue()
+    assert "6 would not bind" in out.getvalue()
+    out = io.StringIO()
+    quiet = summary.model_copy(update={"models": [view | {"cap_given": False}]})
+    print_summary(Console(file=out, width=200), quiet)
+    assert "held back" not in out.getvalue()  # an automatic cap never binds: nothing to say
