@@ -44,12 +44,14 @@ def answer_error(
 ) -> DashScopeError:
     """An API error answer (or a 200 with an error body), by code, message and status."""
     code, message, request_id = parse_error_body(raw)
+    request_id = request_id or header_request_id(headers)
     return classify(
         status,
         code,
         scrub(f"{kind}: {message or f'HTTP {status}'}"),
         retry_after=parse_retry_after(headers, retry_after_cap_s),
-        request_id=request_id or header_request_id(headers),
+        # words from the network: a request id ends up in failed.csv and the summary
+        request_id=scrub(request_id) if request_id else None,
         model=model,
     )
 
