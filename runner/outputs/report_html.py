@@ -152,7 +152,16 @@ def _row_html(r: Row) -> str:
         v = r.result.get(key)
         if isinstance(v, int | float):
             ident.append(f"{label} {v:.3f}")
-    cells.append(f"<td>{_e(' / '.join(ident)) or '–'}</td>")
+    detail = r.result.get("detail")
+    chooser = detail.get("chosen_by") if isinstance(detail, dict) else None
+    chose = {"judge": "chosen by the judge", "offline": "chosen by local realism"}.get(
+        str(chooser), ""
+    )
+    cells.append(
+        f"<td>{_e(' / '.join(ident)) or '–'}"
+        + (f"<div class='dim'>{_e(chose)}</div>" if chose else "")
+        + "</td>"
+    )
     model = _e(r.model or "–") + (' <span class="badge">emulator</span>' if r.emulated else "")
     cells.append(f"<td>{model}</td>")
     status = f'<span class="st st-{r.status.replace(" ", "-")}">{_e(r.status)}</span>'

@@ -168,43 +168,85 @@ class Finisher:
         except RunnerError as exc:  # a crashed worker, models that would not load
             raise failed(task, str(exc)) from None
         path = self.imgs_dir / f"{task.index}.jpg"
-        await write_atomic(path, out.jpeg)
-        fields = {
+        model = f"faceswap:{out.backend}"
+        detail = dict(getattr(out, "detail", {}) or {})
+        variants = [v for v in out.variants if v.identity_target is not None]
+        fields: dict[str, Any] = {}
+        if len(variants) > 1 and self._judging():
+            # the judge's eye: every variant a candidate, scored as the competition scores
+            # a face swap (identity x the judge's PQ); the best is the row's picture
+            folder = self.out_dir / "candidates" / task.index
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            paths = [folder / f"{k}.jpg" for k in range(len(variants))]
+            for p, v in zip(paths, variants, strict=True):
+                await write_atomic(p, v.jpeg)
+            scores = await self._judge_all(
+                task, paths, identities=[v.identity_target for v in variants]
+            )
+            k = pick(scores) if scores else None
+            if k is not None:
+                best = variants[k]
+                await write_atomic(path, best.jpeg)
+                detail.update(variant=best.name, chosen_by="judge")
+                fields["candidates"] = [
+                    {
+                        "file": str(p.relative_to(self.out_dir)),
+                        "model": model,
+                        "variant": v.name,
+                        "identity_target": v.identity_target,
+                        "realism": v.realism,
+                        **_score_fields(sc),
+                    }
+                    for p, v, sc in zip(paths, variants, scores, strict=True)
+                ]
+                fields["chosen"] = k
+                fields["score"] = scores[k].overall
+                identity = (best.identity_target, best.identity_ori)
+        if "chosen" not in fields:  # offline: the swapper's own pick by local realism
+            await write_atomic(path, out.jpeg)
+            detail.setdefault("chosen_by", "offline")
+            identity = (out.identity_target, out.identity_ori)
+            scores = await self._judge_all(task, [path], identities=[out.identity_target])
+            if scores:
+                fields["score"] = scores[0].overall
+        fields |= {
             "file": str(path.relative_to(self.out_dir)),
-            "model": f"faceswap:{out.backend}",
+            "model": model,
             "emulated": False,
             "fp": fp,
-            "identity_target": out.identity_target,
-            "identity_ori": out.identity_ori,
+            "identity_target": identity[0],
+            "identity_ori": identity[1],
             "embedding": getattr(out, "embedding", None),
-            "detail": getattr(out, "detail", {}),
+            "detail": detail,
         }
-        scores = await self._judge_all(task, [path], identity=out.identity_target)
-        if scores:
-            fields["score"] = scores[0].overall
         await self.journal.write("done", index=task.index, **fields)
         return RowResult(
             index=task.index,
             task_type=task.task_type,
             status="done",
-            model=fields["model"],
+            model=model,
             file=fields["file"],
-            identity_target=out.identity_target,
-            identity_ori=out.identity_ori,
+            identity_target=identity[0],
+            identity_ori=identity[1],
             score=fields.get("score"),
         )
 
     # --- judging -------------------------------------------------------------
+    def _judging(self) -> bool:
+        return self.judge is not None and not self._judge_off and self.settings.judge.enabled
+
     async def _judge_all(
-        self, task: Task, paths: list[Path], identity: float | None = None
+        self, task: Task, paths: list[Path], identities: list[float | None] | None = None
     ) -> list[JudgeScore]:
-        """Judge scores for each file, journaled; [] when the judge is off or spent."""
+        """Judge scores for each file (a face swap's with its identity score), journaled; []
+        when the judge is off or spent."""
         if self.judge is None or self._judge_off:
             return []
         if len(paths) == 1 and not self.settings.judge.enabled:
             return []
         scores: list[JudgeScore] = []
-        for p in paths:
+        for k, p in enumerate(paths):
+            identity = identities[k] if identities is not None else None
             try:
                 sc = await self.judge.score(
                     task.task_type, task.prompt, p, source=task.ori_image, identity=identity
