@@ -161,7 +161,7 @@ def _judge(name: str, rpm: int, tpm: int, published: bool) -> ModelSpec:
 
 
 _WANX_V1_SIZES = ("1024*1024", "720*1280", "1280*720", "768*1152")
-_MINUTE = None  # no per-second rate: the model's quota is a minute's
+_UNSET = None  # a quota is a rate a second or a minute: the other is unset
 
 
 def _priced(spec: ModelSpec, **prices: float) -> ModelSpec:
@@ -211,13 +211,13 @@ def default_models(region: Region = "cn") -> dict[str, ModelSpec]:
             area=(1280 * 1280, 1440 * 1440),
             default_size="1280*1280",
         ),
-        _priced(_qwen_image("qwen-image", 2, _MINUTE, async_too=True), cn=0.25),
-        _priced(_qwen_image("qwen-image-plus", 2, _MINUTE, async_too=True), cn=0.20),
-        _qwen_image("qwen-image-plus-2026-01-09", 2, _MINUTE, async_too=False),
-        _qwen_image("qwen-image-max", _MINUTE, 2, async_too=False),
-        _priced(_sync_t2i("qwen-image-2.0", 2, _MINUTE, max_images=3), cn=0.2),
-        _priced(_sync_t2i("qwen-image-2.0-pro", _MINUTE, 2, max_images=3), cn=0.5),
-        _sync_t2i("z-image-turbo", 2, _MINUTE, prompt_extend_default=False),
+        _priced(_qwen_image("qwen-image", 2, _UNSET, async_too=True), cn=0.25),
+        _priced(_qwen_image("qwen-image-plus", 2, _UNSET, async_too=True), cn=0.20),
+        _qwen_image("qwen-image-plus-2026-01-09", 2, _UNSET, async_too=False),
+        _qwen_image("qwen-image-max", _UNSET, 2, async_too=False),
+        _priced(_sync_t2i("qwen-image-2.0", 2, _UNSET, max_images=3), cn=0.2),
+        _priced(_sync_t2i("qwen-image-2.0-pro", _UNSET, 2, max_images=3), cn=0.5),
+        _sync_t2i("z-image-turbo", 2, _UNSET, prompt_extend_default=False),
         _i2i(
             "wanx2.1-imageedit",
             (6.0, 12.0),
@@ -270,12 +270,12 @@ def default_models(region: Region = "cn") -> dict[str, ModelSpec]:
             quota_published=False,
             takes_prompt_extend=False,
         ),
-        _priced(_qwen_edit("qwen-image-edit", 2, _MINUTE, 1), cn=0.3, intl=0.330),
-        _priced(_qwen_edit("qwen-image-edit-plus", 2, _MINUTE, 6), cn=0.2, intl=0.220),
-        _qwen_edit("qwen-image-edit-plus-2025-10-30", 2, _MINUTE, 6),
-        _qwen_edit("qwen-image-edit-plus-2025-12-15", 2, _MINUTE, 6),
-        _qwen_edit("qwen-image-edit-max", _MINUTE, 2, 6),
-        _qwen_edit("qwen-image-edit-max-2026-01-16", _MINUTE, 2, 6),
+        _priced(_qwen_edit("qwen-image-edit", 2, _UNSET, 1), cn=0.3, intl=0.330),
+        _priced(_qwen_edit("qwen-image-edit-plus", 2, _UNSET, 6), cn=0.2, intl=0.220),
+        _qwen_edit("qwen-image-edit-plus-2025-10-30", 2, _UNSET, 6),
+        _qwen_edit("qwen-image-edit-plus-2025-12-15", 2, _UNSET, 6),
+        _qwen_edit("qwen-image-edit-max", _UNSET, 2, 6),
+        _qwen_edit("qwen-image-edit-max-2026-01-16", _UNSET, 2, 6),
         _judge("qwen-vl-max", 1200, 1_000_000, True),
         _judge("qwen-vl-plus", 1200, 1_000_000, True),
         _judge("qwen2.5-vl-72b-instruct", 60, 100_000, True),
