@@ -6,7 +6,9 @@ import signal
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from runner.logs import scrub_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,6 +40,12 @@ class RowResult(BaseModel):
     score: float | None = None  # the judge's overall score of the chosen image
     seconds: float = 0.0
     request_id: str | None = None  # the service's id of the request that failed the row
+
+    @field_validator("request_id")
+    @classmethod
+    def _no_secret(cls, value: str | None) -> str | None:
+        """A hostile server may echo the key as its request id: never written anywhere."""
+        return scrub_text(value) if value else value
 
     @property
     def ok(self) -> bool:

@@ -62,7 +62,7 @@ def _valid_jpeg(path: Path) -> bool:
 def _failed_csv(out: Path) -> dict[str, tuple[str, str, str]]:
     text = (out / "failed.csv").read_text(encoding="utf-8-sig")
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0] == ["index", "task_type", "status", "reason"]
+    assert rows[0] == ["index", "task_type", "status", "reason", "request_id"]
     return {r[0]: (r[1], r[2], r[3]) for r in rows[1:]}
 
 
@@ -76,12 +76,13 @@ ROW_PROBLEMS: dict[str, tuple[str, str]] = {
     "8": ("bad", "is an absolute path"),
     "9": ("bad", "points outside --images"),
     "10": ("bad", "'missing.png' not found"),
-    "11": ("failed", "not an image file"),
-    "12": ("failed", "too small to edit"),
-    "16": ("failed", "unreadable image"),
+    # a source that is not a usable image: the row's own input too (issue 25)
+    "11": ("bad", "not an image file"),
+    "12": ("bad", "too small to edit"),
+    "16": ("bad", "unreadable image"),
     "18": ("bad", "target_image 'missing_target.png' not found"),
     "22": ("bad", "no ori_image"),
-    "23": ("failed", "unreadable image (truncated"),
+    "23": ("bad", "unreadable image (truncated"),
     "25": ("bad", "has a control character ('\\x00')"),
     "26": ("bad", "prompt spans lines 27-28"),
     "27": ("bad", "far beyond any model's limit"),

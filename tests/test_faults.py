@@ -335,7 +335,7 @@ async def test_moderation_on_every_model_fails_the_row_with_its_reason(job, tmp_
     (bad,) = summary.failed
     assert bad.index == "2" and "DataInspectionFailed" in (bad.reason or "")
     failed_csv = (out / "failed.csv").read_text(encoding="utf-8-sig")
-    assert re.search(r"^2,t2i,failed,.*DataInspectionFailed", failed_csv, re.M)
+    assert re.search(r"^2,t2i,bad input,.*DataInspectionFailed", failed_csv, re.M)  # content
     assert (out / "imgs" / "1.jpg").is_file() and not (out / "imgs" / "2.jpg").exists()
 
 
