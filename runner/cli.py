@@ -1,7 +1,7 @@
 """The command line: the only part of runner that prints to the terminal.
 
     python -m runner --tasks T.csv [--images DIR] [--out DIR] [--concurrency 32]
-                     [--dry-run] [--budget AMOUNT]
+                     [--dry-run] [--budget AMOUNT] [--repay-uncertain]
     python -m runner submit --out DIR --team NAME [--tasks T.csv] [--strict] [--allow-emulated]
     python -m runner doctor | report | rejudge   (see --help)
 
@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_amount,
         metavar="AMOUNT",
         help="stop submitting once the estimated spend (list prices) would pass AMOUNT",
+    )
+    run_p.add_argument(
+        "--repay-uncertain",
+        action="store_true",
+        help="pay again for requests whose answer was lost (they may have been billed once "
+        "already); without it such rows fail and are listed",
     )
     run_p.add_argument(
         "--learned",

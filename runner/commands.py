@@ -67,12 +67,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     if args.concurrency is not None and args.concurrency < 1:
         raise SettingsError("--concurrency must be at least 1")
+    overrides: dict[str, object] = {"repay_uncertain": True} if args.repay_uncertain else {}
     settings = load_settings(
         args.settings,
         concurrency=args.concurrency,
         budget=args.budget,
         ray=ray_address(args.ray),
         learned=True if args.learned else None,
+        **overrides,
     )
     tasks, images = _tasks_path(args, console)
     if args.dry_run:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,25 +61,22 @@ def price_book(settings: Settings, region: str | None = None) -> PriceBook:
 
 
 class Budget:
-    """Stops submitting once the estimated spend of accepted tasks would pass ``limit``.
+    """The ``--budget`` guard: asked before each paid request, with what the folder has spent.
 
-    The lifecycle calls ``reserve`` before each submit and ``refund`` when the service did
-    not accept it (refused, throttled, failed to connect), so only accepted tasks count.
-    ``limit`` None: no limit, only the counting. A model without a price counts images but
-    no money; with a limit set, ``unpriced`` names such models so the caller can refuse to
-    start (a budget that cannot see a model's cost guards nothing).
+    It counts nothing itself: the spend is the ledger's (runner.store.ledger), images billed
+    or possibly billed per model over every run in the folder, a crashed run's included, and
+    requests whose answer is lost or still on its way at their full ``n``. ``limit`` None: no
+    limit. A model without a price adds no money; with a limit set, ``unpriced`` names such
+    models so the caller can refuse to start (a budget that cannot see a model's cost guards
+    nothing).
     """
 
-    def __init__(
-        self, prices: PriceBook, limit: float | None = None, *, spent_before: float = 0.0
-    ) -> None:
+    def __init__(self, prices: PriceBook, limit: float | None = None) -> None:
         if limit is not None and limit < 0:
             raise ValueError("a budget cannot be negative")
         self.prices = prices
         self.limit = limit
-        self.spent_before = spent_before  # earlier runs in the same output folder
-        self.images: Counter[str] = Counter()  # images reserved (then kept) per model
-        self.refused = 0  # submits held back by the budget
+        self.refused = 0  # requests held back by the budget
         self.judge_calls = 0  # judge calls of this run (count_judge)
         self.judge_spent = 0.0  # their estimated cost, where [judge] has prices
         self._warned: set[str] = set()
@@ -91,53 +87,43 @@ class Budget:
         self.judge_calls += 1
         self.judge_spent += cost or 0.0
 
-    @property
-    def spent(self) -> float:
-        """Estimated spend of this run's accepted (or in-flight) tasks and judge calls."""
-        return sum(self.prices.cost(m, n) or 0.0 for m, n in self.images.items()) + self.judge_spent
+    def cost(self, images: Mapping[str, int]) -> float:
+        """The estimated cost of ``images`` per model (models without a price add nothing)
+        and of this run's judge calls."""
+        return sum(self.prices.cost(m, n) or 0.0 for m, n in images.items()) + self.judge_spent
 
     @property
     def exhausted(self) -> bool:
-        """True once a submit was held back: the rows left are "stopped" by the budget."""
+        """True once a request was held back: the rows left are "stopped" by the budget."""
         return self.refused > 0
 
-    def reserve(self, model: str, images: int) -> bool:
-        """Count ``images`` of ``model`` if the estimated spend stays within the limit."""
+    def allows(self, model: str, images: int, spent: Mapping[str, int]) -> bool:
+        """Whether ``images`` more of ``model`` keep the estimated spend within the limit."""
         cost = self.prices.cost(model, images)
         if cost is None and model not in self._warned:
             self._warned.add(model)
             log.info("price_unknown", model=model, region=self.prices.region)
         if self.limit is not None and cost:
-            if self.spent_before + self.spent + cost > self.limit + 1e-9:
+            if self.cost(spent) + cost > self.limit + 1e-9:
                 self.refused += 1
                 return False
-        self.images[model] += images
         return True
-
-    def refund(self, model: str, images: int) -> None:
-        """Give back a reservation whose submit the service did not accept."""
-        self.images[model] = max(0, self.images[model] - images)
-        if not self.images[model]:
-            del self.images[model]
 
     def unpriced(self, models: Iterable[str]) -> list[str]:
         """Models a limit cannot guard: they have no price in this region's table."""
         return sorted({m for m in models if self.prices.price(m) is None})
 
-    def reason(self) -> str:
+    def reason(self, spent: Mapping[str, int]) -> str:
         """The one line a row left undone by the budget carries."""
         return (
             f"budget {self.prices.money(self.limit)} reached "
-            f"(estimated spend {self.prices.money(self.spent_before + self.spent)}); "
+            f"(estimated spend {self.prices.money(self.cost(spent))}); "
             "raise --budget to go on"
         )
 
-    def by_model(self) -> list[dict[str, Any]]:
-        return billed_rows(self.prices, self.images)
-
     @classmethod
-    def for_settings(cls, settings: Settings, *, spent_before: float = 0.0) -> Budget:
-        return cls(price_book(settings), settings.budget, spent_before=spent_before)
+    def for_settings(cls, settings: Settings) -> Budget:
+        return cls(price_book(settings), settings.budget)
 
 
 def billed_rows(prices: PriceBook, images: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -318,19 +304,3 @@ def check_budget(settings: Settings, task_types: Iterable[str]) -> None:
             f"{', '.join(missing)} ha{'s' if len(missing) == 1 else 've'} none in "
             f"[prices.{book.region}] (add it to the settings, or leave out --budget)"
         )
-
-
-def billed_images(
-    runs: Iterable[Mapping[str, Any]], *, emulated: bool | None = None
-) -> Counter[str]:
-    """Images billed per model over closed runs (``emulated``: only such runs, or all)."""
-    total: Counter[str] = Counter()
-    for run in runs:
-        if emulated is not None and bool(run.get("emulated")) != emulated:
-            continue
-        billed = run.get("billed")
-        if isinstance(billed, dict):
-            for model, n in billed.items():
-                if isinstance(n, int) and n > 0:
-                    total[str(model)] += n
-    return total

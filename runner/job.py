@@ -23,7 +23,7 @@ import structlog
 
 from runner import logs
 from runner.backends.dashscope import DashScopeClient
-from runner.cost import Budget, billed_images, billed_rows, check_budget
+from runner.cost import Budget, billed_rows, check_budget
 from runner.errors import DiskFull, SettingsError
 from runner.guard import check_script_guard
 from runner.interrupts import Interrupts, Left
@@ -37,12 +37,12 @@ from runner.startup import (
     Workers,
     banner,
     client_config,
-    folder_budget,
     judge_for,
     open_job,
 )
 from runner.store.files import write_atomic_sync
 from runner.store.journal import Journal
+from runner.store.ledger import Ledger
 from runner.store.lock import OutLock
 from runner.tasks import TaskList
 
@@ -288,16 +288,18 @@ async def _run_with(
     interrupts: Interrupts,
 ) -> RunSummary:
     """The run itself, on a backend: journal its start, schedule every row, journal its end."""
-    backend = "emulator" if emulated else base_url
+    run_id = uuid.uuid4().hex[:12]
+    # where the run's paid requests go: a rerun fetches only what the same backend took (an
+    # emulator's tasks live and die with that emulator)
+    backend = f"emulator:{run_id}" if emulated else base_url
     lines = banner(opened, settings, workers, base_url, emulated)
     if settings.learned:  # --learned: the candidates that won in this folder's earlier runs
         from runner.backends.judge.wins import learn
 
         settings, learned_lines = learn(settings, opened.state)
         lines += learned_lines
-    run_id = uuid.uuid4().hex[:12]
     earlier = runs_view(opened.state.runs_info)
-    budget = folder_budget(settings, earlier, emulated)
+    budget = Budget.for_settings(settings)
     started = time.time()
     await journal.write(
         "run_start",
@@ -350,7 +352,9 @@ async def _run_with(
         summary.judge = scheduler.finisher.judge_usage()
         summary.interrupted = interrupts.name
         try:
-            await _close_run(journal, run_id, started, summary, budget, earlier, emulated)
+            await _close_run(
+                journal, run_id, started, summary, scheduler.ledger, budget, earlier
+            )
         except DiskFull as exc:  # the rows' records are on disk; say why, go on
             log.error("run_end_not_journaled", error=str(exc))
     return summary
@@ -361,12 +365,13 @@ async def _close_run(
     run_id: str,
     started: float,
     summary: RunSummary,
+    ledger: Ledger,
     budget: Budget,
     earlier: list[dict[str, Any]],
-    emulated: bool,
 ) -> None:
     """The run_end record, and the summary's view of every run in the folder."""
-    billed = dict(budget.images)
+    emulated = ledger.emulated
+    billed = dict(ledger.this_run())
     end = {
         "elapsed_s": round(time.time() - started, 3),
         "submits": summary.submits,
@@ -382,8 +387,9 @@ async def _close_run(
         "judge": summary.judge,  # its calls, 429s, estimated tokens and cost
     }
     summary.runs = [*earlier, {"run": run_id, "t": started, "ended": True, **end}]
-    # billed over the folder's runs of this kind (emulator rehearsals are not real spend)
-    summary.billed = billed_rows(budget.prices, billed_images(summary.runs, emulated=emulated))
+    # billed over the folder's runs of this kind, from the ledger (a crashed run's requests
+    # included; emulator rehearsals are not real spend)
+    summary.billed = billed_rows(budget.prices, ledger.spent())
     summary.budget = budget.limit
     await journal.write("run_end", run=run_id, **end)  # last: the summary holds it either way
 

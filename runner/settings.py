@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     # latency, for the dry run's duration before any has been observed
     prices: dict[str, RegionPrices] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     budget: float | None = Field(None, ge=0)
+    # a paid request whose answer was lost may have been billed: its row fails, unless this
+    # is set (--repay-uncertain), and then it is paid for again
+    repay_uncertain: bool = False
     expected_task_s: float = Field(10.0, gt=0, le=MAX_WAIT_S)
     # which source set base_url (a settings file's path, the environment...), for messages
     _base_url_from: str = PrivateAttr("the built-in default")

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from runner.backends.dashscope import ClientConfig, DashScopeClient
-from runner.cost import Budget, billed_images, price_book
+from runner.cost import Budget
 from runner.policy import RetryPolicy
 from runner.settings import Settings
 from runner.store.files import sweep_temp
@@ -98,15 +98,6 @@ def judge_for(
     )
 
 
-def folder_budget(settings: Settings, earlier: list[dict[str, Any]], emulated: bool) -> Budget:
-    """The budget covers the folder: earlier runs of the same kind count against it."""
-    book = price_book(settings)
-    spent_before = sum(
-        book.cost(m, n) or 0.0 for m, n in billed_images(earlier, emulated=emulated).items()
-    )
-    return Budget(book, settings.budget, spent_before=spent_before)
-
-
 @dataclass
 class Workers:
     """The run's own workers (face swap, local generation) and which API rows it has."""
@@ -157,7 +148,12 @@ def banner(
     if opened.swept:
         lines.append(f"removed {opened.swept} temp file(s) left by an interrupted run")
     if state.runs:
-        resumable = sum(1 for r in state.rows.values() if r.pending and not r.done)
+        # an emulator's tasks end with it: only real requests are fetched again
+        resumable = sum(
+            1
+            for r in state.rows.values()
+            if not r.done and not emulated and any(not p.emulated for p in r.pending)
+        )
         done_before = sum(1 for r in state.rows.values() if r.done)
         lines.append(f"resuming: {done_before} rows done before, {resumable} with tasks to fetch")
     return lines

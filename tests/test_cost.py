@@ -59,27 +59,20 @@ def test_negative_price_is_one_settings_line(tmp_path: Path) -> None:
         load_settings(f)
 
 
-def test_budget_refuses_the_submit_that_would_pass_it_and_refunds_unaccepted() -> None:
+def test_budget_refuses_the_request_that_would_pass_it() -> None:
     b = Budget(INTL, limit=0.1)
-    assert b.reserve("wan2.1-t2i-turbo", 2)  # 0.05
-    assert b.reserve("wan2.1-t2i-turbo", 2)  # 0.10, exactly the limit
-    assert not b.reserve("wan2.1-t2i-turbo", 1)  # 0.125 would pass it
-    assert b.exhausted and "0.10 USD" in b.reason()
-    b.refund("wan2.1-t2i-turbo", 2)  # a submit that was answered 429: not billed
-    assert b.spent == pytest.approx(0.05)
-    assert b.reserve("wan2.1-t2i-turbo", 2)
-    assert b.by_model() == [
-        {"model": "wan2.1-t2i-turbo", "images": 4, "price": 0.025, "cost": 0.1, "currency": "USD"}
-    ]
+    assert b.allows("wan2.1-t2i-turbo", 2, {})  # 0.05
+    assert b.allows("wan2.1-t2i-turbo", 2, {"wan2.1-t2i-turbo": 2})  # 0.10: the limit
+    assert not b.allows("wan2.1-t2i-turbo", 1, {"wan2.1-t2i-turbo": 4})  # 0.125 passes it
+    assert b.exhausted and "0.10 USD" in b.reason({"wan2.1-t2i-turbo": 4})
 
 
-def test_budget_counts_earlier_runs_and_unpriced_models() -> None:
-    b = Budget(INTL, limit=1.0, spent_before=0.95)
-    assert not b.reserve("b", 1)
-    assert b.reserve("unknown-model", 3)  # counted in images, no money
-    assert b.images["unknown-model"] == 3
+def test_budget_names_unpriced_models() -> None:
+    b = Budget(INTL, limit=1.0)
+    assert not b.allows("b", 1, {"b": 10})
+    assert b.allows("unknown-model", 3, {})  # no price: no money counted
     assert b.unpriced(["b", "unknown-model", "wan2.1-t2i-turbo"]) == ["unknown-model"]
-    assert Budget(INTL).reserve("b", 10**6)  # no limit: only counting
+    assert Budget(INTL).allows("b", 10**6, {})  # no limit
 
 
 def test_estimate_splits_by_rate_and_gives_the_quota_bound() -> None:

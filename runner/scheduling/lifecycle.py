@@ -155,8 +155,15 @@ class Lifecycle:
         """Run ``coro`` to its end even if the caller is cancelled (``drain`` waits for it)."""
         task = asyncio.ensure_future(coro)
         self._critical.add(task)
-        task.add_done_callback(self._critical.discard)
+        task.add_done_callback(self._settled)
         return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        """A paid step ended; its error is read here too, for a caller cancelled meanwhile
+        no longer reads it (the records it wrote say what happened)."""
+        self._critical.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("paid_step_failed", error=repr(task.exception()))
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for paid steps still in flight to be journaled (on a stop or Ctrl-C): as long
