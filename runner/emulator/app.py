@@ -5,6 +5,7 @@ Routes (base path /api/v1 as on the real service):
   GET  /api/v1/tasks/{task_id}                                          poll
   POST /api/v1/tasks/{task_id}/cancel                                   cancel (PENDING only)
   POST /api/v1/services/aigc/multimodal-generation/generation           sync generation
+  POST /api/v1/services/aigc/image-generation/generation                async (wan2.6, wan2.7)
   GET  /api/v1/uploads?action=getPolicy&model=M   +   POST /_oss/upload temporary uploads
   GET  /files/{name}.png?Expires=..&OSSAccessKeyId=..&Signature=..      result images
   POST /compatible-mode/v1/chat/completions                             Qwen-VL judge
@@ -18,12 +19,19 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from runner.emulator import routes_admin as admin
-from runner.emulator.context import STATE_KEY, ConnectionReset, EmulatorState, reset_connection
+from runner.emulator.context import (
+    STATE_KEY,
+    ConnectionReset,
+    CutAnswer,
+    EmulatorState,
+    cut_answer,
+    reset_connection,
+)
 from runner.emulator.protocol import ApiError, dashscope_error, new_request_id, openai_error
 from runner.emulator.routes_files import download, oss_upload, upload_policy
-from runner.emulator.routes_generation import generation
+from runner.emulator.routes_generation import generation, generation_task
 from runner.emulator.routes_judge import chat_completions
-from runner.emulator.routes_tasks import cancel, poll, submit
+from runner.emulator.routes_tasks import cancel, list_tasks, poll, submit
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,6 +54,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return dashscope_error(err, rid)
     except ConnectionReset:
         return reset_connection(request)
+    except CutAnswer:
+        return await cut_answer(request)
 
 
 def build_app(state: EmulatorState) -> web.Application:
@@ -53,9 +63,11 @@ def build_app(state: EmulatorState) -> web.Application:
     app[STATE_KEY] = state
     api: list[tuple[str, str, Handler]] = [
         ("POST", "/api/v1/services/aigc/{task:text2image|image2image}/image-synthesis", submit),
+        ("GET", "/api/v1/tasks", list_tasks),
         ("GET", "/api/v1/tasks/{task_id}", poll),
         ("POST", "/api/v1/tasks/{task_id}/cancel", cancel),
         ("POST", "/api/v1/services/aigc/multimodal-generation/generation", generation),
+        ("POST", "/api/v1/services/aigc/image-generation/generation", generation_task),
         ("GET", "/api/v1/uploads", upload_policy),
         ("POST", "/compatible-mode/v1/chat/completions", chat_completions),
     ]

@@ -19,9 +19,9 @@ from aiohttp import BodyPartReader, web
 from runner.emulator.context import (
     ConnectionReset,
     EmulatorState,
+    before_answer,
     guard,
     region_of,
-    stall_if_planned,
     state_of,
 )
 from runner.emulator.faults import DOWNLOAD_KINDS, FaultKind, FaultPlan
@@ -93,7 +93,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     record = state.files.files.get(name)
     if record is None or kind is FaultKind.URL_NOT_FOUND:
         return oss_error(404, "NoSuchKey", "The specified key does not exist.", rid)
-    await stall_if_planned(request, plan)
+    await before_answer(request, plan)
     headers = {"x-oss-request-id": rid, "x-oss-object-type": "Normal"}
     if kind is FaultKind.HTML_BODY:
         return _count(state, web.Response(text=_HTML, content_type="text/html", headers=headers))
@@ -186,7 +186,7 @@ async def upload_policy(request: web.Request) -> web.Response:
         "x_oss_object_acl": "private",
         "x_oss_forbid_overwrite": "true",
     }
-    await stall_if_planned(request, plan)
+    await before_answer(request, plan)
     return json_answer({"request_id": request_id(), "data": data})
 
 

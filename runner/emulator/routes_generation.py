@@ -17,12 +17,14 @@ from typing import Any, Literal
 from aiohttp import web
 
 from runner.emulator.config import ModelSpec
-from runner.emulator.context import ImageCall, open_image_call, stall_if_planned
+from runner.emulator.context import ImageCall, before_answer, open_image_call
 from runner.emulator.faults import FaultKind
 from runner.emulator.inputs import checked_image
 from runner.emulator.protocol import ApiError, json_answer, request_id
 from runner.emulator.routes_tasks import admit, check_inspection, parse_size, task_fault
-from runner.emulator.state import ResultFile
+from runner.emulator.state import ResultFile, Task, new_task_id
+
+_MAX_SEED = 2_147_483_647
 
 
 def _contents(inp: dict[str, Any]) -> tuple[list[object], list[str]]:
@@ -146,7 +148,7 @@ async def generation(request: web.Request) -> web.Response:
         content.append({"image": state.files.add(record)})
     rid = request_id()
     # Billed once answered: a stalled answer is still paid for, even if the client gives up.
-    state.bill("sync", rid, spec.name, full_prompt, n)
+    state.bill("sync", rid, spec.name, full_prompt, n, images=n)
     answer = {
         "output": {
             "choices": [
@@ -159,5 +161,43 @@ async def generation(request: web.Request) -> web.Response:
         "usage": {"width": width, "height": height, "image_count": n},
         "request_id": rid,
     }
-    await stall_if_planned(request, call.plan)
+    await before_answer(request, call.plan)
+    return json_answer(answer)
+
+
+async def generation_task(request: web.Request) -> web.Response:
+    """POST image-generation/generation (async header): a task named by messages, polled
+    like any other; its finished poll answers with ``output.choices`` and ``finished``."""
+    call = await open_image_call(request, "submit", "generation", sync=False)
+    state, spec, params = call.state, call.spec, call.params
+    images, texts = _contents(call.inp)
+    full_prompt, prompt = _instruction(call, texts)
+    t2i = spec.t2i and not images
+    n, size = _edit_params(spec, params, t2i=t2i)
+    extend = _extend(spec, params)
+    seed = params.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+        raise ApiError("InvalidParameter", f"parameters.seed must be in [0, {_MAX_SEED}].")
+    negative = params.get("negative_prompt")
+    negative = negative if isinstance(negative, str) else None
+    source, width, height = await _picture(call, images, size)
+    check_inspection(state, prompt, negative)
+    admit(state, spec)
+    pending_s, latency_s = state.board.draw_latency(spec.name, spec.latency_s)
+    task = Task(
+        task_id=new_task_id(), model=spec.name, n=n, parameters=params,
+        kind="t2i" if t2i else "edit", prompt=prompt, orig_prompt_chars=len(full_prompt),
+        negative_prompt=negative, prompt_extend=extend and t2i, width=width, height=height,
+        seed=seed, function=None if t2i else "description_edit", source=source,
+        fault=task_fault(state, call.plan), latency_s=latency_s,
+        submit_wall=state.clock.wall(), submit_mono=state.clock.mono(), choices=True,
+    )
+    task.billing = state.bill("task", task.task_id, spec.name, full_prompt, n)
+    state.board.add(task, pending_s)
+    state.stats.submits[spec.name] += 1
+    answer = {
+        "output": {"task_id": task.task_id, "task_status": "PENDING"},
+        "request_id": request_id(),
+    }
+    await before_answer(request, call.plan)
     return json_answer(answer)

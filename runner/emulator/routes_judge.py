@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runner.emulator.context import guard, read_json, region_of, stall_if_planned, state_of
+from runner.emulator.context import before_answer, guard, read_json, region_of, state_of
 from runner.emulator.images import ImageProbe
 from runner.emulator.inputs import load_image, probe_image
 from runner.emulator.judge import judge
@@ -97,5 +97,5 @@ async def chat_completions(request: web.Request) -> web.Response:
         },
         "system_fingerprint": None,
     }
-    await stall_if_planned(request, plan)
+    await before_answer(request, plan)
     return json_answer(answer)

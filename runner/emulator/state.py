@@ -156,6 +156,9 @@ class Task:
     message: str | None = None
     expired: bool = False
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
+    billing: dict[str, Any] | None = None  # its entry in the account's bill, settled at the end
+    # image-generation/generation (wan2.6, wan2.7): polls answer with ``choices``
+    choices: bool = False
 
     @property
     def prompt_truncated(self) -> bool:
@@ -246,6 +249,8 @@ class TaskBoard:
         task.status = "CANCELED"
         task.end_wall = self.clock.wall()
         task.source = None
+        if task.billing is not None:
+            task.billing["images"] = 0
         self.quotas.release(task.model)
         self.stats.cancels += 1
         self.stats.task_outcomes["CANCELED"] += 1
@@ -287,7 +292,8 @@ class TaskBoard:
                 if (task.fault is FaultKind.PARTIAL_SUCCESS and task.n > 1)
                 else 0
             )
-            task.results = [self._result(task, i) for i in range(task.n - failures)]
+            made = task.n - failures + (task.fault is FaultKind.EXTRA_IMAGES)
+            task.results = [self._result(task, i) for i in range(made)]
             task.results += [
                 {
                     "code": "InternalError.Timeout",
@@ -298,6 +304,8 @@ class TaskBoard:
             task.status = "SUCCEEDED"
         task.source = None  # the result records keep their own reference
         self.stats.task_outcomes[task.status] += 1
+        if task.billing is not None:  # failed images are not billed
+            task.billing["images"] = sum(1 for r in task.results if "url" in r)
 
     def _result(self, task: Task, index: int) -> dict[str, Any]:
         name = uuid.uuid4().hex
@@ -312,9 +320,10 @@ class TaskBoard:
             source=task.source,
         )
         item: dict[str, Any] = {}
+        if task.kind == "t2i":  # the reference: t2i results carry the prompt as received
+            item["orig_prompt"] = task.prompt
         if task.prompt_extend and task.kind == "t2i":
             pick = int(hashlib.sha256(task.prompt.encode()).hexdigest(), 16) % len(_EXTENSIONS)
-            item["orig_prompt"] = task.prompt
             item["actual_prompt"] = f"{task.prompt}, {_EXTENSIONS[pick]}"
         item["url"] = self.files.add(record)
         return item

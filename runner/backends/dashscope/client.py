@@ -15,8 +15,9 @@ repr, and result downloads (pre-signed OSS URLs) never carry it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import structlog
@@ -32,6 +33,7 @@ from runner.backends.dashscope.requester import Requester
 from runner.backends.dashscope.transport import AiohttpTransport, Transport
 from runner.backends.dashscope.types import (
     EventHook,
+    ListedTask,
     Submitted,
     SyncResult,
     TaskState,
@@ -39,6 +41,7 @@ from runner.backends.dashscope.types import (
     parse_submitted,
     parse_sync,
     parse_task,
+    parse_task_list,
 )
 from runner.errors import RowFailed
 from runner.models import caps
@@ -209,6 +212,29 @@ class DashScopeClient:
             kind="poll",
             parse=lambda data: parse_task(task_id, data, self._http.redact),
             max_retries=max_retries,
+        )
+
+    async def list_tasks(
+        self, model: str, start: float, end: float, *, page_no: int = 1, page_size: int = 50
+    ) -> tuple[list[ListedTask], int | None]:
+        """The account's tasks of ``model`` submitted between ``start`` and ``end`` (epoch
+        seconds; a window of at most 24 h), one page, and the total when the answer says it
+        (GET, retried). How a submit whose answer was lost is found again."""
+        query = urlencode(
+            {
+                "start_time": _list_stamp(start),
+                "end_time": _list_stamp(end),
+                "model_name": model,
+                "page_no": page_no,
+                "page_size": page_size,
+            }
+        )
+        return await self._http.call(
+            "GET",
+            f"{self._config.base_url}/tasks?{query}",
+            kind="list",
+            parse=parse_task_list,
+            model=model,
         )
 
     async def cancel_task(self, task_id: str) -> None:

@@ -16,12 +16,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from runner.errors import DownloadError, ServerError, SubmitUncertain
+from runner.errors import DownloadError, ServerError, Uncertain
 from runner.logs import REDACTED, scrub_text
 
 __all__ = [
     "DownloadTooLarge",
     "EventHook",
+    "ListedTask",
     "Submitted",
     "SyncResult",
     "TaskState",
@@ -71,6 +72,7 @@ class TaskState(BaseModel):
     code: str | None = None  # FAILED (or UNKNOWN) task
     message: str | None = None
     actual_prompts: list[str] = Field(default_factory=list)  # when prompt_extend rewrote it
+    orig_prompts: list[str] = Field(default_factory=list)  # the prompt as the service got it
     request_id: str | None = None
     # The service's own clock (epoch seconds): end_time - submit_time is the task's true
     # duration, free of the poller's delay. None when the answer does not carry them.
@@ -181,7 +183,7 @@ def parse_submitted(data: dict[str, Any], model: str) -> Submitted:
     task_id = output.get("task_id") if isinstance(output, dict) else None
     request_id = str_or_none(data.get("request_id"))
     if not isinstance(task_id, str) or not task_id:
-        raise SubmitUncertain(
+        raise Uncertain(
             "submit: HTTP 200 answer has no output.task_id; the task MAY have been "
             "accepted (and billed)",
             request_id=request_id,
@@ -253,6 +255,68 @@ def _task_results(
     return urls, item_errors, actual_prompts
 
 
+def _orig_prompts(results: object) -> list[str]:
+    """``results[].orig_prompt``: the prompt a t2i task was given (how a submit whose answer
+    was lost is recognised)."""
+    items = results if isinstance(results, list) else []
+    return [
+        item["orig_prompt"]
+        for item in items
+        if isinstance(item, dict) and isinstance(item.get("orig_prompt"), str)
+    ]
+
+
+class ListedTask(BaseModel):
+    """One task of the account's task list (``GET /tasks``)."""
+
+    task_id: str
+    status: str | None = None
+    model: str | None = None
+    submit_time: float | None = None  # the service's clock, epoch seconds
+    prompt: str | None = None  # when the listing carries it
+
+
+def parse_task_list(data: dict[str, Any]) -> tuple[list[ListedTask], int | None]:
+    """(tasks, total) of a task-list answer. Its fields are not on the reference's page, so
+    the reading is tolerant: the first list of objects with a ``task_id`` under ``data``,
+    ``tasks``, ``output`` or ``output.data``/``output.tasks``; status, model, submit time and
+    prompt under the names the task answers use. A shape it cannot read is a ServerError."""
+    output = data.get("output")
+    places: list[object] = [data.get("data"), data.get("tasks"), output]
+    if isinstance(output, dict):
+        places += [output.get("data"), output.get("tasks")]
+    for place in places:
+        if not isinstance(place, list):
+            continue
+        tasks = [_listed(item) for item in place if isinstance(item, dict)]
+        found = [t for t in tasks if t is not None]
+        if found or not place:
+            total = data.get("total")
+            if total is None and isinstance(output, dict):
+                total = output.get("total")
+            return found, total if isinstance(total, int) else None
+    raise ServerError(
+        "task list answer has no list of tasks", request_id=str_or_none(data.get("request_id"))
+    )
+
+
+def _listed(item: dict[str, Any]) -> ListedTask | None:
+    task_id = item.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        return None
+    inner = item.get("input") if isinstance(item.get("input"), dict) else {}
+    prompt = item.get("orig_prompt") or item.get("prompt") or inner.get("prompt")
+    status = item.get("task_status") or item.get("status")
+    model = item.get("model_name") or item.get("model")
+    return ListedTask(
+        task_id=task_id,
+        status=str(status) if status else None,
+        model=str(model) if model else None,
+        submit_time=service_time(item.get("submit_time")),
+        prompt=prompt if isinstance(prompt, str) else None,
+    )
+
+
 def parse_task(task_id: str, data: dict[str, Any], scrub: Scrub) -> TaskState:
     """A poll answer as a TaskState; a malformed one is a ServerError (polled again)."""
     output = _task_output(task_id, data)
@@ -275,6 +339,7 @@ def parse_task(task_id: str, data: dict[str, Any], scrub: Scrub) -> TaskState:
         code=code,
         message=message,
         actual_prompts=actual_prompts,
+        orig_prompts=_orig_prompts(output.get("results")),
         request_id=request_id,
         submit_time=service_time(output.get("submit_time")),
         scheduled_time=service_time(output.get("scheduled_time")),
