@@ -130,9 +130,10 @@ def test_requests_per_row_follow_each_models_n() -> None:
 def test_sync_models_are_bound_by_their_rate_not_a_default_cap() -> None:
     # two sync models at 2 calls a second: 4 a second whatever the latency, unless the user
     # caps concurrency (then 8 in flight at 30 s: 0.27 a second)
-    s = load_settings(None, expected_task_s=30.0)
+    two = {"t2i": ["qwen-image-plus", "qwen-image-2.0"]}
+    s = load_settings(None, expected_task_s=30.0, models=two)
     est = estimate_for(s, {"t2i": 400}, emulated=False)
     assert est.duration_s == pytest.approx(100.0)
-    capped = load_settings(None, expected_task_s=30.0, concurrency=8)
+    capped = load_settings(None, expected_task_s=30.0, concurrency=8, models=two)
     assert estimate_for(capped, {"t2i": 400}, emulated=False).duration_s > 500
     assert Quota().submits_per_second == 2  # the default quota of an unknown model
