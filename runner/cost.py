@@ -153,7 +153,7 @@ def _known_sum(costs: list[float | None]) -> tuple[float, bool]:
 
 # --------------------------------------------------------------------------- dry run
 @dataclass(frozen=True)
-class ModelPlan:
+class ModelShare:
     """One model's share of a run, as the dry run estimates it."""
 
     model: str
@@ -165,7 +165,7 @@ class ModelPlan:
 
 @dataclass(frozen=True)
 class Estimate:
-    models: list[ModelPlan]
+    models: list[ModelShare]
     local_rows: int  # face swap: no request, no bill
     duration_s: float  # the quota bound: no schedule can finish the API rows sooner
     currency: str
@@ -236,8 +236,8 @@ def estimate(
             rate = sum(lanes[m].rate for m in used)
             if rate > 0:
                 duration = max(duration, sum(demand[t] for t in subset) / rate)
-    plans = [
-        ModelPlan(
+    shares = [
+        ModelShare(
             model=m,
             rows=s[0],
             images=s[1],
@@ -247,7 +247,7 @@ def estimate(
         for m, s in sorted(shares.items())
     ]
     local = sum(n for t, n in rows_by_type.items() if t in LOCAL_TYPES)
-    return Estimate(models=plans, local_rows=local, duration_s=duration, currency=prices.currency)
+    return Estimate(models=shares, local_rows=local, duration_s=duration, currency=prices.currency)
 
 
 def estimate_for(

@@ -22,7 +22,7 @@ from runner.emulator.config import (
     ModelSpec,
     Region,
 )
-from runner.emulator.faults import REQUEST_KINDS, FaultConfig, FaultInjector, FaultKind, FaultPlan
+from runner.emulator.faults import REQUEST_KINDS, FaultConfig, FaultInjector, FaultKind, FiredFaults
 from runner.emulator.protocol import ApiError
 from runner.emulator.quotas import QuotaBook
 from runner.emulator.state import FileStore, TaskBoard
@@ -174,7 +174,7 @@ def bearer_key(request: web.Request) -> str:
     return key.strip() if scheme.lower() == "bearer" else ""
 
 
-async def guard(request: web.Request, endpoint: str) -> FaultPlan:
+async def guard(request: web.Request, endpoint: str) -> FiredFaults:
     """Authenticates, then draws this answer's faults and applies the request-level one."""
     state = state_of(request)
     key = bearer_key(request)
@@ -183,12 +183,12 @@ async def guard(request: web.Request, endpoint: str) -> FaultPlan:
         raise ApiError("InvalidApiKey")
     if state.keys_revoked or state.injector.key_revoked():
         raise ApiError("InvalidApiKey")
-    plan = state.injector.plan(endpoint)
-    kind = plan.first(REQUEST_KINDS)
+    faults = state.injector.draw(endpoint)
+    kind = faults.first(REQUEST_KINDS)
     if kind is not None:
         state.stats.faults_injected[kind.value] += 1
         raise_request_fault(kind, state.config.faults)
-    return plan
+    return faults
 
 
 def raise_request_fault(kind: FaultKind, faults: FaultConfig) -> None:
@@ -209,17 +209,17 @@ class CutAnswer(Exception):
     """Raised by a handler to answer 200 with a Content-Length the body never reaches."""
 
 
-async def before_answer(request: web.Request, plan: FaultPlan) -> None:
+async def before_answer(request: web.Request, faults: FiredFaults) -> None:
     """The faults of an answer whose work is done (a submitted task exists, a sync call's
     images are made, and billed): it comes late (stall), never (the connection is reset:
     answer_lost) or cut after its status line (answer_cut)."""
     state = state_of(request)
-    if plan.has(FaultKind.STALL):
+    if faults.has(FaultKind.STALL):
         state.stats.faults_injected[FaultKind.STALL.value] += 1
         await state.sleep(state.config.faults.stall_s)
     lost = ((FaultKind.ANSWER_LOST, ConnectionReset), (FaultKind.ANSWER_CUT, CutAnswer))
     for kind, error in lost:
-        if plan.has(kind):
+        if faults.has(kind):
             state.stats.faults_injected[kind.value] += 1
             raise error
 
@@ -273,7 +273,7 @@ class ImageCall:
 
     request: web.Request
     state: EmulatorState
-    plan: FaultPlan
+    faults: FiredFaults
     spec: ModelSpec
     inp: dict[str, Any]
     params: dict[str, Any]
@@ -285,7 +285,7 @@ async def open_image_call(
     """Authenticates, applies request faults, refuses the wrong call mode (an async header on
     a sync call, or none on an async submit), then reads the model, input and parameters."""
     state = state_of(request)
-    plan = await guard(request, fault_endpoint)
+    faults = await guard(request, fault_endpoint)
     if async_requested(request) == sync:
         mode = "asynchronous" if sync else "synchronous"
         raise ApiError("AccessDenied", f"current user api does not support {mode} calls")
@@ -295,4 +295,4 @@ async def open_image_call(
     params = body.get("parameters") or {}
     if not isinstance(inp, dict) or not isinstance(params, dict):
         raise ApiError("InvalidParameter", "input (and parameters, if given) must be objects.")
-    return ImageCall(request, state, plan, spec, inp, params)
+    return ImageCall(request, state, faults, spec, inp, params)

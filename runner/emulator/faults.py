@@ -179,7 +179,7 @@ class FaultConfig(BaseModel):
         return rule
 
 
-class FaultPlan:
+class FiredFaults:
     """The faults drawn for one answer, split by the phase that applies them."""
 
     def __init__(self, fired: list[FaultKind]) -> None:
@@ -220,13 +220,13 @@ class FaultInjector:
             fired = True
         return fired
 
-    def plan(self, endpoint: str) -> FaultPlan:
+    def draw(self, endpoint: str) -> FiredFaults:
         fired = [k for k in FaultKind if self._fires(k, endpoint)]
         if self.config.transient > 0 and self._transient_rng.random() < self.config.transient:
             options = [k for k in TRANSIENT_KINDS if endpoint in DEFAULT_SCOPES[k]]
             if options:
                 fired.append(self._transient_rng.choice(options))
-        return FaultPlan(fired)
+        return FiredFaults(fired)
 
     def key_revoked(self) -> bool:
         """Counts one authenticated API request; True once invalidate_key_after is reached."""

@@ -24,7 +24,7 @@ from runner.emulator.context import (
     region_of,
     state_of,
 )
-from runner.emulator.faults import DOWNLOAD_KINDS, FaultKind, FaultPlan
+from runner.emulator.faults import DOWNLOAD_KINDS, FaultKind, FiredFaults
 from runner.emulator.images import corrupt_png
 from runner.emulator.protocol import ApiError, json_answer, oss_error, request_id
 
@@ -42,15 +42,15 @@ _STORAGE_FAULTS = (
 )
 
 
-def _host_fault(state: EmulatorState, plan: FaultPlan, rid: str) -> web.Response | None:
+def _host_fault(state: EmulatorState, faults: FiredFaults, rid: str) -> web.Response | None:
     """A fault of the storage host itself, whatever the URL: a reset, a 5xx, or a 429
     throttle of the bucket (only when a rule names the download endpoint); the object
     itself is fine and a later GET gets it."""
-    if plan.has(FaultKind.CONNECTION_RESET):
+    if faults.has(FaultKind.CONNECTION_RESET):
         state.stats.faults_injected[FaultKind.CONNECTION_RESET.value] += 1
         raise ConnectionReset
     for kind, status, code in _STORAGE_FAULTS:
-        if plan.has(kind):
+        if faults.has(kind):
             state.stats.faults_injected[kind.value] += 1
             return oss_error(status, code, "Please reduce your request rate or retry.", rid)
     return None
@@ -77,15 +77,15 @@ def _signed_expiry(request: web.Request, name: str, rid: str) -> int | web.Respo
 async def download(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     rid = request_id()
-    plan = state.injector.plan("download")
-    refused = _host_fault(state, plan, rid)
+    faults = state.injector.draw("download")
+    refused = _host_fault(state, faults, rid)
     if refused is not None:
         return refused
     name = request.match_info["name"].removesuffix(".png")
     expires = _signed_expiry(request, name, rid)
     if isinstance(expires, web.Response):
         return expires
-    kind = plan.first(DOWNLOAD_KINDS)
+    kind = faults.first(DOWNLOAD_KINDS)
     if kind is not None:
         state.stats.faults_injected[kind.value] += 1
     if state.clock.wall() > expires or kind is FaultKind.URL_EXPIRED:
@@ -93,7 +93,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     record = state.files.files.get(name)
     if record is None or kind is FaultKind.URL_NOT_FOUND:
         return oss_error(404, "NoSuchKey", "The specified key does not exist.", rid)
-    await before_answer(request, plan)
+    await before_answer(request, faults)
     headers = {"x-oss-request-id": rid, "x-oss-object-type": "Normal"}
     if kind is FaultKind.HTML_BODY:
         return _count(state, web.Response(text=_HTML, content_type="text/html", headers=headers))
@@ -161,7 +161,7 @@ def _policy_signature(secret: str, policy: str) -> str:
 
 async def upload_policy(request: web.Request) -> web.Response:
     state = state_of(request)
-    plan = await guard(request, "upload")
+    faults = await guard(request, "upload")
     if request.query.get("action") != "getPolicy":
         raise ApiError("InvalidParameter", "action must be getPolicy.")
     model = request.query.get("model", "")
@@ -186,7 +186,7 @@ async def upload_policy(request: web.Request) -> web.Response:
         "x_oss_object_acl": "private",
         "x_oss_forbid_overwrite": "true",
     }
-    await before_answer(request, plan)
+    await before_answer(request, faults)
     return json_answer({"request_id": request_id(), "data": data})
 
 

@@ -135,7 +135,7 @@ async def generation(request: web.Request) -> web.Response:
         await state.sleep(latency_s)
     finally:
         state.quotas.release(spec.name)
-    if task_fault(state, call.plan) is FaultKind.TASK_FAILED:
+    if task_fault(state, call.faults) is FaultKind.TASK_FAILED:
         raise ApiError("InternalError.Algo")
     seed = params.get("seed") if isinstance(params.get("seed"), int) else 0
     kind: Literal["t2i", "edit"] = "t2i" if source is None else "edit"
@@ -161,7 +161,7 @@ async def generation(request: web.Request) -> web.Response:
         "usage": {"width": width, "height": height, "image_count": n},
         "request_id": rid,
     }
-    await before_answer(request, call.plan)
+    await before_answer(request, call.faults)
     return json_answer(answer)
 
 
@@ -189,7 +189,7 @@ async def generation_task(request: web.Request) -> web.Response:
         kind="t2i" if t2i else "edit", prompt=prompt, orig_prompt_chars=len(full_prompt),
         negative_prompt=negative, prompt_extend=extend and t2i, width=width, height=height,
         seed=seed, function=None if t2i else "description_edit", source=source,
-        fault=task_fault(state, call.plan), latency_s=latency_s,
+        fault=task_fault(state, call.faults), latency_s=latency_s,
         submit_wall=state.clock.wall(), submit_mono=state.clock.mono(), choices=True,
     )
     task.billing = state.bill("task", task.task_id, spec.name, full_prompt, n)
@@ -199,5 +199,5 @@ async def generation_task(request: web.Request) -> web.Response:
         "output": {"task_id": task.task_id, "task_status": "PENDING"},
         "request_id": request_id(),
     }
-    await before_answer(request, call.plan)
+    await before_answer(request, call.faults)
     return json_answer(answer)

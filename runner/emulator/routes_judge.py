@@ -52,7 +52,7 @@ def _parts(messages: object) -> tuple[list[str], list[object]]:
 
 async def chat_completions(request: web.Request) -> web.Response:
     state = state_of(request)
-    plan = await guard(request, "judge")
+    faults = await guard(request, "judge")
     body = await read_json(request)
     spec = state.spec_for(body, "chat", region_of(request))
     if body.get("stream"):
@@ -97,5 +97,5 @@ async def chat_completions(request: web.Request) -> web.Response:
         },
         "system_fingerprint": None,
     }
-    await before_answer(request, plan)
+    await before_answer(request, faults)
     return json_answer(answer)

@@ -17,7 +17,7 @@ from runner.emulator.context import (
     open_image_call,
     state_of,
 )
-from runner.emulator.faults import TASK_KINDS, FaultKind, FaultPlan
+from runner.emulator.faults import TASK_KINDS, FaultKind, FiredFaults
 from runner.emulator.inputs import checked_image, load_image, probe_image
 from runner.emulator.protocol import BEIJING, ApiError, json_answer, request_id, wall_time
 from runner.emulator.state import Task, new_task_id
@@ -95,8 +95,8 @@ def admit(state: EmulatorState, spec: ModelSpec) -> None:
         raise ApiError("Throttling.RateQuota")
 
 
-def task_fault(state: EmulatorState, plan: FaultPlan) -> FaultKind | None:
-    kind = plan.first(TASK_KINDS)
+def task_fault(state: EmulatorState, faults: FiredFaults) -> FaultKind | None:
+    kind = faults.first(TASK_KINDS)
     if kind is not None:
         state.stats.faults_injected[kind.value] += 1
     return kind
@@ -128,12 +128,12 @@ async def submit(request: web.Request) -> web.Response:
         prompt=prompt, orig_prompt_chars=prompt_chars, negative_prompt=negative,
         prompt_extend=extend and endpoint == "text2image",
         width=width, height=height, seed=seed, function=function, source=source,
-        fault=task_fault(state, call.plan), latency_s=latency_s,
+        fault=task_fault(state, call.faults), latency_s=latency_s,
         submit_wall=state.clock.wall(), submit_mono=state.clock.mono(),
     )
     task.billing = state.bill("task", task.task_id, spec.name, inp["prompt"], n)
     told = task.task_id
-    if call.plan.has(FaultKind.DUPLICATE_TASK_ID) and state.board.tasks:
+    if call.faults.has(FaultKind.DUPLICATE_TASK_ID) and state.board.tasks:
         state.stats.faults_injected[FaultKind.DUPLICATE_TASK_ID.value] += 1
         told = next(reversed(state.board.tasks))  # the task is made, another's id is told
     state.board.add(task, pending_s)
@@ -142,7 +142,7 @@ async def submit(request: web.Request) -> web.Response:
         "output": {"task_id": told, "task_status": "PENDING"},
         "request_id": request_id(),
     }
-    await before_answer(request, call.plan)
+    await before_answer(request, call.faults)
     return json_answer(answer)
 
 
@@ -233,7 +233,7 @@ def task_output(
 
 async def poll(request: web.Request) -> web.Response:
     state = state_of(request)
-    plan = await guard(request, "poll")
+    faults = await guard(request, "poll")
     if not state.quotas.poll_allowed(state.clock.mono()):
         raise ApiError("Throttling", "Requests rate limit exceeded, please try again later.")
     state.stats.polls += 1
@@ -247,15 +247,15 @@ async def poll(request: web.Request) -> web.Response:
         answer["output"] = output
         if usage is not None:
             answer["usage"] = usage
-    if plan.has(FaultKind.POLL_OTHER_TASK):
+    if faults.has(FaultKind.POLL_OTHER_TASK):
         state.stats.faults_injected[FaultKind.POLL_OTHER_TASK.value] += 1
         others = [t for t in state.board.tasks.values() if t.task_id != task_id]
         if others:
             answer["output"] = task_output(others[-1], state.config.timestamps)[0]
-    if plan.has(FaultKind.POLL_NO_TASK_ID):
+    if faults.has(FaultKind.POLL_NO_TASK_ID):
         state.stats.faults_injected[FaultKind.POLL_NO_TASK_ID.value] += 1
         answer["output"].pop("task_id", None)
-    await before_answer(request, plan)
+    await before_answer(request, faults)
     return json_answer(answer)
 
 
@@ -277,7 +277,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     task-query budget. Items name the task, its status, model and times, not its prompt
     (a poll of the task tells that)."""
     state = state_of(request)
-    plan = await guard(request, "poll")
+    faults = await guard(request, "poll")
     if not state.quotas.poll_allowed(state.clock.mono()):
         raise ApiError("Throttling", "Requests rate limit exceeded, please try again later.")
     q = request.query
@@ -319,15 +319,15 @@ async def list_tasks(request: web.Request) -> web.Response:
         "page_no": page_no,
         "page_size": page_size,
     }
-    await before_answer(request, plan)
+    await before_answer(request, faults)
     return json_answer(answer)
 
 
 async def cancel(request: web.Request) -> web.Response:
     state = state_of(request)
-    plan = await guard(request, "cancel")
+    faults = await guard(request, "cancel")
     task = state.board.get(request.match_info["task_id"])
     if task is None or not state.board.cancel(task):
         raise ApiError("UnsupportedOperation")
-    await before_answer(request, plan)
+    await before_answer(request, faults)
     return json_answer({"request_id": request_id()})
