@@ -506,9 +506,7 @@ def runner_settings(
         "sync_timeout_s": defaults.sync_timeout_s * waits,
         # The VIEScore judge is a quality add-on, not part of the generation pipeline the
         # issue measures (submit, poll, download, write): off here, see BENCHMARKS.md.
-        "judge": JudgeSettings(
-            enabled=False, requests_per_minute=defaults.judge.requests_per_minute / window
-        ),
+        "judge": JudgeSettings(enabled=False),
     }
     values.update(extra)
     return Settings(**values)
