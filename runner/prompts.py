@@ -138,7 +138,7 @@ class SentPrompt(BaseModel):
 
 
 @dataclass(eq=False)
-class PromptPlan:
+class CandidatePrompts:
     """One row's candidates: the variant of each, and what was sent at each position (a
     request of n images fills n positions with one variant)."""
 

@@ -1,6 +1,6 @@
 """Prompt variants: plain sends the user's words as written; framed adds the project's frame
 (t2i suffix, edit frames) in the prompt's language; +negative, +extend; the model's limit;
-what was changed is said; a row's plan records the variant of every candidate."""
+what was changed is said; a row's candidate prompts record the variant of every candidate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from runner.prompts import (
     NEGATIVE_LIMIT,
     PROMPT_LIMIT,
-    PromptPlan,
+    CandidatePrompts,
     build_prompt,
     detect_language,
     parse_variant,
@@ -202,12 +202,12 @@ def test_shorten_unchanged() -> None:
     assert shorten(hard) == ("C" * 800, True)
 
 
-def test_plan_records_the_variant_of_every_candidate() -> None:
-    plan = PromptPlan("t2i", "a cat", ["plain", "plain", "framed", "plain+extend"])
-    assert plan.want == 4
-    assert [plan.run_length(k) for k in range(4)] == [2, 1, 1, 1]
-    first = plan.send(0, 2)  # one request of n=2 for the two plain candidates
-    assert first.sent == "a cat" and plan.at(0) == plan.at(1) == first
-    assert plan.send(2, 1).variant == "framed" and plan.at(2).sent.startswith("a cat. High")
-    assert plan.at(3) is None  # nothing sent for it yet (or paid by an earlier run)
-    assert plan.send(3, 1).extend
+def test_candidate_prompts_record_the_variant_of_every_candidate() -> None:
+    prompts = CandidatePrompts("t2i", "a cat", ["plain", "plain", "framed", "plain+extend"])
+    assert prompts.want == 4
+    assert [prompts.run_length(k) for k in range(4)] == [2, 1, 1, 1]
+    first = prompts.send(0, 2)  # one request of n=2 for the two plain candidates
+    assert first.sent == "a cat" and prompts.at(0) == prompts.at(1) == first
+    assert prompts.send(2, 1).variant == "framed" and prompts.at(2).sent.startswith("a cat. High")
+    assert prompts.at(3) is None  # nothing sent for it yet (or paid by an earlier run)
+    assert prompts.send(3, 1).extend

@@ -21,7 +21,7 @@ import structlog
 from runner.backends.judge.answers import JudgeScore, pick
 from runner.errors import DiskFull, Fatal, RowFailed, RunnerError
 from runner.outcomes import RowResult
-from runner.prompts import PromptPlan, SentPrompt
+from runner.prompts import CandidatePrompts, SentPrompt
 from runner.scheduling.lifecycle import Candidate
 from runner.settings import Settings
 from runner.store.files import write_atomic
@@ -80,7 +80,12 @@ class Finisher:
 
     # --- API rows ------------------------------------------------------------
     async def finish(
-        self, task: Task, plan: PromptPlan, got: list[Candidate], attempts: int, fp: str | None
+        self,
+        task: Task,
+        prompts: CandidatePrompts,
+        got: list[Candidate],
+        attempts: int,
+        fp: str | None,
     ) -> RowResult:
         """Score the candidates (when judging), write the best as imgs/<index>.jpg, journal."""
         path = self.imgs_dir / f"{task.index}.jpg"
@@ -107,7 +112,7 @@ class Finisher:
             "height": best.height,
             "bytes": len(best.jpeg),
             "prompt": task.prompt,
-            **_sent_fields(plan.at(chosen)),
+            **_sent_fields(prompts.at(chosen)),
             "actual_prompt": best.actual_prompt,
         }
         if len(got) > 1:
@@ -116,7 +121,7 @@ class Finisher:
                     "file": str(p.relative_to(self.out_dir)),
                     "model": c.model,
                     "task_id": c.task_id,
-                    **_sent_fields(plan.at(k)),
+                    **_sent_fields(prompts.at(k)),
                     "actual_prompt": c.actual_prompt,
                     **_score_fields(scores[k] if scores else None),
                 }

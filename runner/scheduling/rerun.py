@@ -10,9 +10,11 @@ from pathlib import Path
 from runner.store.journal import JournalState, PaidRequest, RowState
 from runner.tasks import Task, TaskList
 
-__all__ = ["RowPlan", "jpeg_whole", "plan_rows"]
+__all__ = ["RowResume", "jpeg_whole", "resume_rows"]
 
-RowPlan = tuple[RowState, list[PaidRequest]]
+# a row as this run takes it up: what the journal knows of it, and its paid requests worth
+# another look (polled, looked for or fetched before any new request)
+RowResume = tuple[RowState, list[PaidRequest]]
 
 
 def jpeg_whole(path: Path) -> bool:
@@ -30,7 +32,7 @@ def jpeg_whole(path: Path) -> bool:
     return head == b"\xff\xd8" and tail == b"\xff\xd9"
 
 
-def plan_rows(
+def resume_rows(
     tasklist: TaskList,
     state: JournalState,
     fps: dict[str, str],
@@ -38,7 +40,7 @@ def plan_rows(
     imgs_dir: Path,
     emulated: bool,
     backend: str | None = None,
-) -> tuple[list[RowPlan], Counter[str]]:
+) -> tuple[list[RowResume], Counter[str]]:
     """For each row: what the journal knows, and the paid requests worth another look; and
     why done rows are made again (reason -> rows).
 
@@ -49,7 +51,7 @@ def plan_rows(
     this run's; None takes every one). Nothing is dropped for its age on the local clock:
     the service says when a task is gone. Blocking (it reads the disk).
     """
-    plans: list[RowPlan] = []
+    resumes: list[RowResume] = []
     redone: Counter[str] = Counter()
     for task in tasklist.tasks:
         prior = state.rows.get(task.index) or RowState(index=task.index)
@@ -63,14 +65,14 @@ def plan_rows(
         if prior.done:
             why = _redo_reason(task, prior, fp, imgs_dir / f"{task.index}.jpg", emulated)
             if why is None:
-                plans.append((prior, []))
+                resumes.append((prior, []))
                 continue
             if why == _DAMAGED:
                 pending = _refetchable(state, prior, backend)
             redone[why] += 1
             prior = RowState(index=task.index)  # not done: make it (or fetch it) again
-        plans.append((prior, pending))
-    return plans, redone
+        resumes.append((prior, pending))
+    return resumes, redone
 
 
 _DAMAGED = "damaged or missing on disk"

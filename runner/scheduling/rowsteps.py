@@ -29,7 +29,7 @@ from runner.images import ImageProblem, PreparedSource, prepare_source, result_t
 from runner.models import caps, source_url
 from runner.outcomes import RowResult
 from runner.policy import Action, RetryPolicy, Tries
-from runner.prompts import PromptPlan
+from runner.prompts import CandidatePrompts
 from runner.scheduling.cpu import CpuPool
 from runner.scheduling.finishing import Finisher, RowStop, bad_input, failed
 from runner.scheduling.lanes import LanePool, ModelLane, Slot
@@ -53,7 +53,7 @@ class RowWork:
     """One API row under way: what it asks for and what it has been through."""
 
     task: Task
-    plan: PromptPlan
+    prompts: CandidatePrompts
     want: int  # candidates
     fp: str | None
     source: list[PreparedSource] = field(default_factory=list)  # the edit's, once prepared
@@ -88,8 +88,10 @@ class RowSteps:
     async def api_row(self, task: Task, pending: list[PaidRequest], fp: str | None) -> RowResult:
         """Collect the row's candidates (paid tasks first), one per prompt variant, then pick
         and write one."""
-        plan = PromptPlan(task.task_type, task.prompt, self.settings.variants(task.task_type))
-        row = RowWork(task, plan, plan.want, fp)
+        prompts = CandidatePrompts(
+            task.task_type, task.prompt, self.settings.variants(task.task_type)
+        )
+        row = RowWork(task, prompts, prompts.want, fp)
         got: list[Candidate] = []
         for paid in pending:
             got.extend(await self._resume(task, paid))
@@ -100,7 +102,7 @@ class RowSteps:
             row.source.clear()  # its megabytes are not needed to pick, judge and write
         async with self.finishing:
             return await self.finisher.finish(
-                task, plan, got[: row.want], row.tries.count + 1, fp
+                task, prompts, got[: row.want], row.tries.count + 1, fp
             )
 
     async def _collect(self, row: RowWork, got: list[Candidate]) -> None:
@@ -266,8 +268,8 @@ class RowSteps:
         images as the model takes in one request of the candidates that share it."""
         s, task = self.settings, row.task
         cap = caps(model)
-        n = max(1, min(row.plan.run_length(have), row.want - have, cap.n_max))
-        sent = row.plan.send(have, n, cap.prompt_limit)
+        n = max(1, min(row.prompts.run_length(have), row.want - have, cap.n_max))
+        sent = row.prompts.send(have, n, cap.prompt_limit)
         for change in sent.changes:
             log.warning("prompt_changed", index=task.index, variant=sent.variant, why=change)
         # candidates of one row get different seeds: the same seed gives the same picture
@@ -342,4 +344,3 @@ class RowSteps:
     def _lane_for(self, model: str) -> ModelLane:
         lane = self.pool.lanes.get(model)
         return lane if lane is not None else ModelLane(model, self.settings.quota(model))
-

@@ -28,7 +28,7 @@ from runner.scheduling.lanes import LanePool, ModelLane
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
 from runner.scheduling.lifecycle import Lifecycle
 from runner.scheduling.polling import PollBudget, TaskWatcher
-from runner.scheduling.rerun import jpeg_whole, plan_rows
+from runner.scheduling.rerun import jpeg_whole, resume_rows
 from runner.scheduling.rowsteps import RowSteps
 from runner.settings import Settings
 from runner.store.journal import Journal, JournalState, PaidRequest, RowState
@@ -157,8 +157,8 @@ class Scheduler:
             )
             await self.journal.write("failed", index=bad.index, reason=bad.reason, kind="input")
             results.append(self._emit(res))
-        plans, self.redone = await asyncio.to_thread(
-            plan_rows,
+        resumes, self.redone = await asyncio.to_thread(
+            resume_rows,
             tasklist,
             state,
             fps,
@@ -176,7 +176,7 @@ class Scheduler:
         # memory stays flat on any number of rows, and every type keeps enough rows waiting
         # for its models' slots (the lanes stay work-conserving across types).
         queues: dict[str, deque[tuple[Task, RowState, list[PaidRequest]]]] = {}
-        for task, (prior, keep) in zip(tasklist.tasks, plans, strict=True):
+        for task, (prior, keep) in zip(tasklist.tasks, resumes, strict=True):
             queues.setdefault(task.task_type, deque()).append((task, prior, keep))
         finished: dict[str, RowResult] = {}
         for kind, queue in queues.items():
