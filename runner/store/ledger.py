@@ -30,26 +30,23 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from runner.errors import RunnerError, Uncertain
 from runner.store.records import (
+    Accepted,
     Done,
     Ended,
     Failed,
     NotAccepted,
     Record,
     Sending,
-    Submitted,
     SyncAnswer,
     TaskClosed,
     UncertainAnswer,
 )
-
-if TYPE_CHECKING:
-    from runner.store.journal import Journal
 
 __all__ = ["BudgetReached", "Ledger", "PaidBook", "PaidRequest", "Phase"]
 
@@ -125,7 +122,7 @@ class PaidBook:
             )
             self.requests[paid.key] = paid
             return paid
-        if isinstance(rec, Submitted):
+        if isinstance(rec, Accepted):
             paid = self._find(rec.req, None) or self._adopt_old(rec, rec.task_id, sync=False)
             paid.phase, paid.task_id = "accepted", rec.task_id
             self.by_task[rec.task_id] = paid.key
@@ -175,7 +172,7 @@ class PaidBook:
             return self.requests.get(self.by_task[task_id])
         return None
 
-    def _adopt_old(self, rec: Submitted | SyncAnswer, task_id: str, *, sync: bool) -> PaidRequest:
+    def _adopt_old(self, rec: Accepted | SyncAnswer, task_id: str, *, sync: bool) -> PaidRequest:
         """An answer record with no ``sending`` before it (a journal from before the ledger):
         the request starts here."""
         paid = PaidRequest(
@@ -212,6 +209,12 @@ class BudgetReached(RunnerError):
     """The budget does not allow this request: nothing was sent."""
 
 
+class _Journal(Protocol):
+    """What the ledger writes on (``runner.store.journal.Journal``)."""
+
+    async def write_record(self, ev: str, **fields: Any) -> Record: ...
+
+
 class _Budget(Protocol):
     def allows(self, model: str, images: int, spent: Counter[str]) -> bool: ...
     def reason(self, spent: Counter[str]) -> str: ...
@@ -227,7 +230,7 @@ class Ledger:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: _Journal,
         book: PaidBook,
         *,
         backend: str,

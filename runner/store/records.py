@@ -59,7 +59,7 @@ class Sending(_RowRec):
     backend: str | None = None
 
 
-class Submitted(_RowRec):
+class Accepted(_RowRec):
     """An async task the service accepted (paid for); ``adopted``: found again in the
     service's task list after its answer was lost."""
 
@@ -150,7 +150,7 @@ Record = Annotated[
     RunStart
     | RunEnd
     | Sending
-    | Submitted
+    | Accepted
     | SyncAnswer
     | NotAccepted
     | UncertainAnswer

@@ -55,7 +55,8 @@ _COMPAT_CODES: dict[str, str] = {
 
 
 class Submitted(BaseModel):
-    """An accepted async task."""
+    """The answer to a submit: the async task the service made (the journal records it
+    as ``Accepted``)."""
 
     task_id: str
     request_id: str | None = None
