@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from runner.backends.faceswap import landmark_mediapipe, pool
-from runner.backends.faceswap.detect import Detections, Face, FaceFinder, MeshTo68
+from runner.backends.faceswap.detect import Face, FaceFinder, MeshTo68
+from runner.backends.faceswap.interfaces import Detections
 from runner.backends.faceswap.models import dlib_model_dir
 from runner.backends.faceswap.processors import (
     FALLBACKS,

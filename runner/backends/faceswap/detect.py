@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from runner.backends.faceswap.interfaces import Detections
 from runner.backends.faceswap.models import dlib_model_dir
 
 if TYPE_CHECKING:
@@ -81,18 +82,6 @@ class Face:
         """A scale for masks and padding: the larger side of the landmark extent."""
         span = self.points.max(axis=0) - self.points.min(axis=0)
         return float(max(span[0], span[1], 1.0))
-
-
-@dataclass
-class Detections:
-    """What a detector found: boxes (N, 4) as x0, y0, x1, y1, which stage found them, and
-    five key points per box (N, 5, 2) and scores (N,) when the detector gives them (SCRFD
-    does)."""
-
-    boxes: np.ndarray
-    how: str
-    kps: np.ndarray | None = None
-    scores: np.ndarray | None = None
 
 
 def main_face_index(boxes: np.ndarray, shape: tuple[int, ...]) -> int:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from runner.backends.faceswap import blend
-from runner.backends.faceswap.detect import Detections, iou
+from runner.backends.faceswap.detect import iou
+from runner.backends.faceswap.interfaces import Detections
 
 
 def session_options(threads: int) -> Any:

@@ -7,14 +7,26 @@ Pictures are RGB uint8 arrays (H, W, 3); boxes are x0, y0, x1, y1 in pixels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from runner.backends.faceswap.detect import Detections
     from runner.backends.faceswap.jpeg import JpegStyle
     from runner.backends.faceswap.result import SwapResult
+
+
+@dataclass
+class Detections:
+    """What a detector found: boxes (N, 4) as x0, y0, x1, y1, which stage found them, and
+    five key points per box (N, 5, 2) and scores (N,) when the detector gives them (SCRFD
+    does)."""
+
+    boxes: np.ndarray
+    how: str
+    kps: np.ndarray | None = None
+    scores: np.ndarray | None = None
 
 
 class Detector(Protocol):
