@@ -25,12 +25,12 @@ from runner import logs
 from runner.backends.dashscope import DashScopeClient
 from runner.cost import Budget, billed_rows, check_budget
 from runner.errors import DiskFull, SettingsError
-from runner.guard import check_script_guard
 from runner.interrupts import Interrupts, Left
 from runner.outcomes import INTERRUPTED, STATUS_LABEL, runs_view
 from runner.outputs.report import SUMMARY_NAME
 from runner.policy import RetryPolicy
 from runner.scheduling.scheduler import RowResult, RunSummary, Scheduler
+from runner.script_guard import check_script_guard
 from runner.settings import Settings, load_settings
 from runner.startup import (
     Opened,

@@ -16,7 +16,7 @@ RUNNER = Path(__file__).resolve().parent.parent / "runner"
 LAYERS: dict[str, int] = {
     "runner.errors": 0,
     "runner.logs": 0,
-    "runner.guard": 0,
+    "runner.script_guard": 0,
     "runner.images": 0,
     "runner.retry": 0,
     "runner.policy": 0,

@@ -224,7 +224,7 @@ def test_spawned_child_refuses_at_once(tmp_path: Path) -> None:
         tmp_path,
         """
         import multiprocessing
-        from runner.guard import check_script_guard
+        from runner.script_guard import check_script_guard
 
         if __name__ == "__mp_main__":  # the worker's re-import, which the parent's check
             check_script_guard()  # would have caught from the source: the backstop alone
