@@ -373,7 +373,7 @@ def test_submits_fill_exactly_the_quota_window_and_a_lone_429_pauses_a_quarter_t
         lane = ModelLane("m", Quota(submits_per_second=2, in_flight=8))
         loop = asyncio.get_running_loop()
         times: list[float] = []
-        window = lane.pacing.window
+        window = lane.submit_window.window
 
         async def submit() -> None:
             await lane.submit_gate()
@@ -389,7 +389,7 @@ def test_submits_fill_exactly_the_quota_window_and_a_lone_429_pauses_a_quarter_t
     assert 1.0 < window < 1.05  # the quota's second and a guard of a few ms
     assert times[:2] == [0.0, 0.0]
     assert all(b - a >= 1.0 for a, b in zip(times, times[2:6], strict=False))  # never 3 a second
-    # and no slower than the window allows, once the cold first window is counted (pacing.py)
+    # and no slower than the window allows, once the cold first window is counted (submit_window.py)
     assert times[5] - times[0] <= 2 * window + _COLD_2_PER_S + 1e-6
     assert times[6] - times[5] == pytest.approx(5.0 + 0.125, abs=1e-6)  # a lone 429: 1/4 turn
 
@@ -398,14 +398,14 @@ def test_429s_in_a_row_pause_longer_and_widen_the_window_guard() -> None:
     async def go() -> tuple[list[float], float, float]:
         lane = ModelLane("m", Quota(submits_per_second=2, in_flight=8))
         loop = asyncio.get_running_loop()
-        before = lane.pacing.window
+        before = lane.submit_window.window
         pauses = []
         for _ in range(5):  # refused again and again (another client takes the turns)
             lane.on_throttled()
             now = loop.time()
-            pauses.append(lane.pacing.next_at(now) - now)
+            pauses.append(lane.submit_window.next_at(now) - now)
             await asyncio.sleep(pauses[-1])
-        return pauses, before, lane.pacing.window
+        return pauses, before, lane.submit_window.window
 
     pauses, before, after = run_virtual(go())
     # 1/4, 1/2, 1, 2, 2 turns of 0.5 s: no hammering, and no more than two turns
@@ -502,13 +502,13 @@ def test_a_rate_bound_lane_stays_busy_at_its_call_rate_without_hoarding_the_cap(
         async with pool.slot(["a"]):
             other_wait = loop.time() - asked
         await asyncio.gather(*rows)
-        return sent, worst, other_wait, sync.stats.max_in_flight, sync.pacing.window
+        return sent, worst, other_wait, sync.stats.max_in_flight, sync.submit_window.window
 
     sent, worst, other_wait, peak, window = run_virtual(go())
     assert len(sent) == 40
     assert all(b - a >= 1.0 for a, b in zip(sent, sent[2:], strict=False))  # 2 in any second
     assert window < 1.05  # the quota's second, and a guard of a few ms
-    # and every turn used: busy at its rate (the first window counted cold once, pacing.py)
+    # and every turn used: busy at its rate (the first window counted cold once, submit_window.py)
     assert sent[-1] - sent[0] <= 19 * window + _COLD_2_PER_S + 1e-6
     assert worst <= 2 and other_wait == 0.0
     assert 16 <= peak <= 18  # 8 s x 2 a second, plus the next one waiting for its turn

@@ -8,9 +8,9 @@ from runner.scheduling.cpu import CpuPool
 from runner.scheduling.lanes import LanePool, LaneStats, ModelLane, Slot, in_flight_limit
 from runner.scheduling.latency import LatencyModel
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
-from runner.scheduling.pacing import SubmitWindow
 from runner.scheduling.plan import ServiceClock, TaskPlan
 from runner.scheduling.polling import TERMINAL, PollBudget, TaskWatcher
+from runner.scheduling.submit_window import SubmitWindow
 
 __all__ = [
     "LEARNED_NAME",

@@ -2,7 +2,7 @@
 published) the in-flight limit it learns.
 
 ``ModelLane`` paces submits per model at exactly what the quota's window allows
-(``pacing.SubmitWindow``; a 429 pauses it one turn), and, for quotas that are not published,
+(``submit_window.SubmitWindow``; a 429 pauses it one turn), and, for quotas that are not published,
 learns the in-flight limit (AIMD): down to what the server accepted on a 429, one slot up
 after a quiet spell at the limit (counted in completions, so it does not depend on the time
 scale); a probe that draws a 429 makes the next one wait longer. A model with no in-flight
@@ -20,7 +20,7 @@ import structlog
 
 from runner.models import caps
 from runner.scheduling.latency import LatencyModel
-from runner.scheduling.pacing import SubmitWindow
+from runner.scheduling.submit_window import SubmitWindow
 from runner.settings import Quota
 
 log = structlog.get_logger(__name__)
@@ -83,7 +83,7 @@ class ModelLane:
         self.limit: int | None = in_flight_limit(quota)
         self.in_flight = 0
         self.stats = LaneStats()
-        self.pacing = SubmitWindow(quota.submits_per_second)
+        self.submit_window = SubmitWindow(quota.submits_per_second)
         self._quiet_turns = quiet_turns
         self._spell_factor = 1
         self._probed = False  # the current limit came from a probe not yet confirmed
@@ -122,11 +122,11 @@ class ModelLane:
 
     def opens_in(self, now: float) -> float:
         """Seconds until a rate-bound lane hands out its next slot (0: now)."""
-        return self.pacing.opens_in(now) if self.limit is None else 0.0
+        return self.submit_window.opens_in(now) if self.limit is None else 0.0
 
     def _granted(self, now: float) -> None:
         if self.limit is None:  # book this holder's submit turn: the next slot opens after
-            self.pacing.plan(now)
+            self.submit_window.book(now)
 
     async def submit_gate(self) -> None:
         """Wait for this model's next submit turn.
@@ -137,9 +137,9 @@ class ModelLane:
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            at = self.pacing.next_at(now)
+            at = self.submit_window.next_at(now)
             if at <= now:
-                self.pacing.take(now)
+                self.submit_window.take(now)
                 break
             await asyncio.sleep(at - now)
         self.stats.submits += 1
@@ -196,7 +196,7 @@ class ModelLane:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside a loop (tests): nothing to pace
             return
-        self.pacing.pause(loop.time())
+        self.submit_window.pause(loop.time())
 
     @property
     def spell_needed(self) -> int:

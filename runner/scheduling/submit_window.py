@@ -46,12 +46,12 @@ class SubmitWindow:
         self._strikes = 0  # 429s since a window's worth of submits went out without one
         self.turn_s = 1.0 / per_second
         self._sent: deque[float] = deque(maxlen=self.count)
-        self._planned: deque[float] = deque(maxlen=self.count)
+        self._booked: deque[float] = deque(maxlen=self.count)
         self._paused_until = 0.0
         self._last_take: float | None = None
-        self._last_plan: float | None = None
+        self._last_booked: float | None = None
         self._cold_takes = 0
-        self._cold_plans = 0
+        self._cold_books = 0
         self.cold_s = min(_COLD_MAX_S, _COLD_SHARE * self._span)
 
     def _cold(self, last: float | None, now: float, left: int) -> tuple[float, int]:
@@ -91,21 +91,21 @@ class SubmitWindow:
         self.guard = min(self.guard + _GUARD_STEP_S, _GUARD_MAX_SHARE * self._span)
         self._quiet = 0
 
-    def plan(self, now: float) -> float:
+    def book(self, now: float) -> float:
         """Book the submit turn of a holder just handed a slot (rate-bound lanes); returns
         it. A holder that never submits costs one turn, never a stall."""
         at = max(now, self._paused_until)
-        if len(self._planned) == self.count:
-            at = max(at, self._planned[0] + self.window)
-        extra, self._cold_plans = self._cold(self._last_plan, at, self._cold_plans)
-        self._planned.append(at + extra)
-        self._last_plan = at
+        if len(self._booked) == self.count:
+            at = max(at, self._booked[0] + self.window)
+        extra, self._cold_books = self._cold(self._last_booked, at, self._cold_books)
+        self._booked.append(at + extra)
+        self._last_booked = at
         return at
 
     def opens_in(self, now: float) -> float:
         """Seconds until the next slot should be handed out: its holder then reaches the
         window just before its turn, and no more holders wait unsent than turns come."""
         at = max(now, self._paused_until)
-        if len(self._planned) == self.count:
-            at = max(at, self._planned[0] + self.window)
+        if len(self._booked) == self.count:
+            at = max(at, self._booked[0] + self.window)
         return max(0.0, at - _LEAD * self.turn_s - now)

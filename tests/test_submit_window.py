@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner.scheduling.pacing import SubmitWindow
+from runner.scheduling.submit_window import SubmitWindow
 
 
 def _send(window: SubmitWindow, now: float) -> float:
