@@ -18,7 +18,6 @@ LAYERS: dict[str, int] = {
     "runner.logs": 0,
     "runner.script_guard": 0,
     "runner.images": 0,
-    "runner.retry": 0,
     "runner.policy": 0,
     "runner.devices": 0,
     "runner.interrupts": 0,

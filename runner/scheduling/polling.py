@@ -28,7 +28,7 @@ from runner.errors import (
     Step,
     StillRunning,
 )
-from runner.retry import backoff_delay
+from runner.policy import backoff_delay
 from runner.scheduling.lanes import ModelLane
 from runner.scheduling.plan import ServiceClock, TaskPlan
 

@@ -23,7 +23,7 @@ from runner.errors import (
     Uncertain,
     classify,
 )
-from runner.retry import parse_retry_after
+from runner.policy import parse_retry_after
 
 Scrub = Callable[[str], str]
 

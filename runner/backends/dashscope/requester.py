@@ -1,5 +1,6 @@
-"""The one owner of retries: a request over a transport, as openai-python's
-``_base_client.py`` does it.
+"""One HTTP request over a transport and its own retries, as openai-python's
+``_base_client.py`` does it (``runner.policy`` says who retries what at each layer: this is
+the request's).
 
 :class:`Requester` checks the host's circuit breaker, sends over the client's
 :class:`~runner.backends.dashscope.transport.Transport`, turns every answer that is not a
@@ -7,8 +8,8 @@ success into a typed error from :mod:`runner.errors` (see
 :mod:`runner.backends.dashscope.failures`), and retries Retryable errors with jittered
 backoff, honouring Retry-After up to ``retry_after_cap_s``. By default only GETs are retried
 (the config's ``max_retries``); a caller may pass its own ``max_retries`` per call. Submits,
-the sync call and chat are not retried: the scheduler owns job-level retries and must see
-every 429 to learn a model's quota.
+the sync call and chat are not retried here: their errors go to the caller, which asks
+``RetryPolicy.decide`` (a 429 on a submit also teaches the model's lane its quota).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from runner.backends.dashscope.types import (
     str_or_none,
 )
 from runner.errors import DashScopeError, DownloadError, RateLimited, Retryable
-from runner.retry import backoff_delay
+from runner.policy import backoff_delay
 
 __all__ = ["Requester"]
 
