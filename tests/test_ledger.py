@@ -159,6 +159,19 @@ async def test_a_lost_answer_that_cannot_be_matched_fails_until_the_user_pays_ag
     assert closes == ["uncertain: paid again (--repay-uncertain)"]
 
 
+async def test_a_lost_submit_whose_task_failed_is_sent_again_for_free(tmp_path: Path) -> None:
+    """An edit task cannot be told apart by its prompt, but one that FAILED billed nothing:
+    whoever's it was, the lost submit is sent again and the row paid one image."""
+    tasks = make_job(tmp_path, tie=1)
+    out = tmp_path / "out"
+    lost = {"at": [1], "endpoints": ["submit"]}
+    async with fault_emulator(answer_lost=lost, task_failed=lost) as emu:
+        summary = await run_all(tasks, out=out, settings=settings_for(emu))
+        assert summary.exit_code == 0, summary.failed
+        assert images_per_row(emu.billed()) == {"1": 1}
+        assert billed_per_row(emu.billed()) == {"1": 2}  # two tasks, the first made nothing
+
+
 async def test_a_sync_answer_later_than_its_timeout_is_uncertain(tmp_path: Path) -> None:
     tasks = make_job(tmp_path, vttie=2)
     out = tmp_path / "out"

@@ -68,6 +68,8 @@ URL_LIFE_S = 23 * 3600
 RECONCILE_MARGIN_S = 600.0
 # How long a lost submit is looked for while tasks that may be it are still running.
 RECONCILE_WAIT_S = 300.0
+# What ``_prompt_of`` says of a task that ended without billing anything.
+UNBILLED = "\x00unbilled"
 # The pause between the two task listings that must both lack a lost submit before it is
 # taken as never accepted (the list may lag the submit a little).
 RECONCILE_SETTLE_S = 3.0
@@ -317,6 +319,8 @@ class Lifecycle:
                     continue
                 judged.add(task_id)
                 waiting.discard(task_id)
+                if told == UNBILLED:  # not a request that may have been billed
+                    continue
                 if not told:
                     unreadable.add(task_id)
                 elif _same_prompt(told, paid.prompt) and not self.ledger.claimed(task_id):
@@ -360,14 +364,17 @@ class Lifecycle:
             page += 1
 
     async def _prompt_of(self, task_id: str) -> str | None:
-        """The prompt a task was given, once it has ended (None while it runs)."""
+        """The prompt a task was given, once it has ended (None while it runs; ``UNBILLED``
+        for a task that FAILED or was CANCELED: whoever's it is, it cost nothing)."""
         await self.polls.wait(0.0)
         try:
             state = await self.client.fetch_task(task_id)
         except Retryable:
             return None
-        if state.status in ("PENDING", "RUNNING"):
+        if not state.terminal:
             return None
+        if state.status in ("FAILED", "CANCELED"):
+            return UNBILLED
         return state.orig_prompts[0] if state.orig_prompts else ""
 
     def not_found(self, paid: PaidRequest, why: str) -> Uncertain:
