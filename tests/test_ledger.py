@@ -341,6 +341,7 @@ def test_a_budget_counts_a_killed_runs_requests(tmp_path: Path) -> None:
         assert killed >= 5
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path)
         billed = emulator_get(port, "/_emulator/billed")
+    print(f"BUDGET killed run billed {killed}, in all {len(billed)}")
     assert rerun.returncode == 1, rerun.stdout + rerun.stderr  # the budget stopped it
     assert killed <= len(billed) <= 8, (killed, len(billed))  # 8 images of 1.0 at most
     assert max(billed_per_row(billed).values()) == 1
