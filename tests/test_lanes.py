@@ -15,6 +15,7 @@ from runner.scheduling import (
     CpuPool,
     LanePool,
     ModelLane,
+    Slot,
     SubmitWindow,
     apply_learned,
     load_learned,
@@ -44,13 +45,12 @@ def learned_lane(name: str = "m", start: int = 2, ceiling: int = 8) -> ModelLane
 
 def rate_bound(name: str = "sync", rate: float = 2.0) -> ModelLane:
     """A model with no in-flight limit (the sync qwen-image-edit): only its call rate."""
-    try:
-        quota = Quota(submits_per_second=rate, in_flight=None)  # type: ignore[arg-type]
-    except ValueError:  # settings not yet allowing None: build it unchecked
-        quota = Quota.model_construct(
-            submits_per_second=rate, in_flight=None, learn=False, max_in_flight=8
-        )
-    return ModelLane(name, quota)
+    return ModelLane(name, Quota(submits_per_second=rate, in_flight=None))
+
+
+async def take(pool: LanePool, models: list[str]) -> Slot:
+    """A held slot, as ``async with pool.slot(models)`` enters it; ``release()`` ends it."""
+    return await pool.slot(models).__aenter__()
 
 
 async def settle() -> None:
@@ -63,71 +63,72 @@ async def settle() -> None:
 
 async def test_most_preferred_free_model_first() -> None:
     pool = LanePool(lanes(a=1, b=1), total_cap=10)
-    first = await pool.acquire(["a", "b"])
-    second = await pool.acquire(["a", "b"])
-    assert (first.name, second.name) == ("a", "b")
+    first = await take(pool, ["a", "b"])
+    second = await take(pool, ["a", "b"])
+    assert (first.lane.name, second.lane.name) == ("a", "b")
 
 
 async def test_work_conserving_a_blocked_waiter_does_not_hold_up_a_free_model() -> None:
     pool = LanePool(lanes(a=1, b=1), total_cap=10)
-    await pool.acquire(["a"])  # a is now full
-    blocked = asyncio.create_task(pool.acquire(["a"]))
+    held_a = await take(pool, ["a"])  # a is now full
+    blocked = asyncio.create_task(take(pool, ["a"]))
     await settle()
-    later = await asyncio.wait_for(pool.acquire(["b"]), 1)  # b is free: no waiting behind
-    assert later.name == "b" and not blocked.done()
-    pool.release(pool.lanes["a"])
-    assert (await asyncio.wait_for(blocked, 1)).name == "a"
+    later = await asyncio.wait_for(take(pool, ["b"]), 1)  # b is free: no waiting behind
+    assert later.lane.name == "b" and not blocked.done()
+    held_a.release()
+    assert (await asyncio.wait_for(blocked, 1)).lane.name == "a"
 
 
 async def test_a_freed_slot_goes_to_a_waiter_at_once() -> None:
     pool = LanePool(lanes(a=1, b=1), total_cap=10)
-    held_a, held_b = await pool.acquire(["a", "b"]), await pool.acquire(["a", "b"])
-    waiter = asyncio.create_task(pool.acquire(["a", "b"]))
+    held_a, held_b = await take(pool, ["a", "b"]), await take(pool, ["a", "b"])
+    waiter = asyncio.create_task(take(pool, ["a", "b"]))
     await settle()
     assert not waiter.done()
-    pool.release(held_b)  # its second choice frees first: it takes that, not wait for a
-    assert (await asyncio.wait_for(waiter, 1)).name == "b"
-    assert held_a.in_flight == 1
+    held_b.release()  # its second choice frees first: it takes that, not wait for a
+    assert (await asyncio.wait_for(waiter, 1)).lane.name == "b"
+    assert held_a.lane.in_flight == 1
 
 
 async def test_total_cap() -> None:
     pool = LanePool(lanes(a=3, b=3), total_cap=2)
-    await pool.acquire(["a"])
-    await pool.acquire(["b"])
-    third = asyncio.create_task(pool.acquire(["a", "b"]))
+    held_a = await take(pool, ["a"])
+    await take(pool, ["b"])
+    third = asyncio.create_task(take(pool, ["a", "b"]))
     await settle()
     assert not third.done() and pool.total == 2
-    pool.release(pool.lanes["a"])
+    held_a.release()
     await asyncio.wait_for(third, 1)
 
 
 async def test_a_given_cap_that_binds_is_counted_with_the_figure_that_would_not() -> None:
     pool = LanePool(lanes(a=3, b=3), total_cap=2, cap_given=True)
-    await pool.acquire(["a"])
-    await pool.acquire(["b"])
-    held = [asyncio.create_task(pool.acquire(["a", "b"])) for _ in range(2)]
+    held_a = [await take(pool, ["a"])]
+    await take(pool, ["b"])
+    held = [asyncio.create_task(take(pool, ["a", "b"])) for _ in range(2)]
     await settle()
     assert pool.cap_held >= 1 and pool.total == 2  # a's and b's quotas had room
     view = pool.views()[0]
     assert (view["cap"], view["cap_given"], view["cap_needed"]) == (2, True, 6)
     note = cap_note(pool.views())
     assert note is not None and "concurrency 2 held back" in note and "6 would not bind" in note
-    for _ in held:
-        pool.release(pool.lanes["a"])
+    held_a[0].release()
+    held_a.append(await asyncio.wait_for(held[0], 1))
+    held_a[1].release()
     await asyncio.wait_for(asyncio.gather(*held), 1)
 
 
 async def test_an_automatic_cap_never_binds_before_the_quotas() -> None:
     # the start figure is only what the quotas were thought to need: it never holds a slot
     pool = LanePool(lanes(a=3, b=3), total_cap=2, cap_given=False)
-    got = [await asyncio.wait_for(pool.acquire(["a", "b"]), 1) for _ in range(6)]
-    assert sorted(g.name for g in got) == ["a"] * 3 + ["b"] * 3 and pool.cap_held == 0
+    got = [await asyncio.wait_for(take(pool, ["a", "b"]), 1) for _ in range(6)]
+    assert sorted(g.lane.name for g in got) == ["a"] * 3 + ["b"] * 3 and pool.cap_held == 0
     assert cap_note(pool.views()) is None
     assert pool.views()[0]["cap"] == 6  # what the lanes need
-    seventh = asyncio.create_task(pool.acquire(["a", "b"]))
+    seventh = asyncio.create_task(take(pool, ["a", "b"]))
     await settle()
     assert not seventh.done()  # now the quotas bind
-    pool.release(pool.lanes["a"])
+    got[0].release()
     await asyncio.wait_for(seventh, 1)
 
 
@@ -146,10 +147,9 @@ async def test_classes_sharing_one_model_take_turns() -> None:
     order: list[str] = []
 
     async def row(kind: str) -> None:
-        lane = await pool.acquire(["shared"] if kind == "tie" else ["shared", "shared"])
-        order.append(kind)
-        await asyncio.sleep(0.001)
-        pool.release(lane)
+        async with pool.slot(["shared"] if kind == "tie" else ["shared", "shared"]):
+            order.append(kind)
+            await asyncio.sleep(0.001)
 
     # every tie row queued before any vttie row
     rows = [asyncio.create_task(row("tie")) for _ in range(10)]
@@ -167,10 +167,9 @@ async def test_fair_split_keeps_each_type_on_its_preferred_model() -> None:
     grants: list[tuple[str, str]] = []
 
     async def row(kind: str, models: list[str]) -> None:
-        lane = await pool.acquire(models)
-        grants.append((kind, lane.name))
-        await asyncio.sleep(0.002)
-        pool.release(lane)
+        async with pool.slot(models) as held:
+            grants.append((kind, held.lane.name))
+            await asyncio.sleep(0.002)
 
     rows = [asyncio.create_task(row("tie", ["x", "y"])) for _ in range(30)]
     rows += [asyncio.create_task(row("vttie", ["y", "x"])) for _ in range(30)]
@@ -183,19 +182,19 @@ async def test_fair_split_keeps_each_type_on_its_preferred_model() -> None:
 
 async def test_cancelled_waiter_leaves_the_queue() -> None:
     pool = LanePool(lanes(a=1), total_cap=10)
-    held = await pool.acquire(["a"])
-    waiter = asyncio.create_task(pool.acquire(["a"]))
+    held = await take(pool, ["a"])
+    waiter = asyncio.create_task(take(pool, ["a"]))
     await settle()
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    pool.release(held)
+    held.release()
     assert pool.lanes["a"].in_flight == 0 and pool.waiting == 0
 
 
 async def test_views_report_slots_and_latency() -> None:
     pool = LanePool(lanes(a=2), total_cap=10)
-    lane = await pool.acquire(["a"])
+    lane = (await take(pool, ["a"])).lane
     for s in (4.0, 6.0, 8.0, 10.0, 12.0):
         lane.stats.observe(s)
     (view,) = pool.views()
@@ -208,11 +207,11 @@ async def test_views_report_slots_and_latency() -> None:
 async def test_learned_limit_drops_to_what_the_server_accepted() -> None:
     lane = learned_lane(start=6)
     pool = LanePool({"m": lane}, total_cap=10)
-    held = [await pool.acquire(["m"]) for _ in range(6)]
+    held = [await take(pool, ["m"]) for _ in range(6)]
     # the server took 3: each of the other 3 gets a 429 while holding its slot
     for _ in range(3):
         lane.on_throttled()
-        pool.release(held.pop())
+        held.pop().release()
     assert lane.limit == 3 and lane.stats.throttled == 3
 
 
@@ -297,10 +296,10 @@ def test_a_probe_that_holds_becomes_the_floor() -> None:
 async def test_pool_probes_when_waiters_find_a_learned_lane_full() -> None:
     lane = learned_lane(start=1, ceiling=2)
     pool = LanePool({"m": lane}, total_cap=10)
-    first = await pool.acquire(["m"])
+    first = await take(pool, ["m"])
     _complete(lane, lane.spell_needed)
-    second = await asyncio.wait_for(pool.acquire(["m"]), 1)  # the probe made room
-    assert lane.limit == 2 and {first.name, second.name} == {"m"}
+    second = await asyncio.wait_for(take(pool, ["m"]), 1)  # the probe made room
+    assert lane.limit == 2 and {first.lane.name, second.lane.name} == {"m"}
 
 
 # --------------------------------------------------------------------------- persistence
@@ -420,15 +419,15 @@ async def test_a_slot_handle_releases_once_early_or_at_exit() -> None:
     pool = LanePool(lanes(a=1), total_cap=10)
     async with pool.slot(["a"]) as held:
         assert held.lane.name == "a" and held.lane.in_flight == 1
-        waiter = asyncio.create_task(pool.acquire(["a"]))
+        waiter = asyncio.create_task(take(pool, ["a"]))
         await settle()
         assert not waiter.done()
         held.release()  # the task is terminal: the slot goes before the download
         held.release()  # idempotent
         got = await asyncio.wait_for(waiter, 1)
-        assert got.in_flight == 1 and pool.total == 1
+        assert got.lane.in_flight == 1 and pool.total == 1
     assert pool.lanes["a"].in_flight == 1  # the exit did not release a second time
-    pool.release(got)
+    got.release()
     assert pool.total == 0 and pool.lanes["a"].in_flight == 0
 
 

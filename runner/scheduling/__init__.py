@@ -5,9 +5,10 @@ durations (``latency``), poll planning and the shared query budget (``plan``,
 from __future__ import annotations
 
 from runner.scheduling.cpu import CpuPool
-from runner.scheduling.lanes import LanePool, LaneStats, ModelLane, Slot, in_flight_limit
+from runner.scheduling.lanes import LanePool, Slot
 from runner.scheduling.latency import LatencyModel
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
+from runner.scheduling.model_lane import ModelLane
 from runner.scheduling.plan import ServiceClock, TaskPlan
 from runner.scheduling.polling import TERMINAL, PollBudget, TaskWatcher
 from runner.scheduling.submit_window import SubmitWindow
@@ -17,7 +18,6 @@ __all__ = [
     "TERMINAL",
     "CpuPool",
     "LanePool",
-    "LaneStats",
     "LatencyModel",
     "ModelLane",
     "PollBudget",
@@ -27,7 +27,6 @@ __all__ = [
     "TaskPlan",
     "TaskWatcher",
     "apply_learned",
-    "in_flight_limit",
     "load_learned",
     "save_learned",
 ]

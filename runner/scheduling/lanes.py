@@ -1,14 +1,14 @@
 """Handing out per-model slots (lanes) under each model's quota and one overall cap.
 
 DashScope caps each model at a few tasks in flight and a few submits a second. Speed is how
-fully every allowed model's slots stay busy, so ``LanePool.slot(models)`` (or
-``acquire``/``release``) is work-conserving: a waiter gets the most preferred model of its
-list that has a free slot, and no slot stays idle while a waiter could use it. Waiters with
+fully every allowed model's slots stay busy, so ``LanePool.slot(models)`` is work-conserving:
+a waiter gets the most preferred model of its list that has a free slot, and no slot stays
+idle while a waiter could use it. Waiters with
 different model lists (task types) that share a model share its slots fairly: the class
 holding fewer slots goes first, then the one that prefers the model. A rate-bound lane
 (no in-flight limit) hands its slots out as its submit turns come, so that it stays busy at
-its call rate without its waiters holding the cap. Each model's own slots, pacing and
-learned limit are ``model_lane.ModelLane``'s.
+its call rate without its waiters holding the cap. Each model's own slots, submit
+window and learned limit are ``model_lane.ModelLane``'s.
 
 The overall cap is the user's ``concurrency`` when one was given; then every hand-out it
 delays while a model had a free slot is counted (``cap_held``), with the figure that would
@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.scheduling.model_lane import LaneStats, ModelLane, in_flight_limit
+from runner.scheduling.model_lane import ModelLane
 
-# LaneStats, ModelLane and in_flight_limit lived here before the split: importable from here too
-__all__ = ["LanePool", "LaneStats", "ModelLane", "Slot", "in_flight_limit"]
+__all__ = ["LanePool", "Slot", "cap_note"]
 
 Klass = tuple[str, ...]  # a waiter's model list: waiters with the same list are one class
 
@@ -101,7 +100,6 @@ class LanePool:
         self.total = 0
         self._queues: dict[Klass, deque[_Waiter]] = {}
         self._held: Counter[Klass] = Counter()
-        self._last_klass: dict[str, deque[Klass]] = {}  # legacy release(lane): whose slot
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -135,19 +133,6 @@ class LanePool:
         """``async with pool.slot(models) as held``: a slot of the most preferred of
         ``models`` with one free (waits if none); ``held.release()`` gives it back early."""
         return _SlotContext(self, models)
-
-    async def acquire(self, models: Sequence[str]) -> ModelLane:
-        """A slot of the most preferred of ``models`` (give it back with ``release``)."""
-        klass: Klass = tuple(models)
-        lane = await self._wait_for(klass)
-        self._last_klass.setdefault(lane.name, deque()).append(klass)
-        return lane
-
-    def release(self, lane: ModelLane) -> None:
-        """Give back a slot taken with ``acquire``."""
-        owners = self._last_klass.get(lane.name)
-        klass = owners.popleft() if owners else (lane.name,)
-        self._give_back(lane, klass)
 
     def views(self) -> list[dict[str, Any]]:
         """Each lane's view, with the overall cap's (``cap_view``) on every one."""

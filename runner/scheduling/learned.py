@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from runner.scheduling.lanes import ModelLane, in_flight_limit
+from runner.scheduling.model_lane import ModelLane
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ def save_learned(
         data[name] = {
             **(old if isinstance(old, dict) else {}),
             "limit": lane.limit,
-            "setting": in_flight_limit(lane.quota),
+            "setting": lane.quota.in_flight,
             "submits": lane.stats.submits,
             "throttled": lane.stats.throttled,
             "saved_at": round(time.time(), 3),
@@ -89,7 +89,7 @@ def save_learned(
             "quota_learned",
             model=name,
             limit=lane.limit,
-            setting=in_flight_limit(lane.quota),
+            setting=lane.quota.in_flight,
             submits=lane.stats.submits,
             throttled=lane.stats.throttled,
         )

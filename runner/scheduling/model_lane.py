@@ -31,13 +31,6 @@ _MAX_SPELL_FACTOR = _PROBE_BACKOFF**3
 _UNBOUNDED = 1 << 30  # "no in-flight limit": free slots of a rate-bound lane
 
 
-def in_flight_limit(quota: Quota) -> int | None:
-    """The quota's in-flight limit, None when it has none (works before and after
-    ``Quota.in_flight`` may be None)."""
-    value = getattr(quota, "in_flight", None)
-    return None if value is None else int(value)
-
-
 class LaneStats:
     """What one model did this run: counts, task durations, detection delays."""
 
@@ -80,7 +73,7 @@ class ModelLane:
     def __init__(self, name: str, quota: Quota, *, quiet_turns: int = _QUIET_TURNS) -> None:
         self.name = name
         self.quota = quota
-        self.limit: int | None = in_flight_limit(quota)
+        self.limit: int | None = quota.in_flight
         self.in_flight = 0
         self.stats = LaneStats()
         self.submit_window = SubmitWindow(quota.submits_per_second)
@@ -239,7 +232,7 @@ class ModelLane:
             "in_flight": self.in_flight,
             "limit": self.limit,
             "learned": self.learned,
-            "setting": in_flight_limit(self.quota),
+            "setting": self.quota.in_flight,
             "submits": self.stats.submits,
             "throttled": self.stats.throttled,
             "completed": self.stats.completed,

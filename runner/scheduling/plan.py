@@ -14,8 +14,8 @@ import statistics
 from collections import deque
 from collections.abc import Callable
 
-from runner.scheduling.lanes import ModelLane
 from runner.scheduling.latency import LatencyModel
+from runner.scheduling.model_lane import ModelLane
 
 _MIN_GAP_S = 0.02  # never look at one task more often than this
 _MAX_GAP_S = 2.0  # with history, never see a finished task more than this late

@@ -29,7 +29,7 @@ from runner.errors import (
     StillRunning,
 )
 from runner.policy import backoff_delay
-from runner.scheduling.lanes import ModelLane
+from runner.scheduling.model_lane import ModelLane
 from runner.scheduling.plan import ServiceClock, TaskPlan
 
 log = structlog.get_logger(__name__)

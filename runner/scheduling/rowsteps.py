@@ -32,8 +32,9 @@ from runner.policy import Action, RetryPolicy, Tries
 from runner.prompts import CandidatePrompts
 from runner.scheduling.cpu import CpuPool
 from runner.scheduling.finishing import Finisher, RowStop, bad_input, failed
-from runner.scheduling.lanes import LanePool, ModelLane, Slot
+from runner.scheduling.lanes import LanePool, Slot
 from runner.scheduling.lifecycle import Candidate, Lifecycle, Request
+from runner.scheduling.model_lane import ModelLane
 from runner.settings import Settings
 from runner.store.ledger import BudgetReached, PaidRequest
 from runner.tasks import Task

@@ -24,9 +24,10 @@ from runner.outcomes import RowResult, RunSummary
 from runner.policy import RetryPolicy
 from runner.scheduling.cpu import CpuPool
 from runner.scheduling.finishing import Finisher, RowStop, failed
-from runner.scheduling.lanes import LanePool, ModelLane
+from runner.scheduling.lanes import LanePool
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
 from runner.scheduling.lifecycle import Lifecycle
+from runner.scheduling.model_lane import ModelLane
 from runner.scheduling.polling import PollBudget, TaskWatcher
 from runner.scheduling.rerun import jpeg_whole, resume_rows
 from runner.scheduling.rowsteps import RowSteps
