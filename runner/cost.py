@@ -141,11 +141,6 @@ def billed_rows(prices: PriceBook, images: Mapping[str, int]) -> list[dict[str, 
     ]
 
 
-def total_cost(rows: Iterable[Mapping[str, Any]]) -> tuple[float, bool]:
-    """(sum of the known costs, whether every row had a price)."""
-    return _known_sum([r["cost"] for r in rows])
-
-
 def _known_sum(costs: list[float | None]) -> tuple[float, bool]:
     """(sum of the costs that are known, whether all of them are)."""
     return sum(c for c in costs if c is not None), all(c is not None for c in costs)

@@ -192,11 +192,6 @@ def load_rgb(path: Path, *, max_side: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(open_image(path, max_side=max_side), np.uint8))
 
 
-def load_bgr(path: Path, *, max_side: int | None = None) -> np.ndarray:
-    """``open_image`` as a contiguous HxWx3 uint8 BGR array, for OpenCV."""
-    return np.ascontiguousarray(load_rgb(path, max_side=max_side)[:, :, ::-1])
-
-
 def fit_api_bounds(
     img: Image.Image, lo: int = API_MIN_SIDE, hi: int = API_MAX_SIDE
 ) -> tuple[Image.Image, bool]:

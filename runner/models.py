@@ -99,10 +99,6 @@ class ModelCaps:
         """A call that answers with its images (no task to poll)."""
         return self.endpoint in ("multimodal", "local")
 
-    @property
-    def n_min(self) -> int:
-        return 1
-
     def served_in(self, region: str) -> bool:
         return region in self.regions
 

@@ -238,12 +238,6 @@ async def test_multimodal_without_image_is_server_error(
         await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
 
 
-async def test_cancel_task(client: DashScopeClient, mocked: FakeTransport) -> None:
-    mocked.post(task_url() + "/cancel", payload={"request_id": "r"})
-    assert await client.cancel_task("t-1") is None
-    assert len(calls(mocked, "POST", task_url() + "/cancel")) == 1
-
-
 # --------------------------------------------------------------------------- errors
 
 

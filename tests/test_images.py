@@ -20,7 +20,7 @@ from runner.images import (
     MAX_SOURCE_PIXELS,
     ImageProblem,
     _DecodeBudget,
-    load_bgr,
+    load_rgb,
     open_image,
     open_image_bytes,
     prepare_source,
@@ -180,7 +180,7 @@ def test_a_truncated_jpeg_is_refused_not_sent(tmp_path: Path) -> None:
 def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     bomb = png_bomb(tmp_path / "bomb.png", 15000)  # 225 Mpx, a few hundred KB
     assert bomb.stat().st_size < 2_000_000 and 15000 * 15000 > MAX_SOURCE_PIXELS
-    for call in (prepare_source, open_image, lambda p: load_bgr(p, max_side=512)):
+    for call in (prepare_source, open_image, lambda p: load_rgb(p, max_side=512)):
         with pytest.raises(ImageProblem, match="15000x15000 is too large to decode safely"):
             call(bomb)
     with pytest.raises(ImageProblem, match="too large to decode safely"):
@@ -195,13 +195,13 @@ def test_only_in_process_raster_decoders(tmp_path: Path) -> None:
         open_image(eps)
 
 
-def test_bgr_for_opencv_and_max_side(tmp_path: Path) -> None:
+def test_an_rgb_array_and_max_side(tmp_path: Path) -> None:
     path = tmp_path / "red.png"
     Image.new("RGB", (2000, 1000), (255, 0, 0)).save(path)
-    arr = load_bgr(path)
+    arr = load_rgb(path)
     assert arr.shape == (1000, 2000, 3) and arr.flags["C_CONTIGUOUS"]
-    assert tuple(arr[0, 0]) == (0, 0, 255)
-    small = load_bgr(path, max_side=300)
+    assert tuple(arr[0, 0]) == (255, 0, 0)
+    small = load_rgb(path, max_side=300)
     assert small.shape == (150, 300, 3)
     tiny = Image.new("RGB", (100, 50))
     assert open_image_bytes(png_bytes((100, 50)), max_side=300).size == tiny.size  # never up
@@ -243,11 +243,11 @@ def test_decode_budget_bounds_bytes_in_flight() -> None:
 _PEAK_SCRIPT = """
 import resource, sys
 from pathlib import Path
-from runner.images import ImageProblem, load_bgr, prepare_source
+from runner.images import ImageProblem, load_rgb, prepare_source
 from runner.outputs.thumbs import _make_thumb
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 bomb = Path(sys.argv[1])
-for call in (prepare_source, lambda p: load_bgr(p, max_side=640)):
+for call in (prepare_source, lambda p: load_rgb(p, max_side=640)):
     try:
         call(bomb)
         print("decoded!")

@@ -85,9 +85,6 @@ class FakeService:
         urls = [f"http://x/{task_id}-{k}.png" for k in range(t["n"])]
         return SimpleNamespace(status="SUCCEEDED", urls=urls, code=None, message=None)
 
-    async def cancel_task(self, task_id: str) -> None:
-        return None
-
     async def download(self, url: str) -> bytes:
         self.downloads += 1
         return png_bytes()

@@ -95,25 +95,3 @@ def tasklist_fingerprint(tasklist: _TaskList, fps: dict[str, str] | None = None)
     for index in tasklist.order:
         h.update(f"{index}\x1f{fps.get(index, 'bad')}\x1e".encode())
     return h.hexdigest()[:24]
-
-
-def describe_change(old: dict[str, str], new: dict[str, str]) -> str:
-    """Which parts of a row changed, from the parts kept with its result (for one line)."""
-    changed = [k for k in ("task_type", "prompt", "ori", "target") if old.get(k) != new.get(k)]
-    return ", ".join(changed) or "content"
-
-
-def row_parts(
-    task: _Row, *, cache: dict[tuple[str, int, int], str] | None = None
-) -> dict[str, str]:
-    """Short digests of each part, kept in the journal so a rerun can say what changed."""
-
-    def short(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-    return {
-        "task_type": task.task_type,
-        "prompt": short(task.prompt),
-        "ori": short(task.ori_name + ":" + file_digest(task.ori_image, cache)),
-        "target": short(task.target_name + ":" + file_digest(task.target_image, cache)),
-    }

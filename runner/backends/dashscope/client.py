@@ -237,12 +237,6 @@ class DashScopeClient:
             model=model,
         )
 
-    async def cancel_task(self, task_id: str) -> None:
-        """Cancel a PENDING task. Not retried here."""
-        await self._http.call(
-            "POST", self._task_url(task_id) + "/cancel", kind="cancel", parse=lambda _: None
-        )
-
     # ---- public API: sync calls
 
     async def multimodal_edit(
