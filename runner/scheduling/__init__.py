@@ -10,12 +10,11 @@ from runner.scheduling.latency import LatencyModel
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
 from runner.scheduling.model_lane import ModelLane
 from runner.scheduling.plan import ServiceClock, TaskPlan
-from runner.scheduling.polling import TERMINAL, PollBudget, TaskWatcher
+from runner.scheduling.polling import PollBudget, TaskWatcher
 from runner.scheduling.submit_window import SubmitWindow
 
 __all__ = [
     "LEARNED_NAME",
-    "TERMINAL",
     "CpuPool",
     "LanePool",
     "LatencyModel",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from runner.backends.dashscope.types import TERMINAL_STATUSES
 from runner.errors import (
     DashScopeError,
     Fatal,
@@ -34,7 +35,6 @@ from runner.scheduling.plan import ServiceClock, TaskPlan
 
 log = structlog.get_logger(__name__)
 
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 _MAX_POLL_BACKOFF_S = 8.0
 _LAST_LOOK = 1e12  # a task past its deadline takes the next turn before any other
 
@@ -241,7 +241,7 @@ class TaskWatcher:
                 if fresh:
                     service.submitted(stamp, anchor)
                 plan.anchor = service.to_ours(stamp)
-            if state.status not in TERMINAL:
+            if state.status not in TERMINAL_STATUSES:
                 if last_look:
                     raise StillRunning(self._still(task_id, f"it was {state.status}"))
                 plan.last_not_done = sent
