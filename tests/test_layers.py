@@ -26,8 +26,6 @@ LAYERS: dict[str, int] = {
     "runner.models": 0,
     "runner.sample": 0,
     "runner.settings": 1,
-    "runner.settings_tables": 1,
-    "runner.settings_sources": 1,
     "runner.tasks": 1,
     "runner.cost": 1,
     "runner.store": 2,
