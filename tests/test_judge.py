@@ -640,7 +640,7 @@ async def test_rejudge_stops_at_budget(
 
 
 def test_doctor_says_which_texts_and_parser_are_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.doctor_checks import check_judge
+    from runner.doctor import check_judge
 
     settings = Settings(judge=JudgeSettings(model="qwen2.5-vl-72b-instruct"))
     line = check_judge(settings).line()

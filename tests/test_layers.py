@@ -40,8 +40,6 @@ LAYERS: dict[str, int] = {
     "runner.dry_run": 7,
     "runner.summary_view": 7,
     "runner.doctor": 7,
-    "runner.doctor_checks": 7,
-    "runner.doctor_live": 7,
     "runner.__main__": 7,
     "runner": 7,  # runner/__init__.py only: the prefix match below is exact for it
 }
