@@ -829,7 +829,7 @@ def command(args: argparse.Namespace, console: Any) -> int:
     )
     if getattr(args, "ray", None) is not None:  # only then is ray imported
         from runner.backends.local.checks import ray_lines
-        from runner.commands import ray_address
+        from runner.backends.raycluster import ray_address
 
         address = ray_address(args.ray) or "auto"
         checks += [Check(n, lvl, d, f) for lvl, n, d, f in ray_lines(address)]

@@ -541,8 +541,8 @@ def test_the_summary_says_when_a_given_cap_held_requests_back() -> None:
 
     from rich.console import Console
 
+    from runner.cli import print_summary
     from runner.outcomes import RunSummary
-    from runner.summary_view import print_summary
 
     view = {
         "model": "a",

@@ -36,9 +36,6 @@ LAYERS: dict[str, int] = {
     "runner.startup": 6,
     "runner.progress": 6,
     "runner.cli": 7,
-    "runner.commands": 7,
-    "runner.dry_run": 7,
-    "runner.summary_view": 7,
     "runner.doctor": 7,
     "runner.__main__": 7,
     "runner": 7,  # runner/__init__.py only: the prefix match below is exact for it

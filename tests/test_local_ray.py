@@ -31,7 +31,7 @@ def test_without_ray_nothing_imports_it() -> None:
 
 
 def test_ray_address_follows_the_flag_then_ray_address(monkeypatch) -> None:
-    from runner.cli import ray_address
+    from runner.backends.raycluster import ray_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert ray_address(None) is None  # no --ray: no Ray

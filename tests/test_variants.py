@@ -170,7 +170,7 @@ def test_dry_run_counts_the_judges_calls_and_cost(tmp_path: Path, clean_env: Non
 
     from rich.console import Console
 
-    from runner.dry_run import dry_run
+    from runner.cli import dry_run
 
     settings = load_settings(
         _settings_file(

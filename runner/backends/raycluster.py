@@ -1,15 +1,16 @@
 """Joining a Ray cluster, for the backends that run their workers as Ray actors (``--ray``):
-``join`` itself, ``RayLink``, a pool's joined-once link to the cluster, and what keeps the
-actors fitting the cluster: ``cpus`` to size a pool by, and ``first_answer``, which names
-an actor Ray cannot place (what it asks for, what the cluster has free) instead of waiting
-without a word.
+which cluster (``ray_address``), ``join`` itself, ``RayLink``, a pool's joined-once link to
+the cluster, and what keeps the actors fitting the cluster: ``cpus`` to size a pool by, and
+``first_answer``, which names an actor Ray cannot place (what it asks for, what the cluster
+has free) instead of waiting without a word.
 
-Only imported with ``--ray``: nothing else in the runner imports ray.
+Only ``join`` imports ray, and only with ``--ray``: nothing else in the runner does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import structlog
@@ -18,6 +19,14 @@ log = structlog.get_logger(__name__)
 
 PLACEMENT_WARN_S = 5.0  # an actor with no process after this long waits for resources
 PLACEMENT_REMIND_S = 60.0
+
+
+def ray_address(given: str | None) -> str | None:
+    """``--ray``'s cluster: the address given, else RAY_ADDRESS (Ray's own variable), else
+    "auto" (a cluster running on this machine); None without ``--ray``."""
+    if given is None:
+        return None
+    return given.strip() or os.environ.get("RAY_ADDRESS", "").strip() or "auto"
 
 
 def join(address: str) -> tuple[Any, bool]:
