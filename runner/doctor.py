@@ -339,7 +339,7 @@ def check_settings(
 def check_judge(settings: Settings) -> Check:
     """The judge model and its pace, and whether the reference's own VIEScore texts and
     parser (lmms-eval's files) are in use or the built-in stand-ins."""
-    from runner.backends.judge.models import judge_quota, pace
+    from runner.backends.judge.pacing import judge_quota, pace
     from runner.backends.judge.reference import reference
 
     ref = reference()

@@ -119,7 +119,7 @@ class JudgeSettings(BaseModel):
     # qwen-vl-max, qwen-vl-plus, qwen3-vl-plus, qwen3-vl-flash, or qwen2.5-vl-72b-instruct
     # (GEdit-Bench's open judge; 60 requests and 100k tokens a minute)
     model: str = "qwen-vl-max"
-    # None: half the model's published quota in the region (runner.backends.judge.models);
+    # None: half the model's published quota in the region (runner.backends.judge.pacing);
     # one call is a couple of thousand tokens, so at least 5,000 tokens a minute
     requests_per_minute: float | None = Field(None, ge=1)
     tokens_per_minute: float | None = Field(None, ge=5_000)

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from runner.backends.dashscope import ClientConfig, DashScopeClient
 from runner.backends.judge import answers as answers_module
 from runner.backends.judge import reference as reference_module
-from runner.backends.judge.models import pace
+from runner.backends.judge.pacing import pace
 from runner.backends.judge.reference import reference
 from runner.backends.judge.scorer import (
     AnswerError,

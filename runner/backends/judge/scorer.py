@@ -5,7 +5,7 @@
 answer with the reference's parser (``answers``; an unusable answer is asked once more, the
 same request again as the reference does, then the candidate stays unscored with the reason
 in ``error``) and combines them. Calls are paced by requests and tokens a minute
-(``pacing``, from the model's published quota: ``models``), counted against the run's judge
+(``pacing``, from the model's published quota), counted against the run's judge
 budget, and their estimated tokens and cost are kept (``usage``); what the transport gave up
 on is retried or not as ``runner.policy`` decides (a tokens-a-minute 429 pauses every call).
 """
@@ -28,13 +28,13 @@ from runner.backends.judge.answers import (
     parse_answer,
     pick,
 )
-from runner.backends.judge.models import pace
 from runner.backends.judge.pacing import (
     MAX_TOKENS,
     Pacer,
     estimate_tokens,
     input_tokens,
     output_tokens,
+    pace,
 )
 from runner.backends.judge.questions import data_uri, message, pq_question, question
 from runner.backends.judge.reference import reference

@@ -13,8 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from runner.backends.judge.models import pace
-from runner.backends.judge.pacing import MAX_TOKENS
+from runner.backends.judge.pacing import MAX_TOKENS, pace
 from runner.backends.judge.questions import IMAGE_AREA, target_size
 from runner.backends.judge.reference import reference
 from runner.settings import Settings
