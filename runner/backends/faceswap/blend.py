@@ -234,7 +234,7 @@ def sharpness(img: np.ndarray, weight: np.ndarray) -> float:
 
 SHARPNESS_KEPT = (0.85, 1.18)  # ori's sharpness over the face's: left as it is in between
 BLUR_SIGMA_MAX = 6.0  # the softest ori is matched with at most this blur (pixels)
-SHARPEN_MAX = 1.0  # unsharp-mask amount at most (at 3 the JPEG ghost's AUC on LFW rose 0.01)
+SHARPEN_MAX = 1.0  # unsharp-mask amount at most
 UNSHARP_SIGMA = 1.0
 SEARCH_STEPS = 10  # bisection steps of the blur or the amount
 

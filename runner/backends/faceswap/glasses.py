@@ -1,7 +1,7 @@
 """ori's glasses removed whole, never half.
 
 A swap whose mask covers part of ori's frame pastes target's skin over that part: the
-result shows half a frame, or a ghost of it (issue 14). Half a frame is exactly a line that
+result shows half a frame, or a ghost of it. Half a frame is exactly a line that
 the mask's edge cuts: part of it outside the mask (ori's, kept) and part inside (replaced).
 So lines are found in the eye band (thin dark or bright structures: a morphological
 black-hat / top-hat with a kernel wider than a frame and narrower than an eye; the eyes and
@@ -11,17 +11,9 @@ of the result where it is not the new face, the temples past the face's sides in
 eyes and the lower nose are never painted out: the line map joins the rims to the lids,
 the under-eye shadows and the nostrils.
 
-target's frames are not touched. Painting them out of the warped face (the thin parts of
-the lines the mask cuts) took target's eyes and lids with them, and found frames in
-wrinkles where there were none; without it FaceNet put more outputs closer to target
-(243 -> 244 of 250, cosine 0.667 -> 0.673; issue 14, bench/faceswap_history.md).
-
-Putting ori's frames back over the new face (kept whole) was tried: the frames are part of
-ori's look to any face embedding, and the outputs moved back towards ori.
-
-Telling glasses from wrinkles and eye shadows on a 100-pixel face by hand-made rules was
-tried and failed (too many of both kinds of error on the benchmark's faces); the cut-line
-rule needs no such decision.
+target's frames are not touched, and ori's are not put back over the new face; no rule
+tells glasses from wrinkles or eye shadows: the cut-line rule needs no such decision (what
+was tried instead: bench/faceswap_history.md, "Where the face swap's choices come from").
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The pose and expression guard of the classic swap (issue 14: "never a torn face").
+"""The pose and expression guard of the classic swap: never a torn face.
 
-Torn faces on the benchmark's contact sheet came from pairs whose heads were turned very
-differently (after the mirror: ori at yaw 0.8, target frontal) or whose mouths were not
-alike (a laugh pasted onto a closed mouth). Those gaps are measured on the 68 points of
-both faces before the swap. A pair past a threshold also tries the lower-risk variants:
+A face tears where the two heads are turned very differently (after the mirror: ori at yaw
+0.8, target frontal) or the mouths are not alike (a laugh pasted onto a closed mouth). Those
+gaps are measured on the 68 points of both faces before the swap. A pair past a threshold
+also tries the lower-risk variants:
 
 - an expression gap: the partial swap that keeps ori's mouth;
 - a pose gap: the partial swap of the features only (ori's cheeks, outline, forehead).
@@ -23,9 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Thresholds, set on the 250 benchmark pairs (their 90th percentiles: yaw gap 0.45, pitch gap
-# 0.13, mouth gap 0.085; 98th: 0.66, 0.19, 0.15). Every torn face of the contact sheet had a
-# yaw gap of 0.43 or more, or a mouth gap of 0.19; none came from the nod alone.
+# Gaps past which a pair also tries the lower-risk variants (how they were set:
+# bench/faceswap_history.md, "Where the face swap's choices come from").
 YAW_GAP = 0.4
 PITCH_GAP = 0.2
 MOUTH_GAP = 0.1  # lip gap difference, share of the face size
@@ -35,12 +34,9 @@ REALISM_WEIGHT = 0.1
 DISTORTION_FREE = 0.04  # mean feature displacement (share of face size) that JPEG and
 # landmark noise give an unharmed swap; beyond it each 0.01 costs 0.1 of realism
 DISTORTION_SCALE = 10.0
-# Realism lost per unit of a gap past its threshold that a variant leaves unhandled. (With
-# a flat 0.2 more on top, the lower-risk variants won a quarter of the pairs and FaceNet's
-# closer-to-target share fell from 91 % to 89 % on the 250 pairs.)
+# Realism lost per unit of a gap past its threshold that a variant leaves unhandled.
 GAP_PENALTY = 2.0
-# The mouth's gap costs more: a laugh pasted onto a closed mouth (contact sheet row 902, gap
-# 0.19) kept winning on identity at 2.0, by less than its seam.
+# The mouth's gap costs more: a laugh pasted onto a closed mouth tears worse than a turn.
 MOUTH_PENALTY = 5.0
 INNER = np.arange(17, 68)
 
@@ -98,10 +94,8 @@ def guard_variants(found: Gaps, base: Any) -> list[Any]:
     if found.expression:
         extra.append(replace(base, name="ori-mouth", mouth="ori"))
     if found.pose:
-        # Only the features: cheeks, outline and forehead all ori's (the textbook swap). On
-        # the contact sheet it was the one without tears where the pose gap is large: the
-        # cheeks are where a turned face is squeezed, or where target's hand rests. (Keeping
-        # only ori's far cheek was tried: the tear was often beside the nose, still swapped.)
+        # Only the features: cheeks, outline and forehead all ori's (the textbook swap): the
+        # cheeks are where a turned face is squeezed, or where target's hand rests.
         extra.append(replace(base, name="features", jaw_shape=0.0, forehead=0.1,
                              erode=0.03, region="inner", relight=True,
                              mouth="ori" if found.expression else base.mouth))

@@ -1,4 +1,4 @@
-"""Dense correspondences for the classic warp from MediaPipe's FaceMesh (issue 14).
+"""Dense correspondences for the classic warp from MediaPipe's FaceMesh.
 
 dlib's 68 points say nothing about the cheeks and the forehead: between the jaw line and the
 features the warp interpolates over large triangles, so target's cheekbones and temples land

@@ -6,8 +6,7 @@ in Lab (OpenCV's 8-bit scale: L, a and b in 0..255, grey at a = b = 128).
 - ``monochrome``: whether a picture is a grey (or toned: sepia, a tinted scan) photo. A JPEG
   of a grey photo is not exactly grey: a scan or a colour pipeline leaves a faint tint and
   a couple of units of chroma noise. What tells it from a colour photo is how far its
-  colours spread round their median: the grey LFW photo of the benchmark's row 769 spreads
-  5 units (98th percentile), the least colourful of its 499 colour photos 13.
+  colours spread round their median (``MONO_SPREAD``).
 """
 
 from __future__ import annotations
