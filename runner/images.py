@@ -217,9 +217,8 @@ def fit_api_bounds(
 
 def encode_jpeg(img: Image.Image, quality: int = 95) -> bytes:
     """JPEG through OpenCV, which releases the GIL while it encodes. Pillow's JPEG encoder
-    holds it, so an encode in a worker thread stalls the event loop for its whole length
-    (measured: 11 ms median, 116 ms p99 loop ticks during 1024x1024 encodes). Same libjpeg
-    quality and subsampling as before, same bytes."""
+    holds it, so an encode in a worker thread stalls the event loop for its whole length.
+    libjpeg's quality and subsampling are Pillow's, so the bytes are the same."""
     arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     sampling = (
         cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444

@@ -1,10 +1,10 @@
 """A circuit breaker per host: a dead network stops the run once, early, with one line.
 
 Without it, a run with no route to the service makes every row retry its way to "gave up
-after 6 attempts" (issue 13: 1,992 requests over 391 s). Connection failures (DNS, refused,
-TLS, connect timeouts) are counted per host; after ``min_failures`` of them in a row, over at
-least ``window_s`` seconds with no answer from the host in between, the host is declared
-unreachable and every later call to it raises :class:`ServiceUnreachable` at once.
+after 6 attempts". Connection failures (DNS, refused, TLS, connect timeouts) are counted per
+host; after ``min_failures`` of them in a row, over at least ``window_s`` seconds with no
+answer from the host in between, the host is declared unreachable and every later call to
+it raises :class:`ServiceUnreachable` at once.
 """
 
 from __future__ import annotations
