@@ -200,3 +200,32 @@ def test_corrupt_inswapper_falls_back_to_classic_visibly(tmp_path: Path) -> None
     engine = engine_for(models)
     assert engine.backend == "classic"
     assert engine.load_error and "inswapper could not be loaded" in engine.load_error
+
+
+def test_earlier_compression_carried_to_the_new_face(models: Path, cards: dict[str, Path],
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """ori saved at 80 before its last save at 95: the inswapper's output goes through
+    ``jpeg.through_earlier`` at 80 like the classic swap's, which changes the face's
+    blocks and nothing outside them."""
+    from runner.backends.faceswap import jpeg
+
+    once = io.BytesIO()
+    Image.open(cards["ori"]).convert("RGB").save(once, "JPEG", quality=80)
+    ori = tmp_path / "ori.jpg"
+    Image.open(io.BytesIO(once.getvalue())).save(ori, "JPEG", quality=95)
+    seen: list[tuple[int | None, np.ndarray]] = []
+    real = jpeg.through_earlier
+
+    def spy(rgb_: np.ndarray, style: jpeg.JpegStyle, ori_: np.ndarray) -> np.ndarray:
+        out = real(rgb_, style, ori_)
+        seen.append((style.earlier, np.any(out != rgb_, axis=2)))
+        return out
+
+    monkeypatch.setattr(jpeg, "through_earlier", spy)
+    result = engine_for(models).swap(SwapJob("1", str(ori), str(cards["target"])))
+    assert result.detail["jpeg"]["earlier_quality"] == 80
+    assert len(seen) == 1 and seen[0][0] == 80
+    moved = seen[0][1]
+    assert moved[FACE_CELL + 16 : 2 * FACE_CELL - 16, FACE_CELL + 16 : 2 * FACE_CELL - 16].any()
+    assert not moved[:8].any() and not moved[:, :8].any()  # ori's picture round the face

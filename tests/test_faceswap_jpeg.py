@@ -94,3 +94,41 @@ def test_settle_is_nearly_idempotent_on_a_decoded_source(tmp_path: Path) -> None
     moved_old = np.abs(jpeg.settle(decoded, style).astype(int) - decoded).mean()
     moved_new = np.abs(jpeg.settle(fresh, style).astype(int) - fresh).mean()
     assert moved_old < 0.5 * moved_new, (moved_old, moved_new)
+
+
+def round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality, subsampling=2)
+    return jpeg.decode(buf.getvalue())
+
+
+@pytest.mark.parametrize("earlier", [None, 60, 75, 80])
+def test_an_earlier_compression_is_read_from_the_pixels(earlier: int | None) -> None:
+    """A picture saved at ``earlier`` and again at 95 still dips at ``earlier`` when
+    re-saved; one saved only at 95 has no dip."""
+    once = photo(7) if earlier is None else round_trip(photo(7), earlier)
+    assert jpeg.earlier_quality(round_trip(once, 95), 95) == earlier
+    style = jpeg.with_history(jpeg.JpegStyle(quality=95), round_trip(once, 95))
+    assert style.earlier == earlier
+    assert style.describe().get("earlier_quality") == earlier
+
+
+def test_the_new_face_goes_through_the_earlier_compression() -> None:
+    """ori saved at 80 then 95: the pixels the swap changed (whole 8x8 blocks) are sent
+    through quality 80 before the final save, so they dip at 80 as ori's do; the rest of
+    the picture is left as it was. Without an earlier compression nothing changes."""
+    ori = round_trip(round_trip(photo(8), 80), 95)
+    out = ori.copy()
+    out[50:139, 45:141] = photo(9)[50:139, 45:141]  # fresh pixels, no history
+    style = jpeg.JpegStyle(quality=95, earlier=80)
+    passed = jpeg.through_earlier(out, style, ori)
+    blocks = np.zeros(ori.shape[:2], dtype=bool)
+    blocks[48:144, 40:144] = True  # the 8x8 blocks the change touches
+    assert np.array_equal(passed[~blocks], out[~blocks])
+    assert not np.array_equal(passed[blocks], out[blocks])
+    region = np.s_[48:144, 48:144]
+    assert jpeg.earlier_quality(out[region], 95) is None
+    assert jpeg.earlier_quality(passed[region], 95) == 80
+    assert np.array_equal(jpeg.through_earlier(out, jpeg.JpegStyle(quality=95), ori), out)
+    saved = jpeg.decode(jpeg.save_like_source(out, style, ori))
+    assert jpeg.earlier_quality(saved[region], 95) == 80

@@ -143,6 +143,25 @@ def test_astronaut_face(mesh: lm.MeshLandmarker) -> None:
 
 
 @needs_mesh
+def test_depth_at_the_scale_of_the_picture(mesh: lm.MeshLandmarker) -> None:
+    """``points_3d``: the same x, y as ``points`` and a depth in picture pixels: the nose
+    tip nearer the camera than the outline of the cheeks by a third to nine tenths of the
+    face's width, the same at four times the picture's size once scaled back."""
+    bgr = astronaut_bgr()
+    pts = mesh.points_3d(bgr, ASTRONAUT_BOX)
+    flat = mesh.points(bgr, ASTRONAUT_BOX)
+    assert pts is not None and flat is not None and pts.shape == (468, 3)
+    assert np.allclose(pts[:, :2], flat)
+    width = float(np.ptp(pts[:, 0]))
+    relief = float(pts[[234, 454], 2].mean() - pts[4, 2])  # cheeks' outline minus nose tip
+    assert 0.3 * width < relief < 0.9 * width, (relief, width)
+    big = cv2.resize(bgr, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    large = mesh.points_3d(big, tuple(4 * v for v in ASTRONAUT_BOX))
+    assert large is not None
+    assert float(large[[234, 454], 2].mean() - large[4, 2]) / 4 == pytest.approx(relief, rel=0.1)
+
+
+@needs_mesh
 def test_grey_and_bgra_pictures(mesh: lm.MeshLandmarker) -> None:
     bgr = astronaut_bgr()
     colour = mesh.points(bgr, ASTRONAUT_BOX)

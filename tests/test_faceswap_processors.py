@@ -186,6 +186,16 @@ def test_mesh_landmarker_falls_back_per_face() -> None:
     face = FaceFinder(FakeDetector([(120, 70, 180, 130)]), hybrid).main_face(rgb)
     assert face is not None and face.mesh is not None and face.mesh.shape == (468, 2)
     assert face.points[0].tolist() == [120.0, 70.0] and face.points[-1].tolist() == [180.0, 130.0]
+    assert face.depth is None  # this mesh has no depth
+    # A mesh with depth (``points_3d``, as MediaPipe's): x, y in ``mesh``, z in ``depth``.
+    deep = Mesh()
+    deep.points_3d = lambda image_bgr, box: np.column_stack(  # type: ignore[attr-defined]
+        [np.tile(box[:2], (468, 1)), np.arange(468.0)])
+    hybrid = MeshTo68("mesh", deep, lambda m: m[:68] + 1.0, fallback=FakeLandmarker(),
+                      fallback_68=True)
+    face = FaceFinder(FakeDetector([(120, 70, 180, 130)]), hybrid).main_face(rgb)
+    assert face is not None and face.mesh is not None and face.mesh.shape == (468, 2)
+    assert face.depth is not None and face.depth.tolist() == list(np.arange(468.0))
 
 
 def test_landmarker_setting_resolved_by_name(monkeypatch: pytest.MonkeyPatch,

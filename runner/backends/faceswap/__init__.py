@@ -26,8 +26,9 @@ enhancer    gfpgan,       ``enhance.Enhancer`` (GFPGAN 1.4 / CodeFormer ONNX, ch
 classic: detector dlib, the configured landmarker (``faceswap.landmarker``, "auto" in
 ``pool``: mediapipe when installed), the mesh's cheek and forehead points in the warp
 (``mesh_warp``), its own masks per ``classic.Variant``, the pose and expression guard
-(``guard``: lower-risk variants for pairs unlike in pose or expression, the variant kept by
-identity and realism), dlib identity. inswapper: detector scrfd, masks region then glasses
+(``guard``: lower-risk variants for pairs unlike in pose or expression, among them
+target's mesh turned to ori's head pose in 3D, ``pose3d``; the variant kept by identity and
+realism), dlib identity. inswapper: detector scrfd, masks region then glasses
 (the configured finder, when dlib is installed; with it also the realism check), ArcFace
 identity. Both: ori's colour mode and the face's contrast and detail matched to ori's
 (``tone``, ``blend.match_sharpness``), the enhancer when its weights exist, and every
@@ -35,7 +36,8 @@ variant made returned with its scores (``result.SwapVariant``), the offline choi
 
 Around them: ``detect.FaceFinder`` (a detector and a landmarker: main face, face near),
 ``identity`` (embeddings and scores), ``tone`` (colour mode, contrast and chroma measured
-and matched), ``jpeg`` (outputs saved the way their source was, greyscale included),
+and matched), ``jpeg`` (outputs saved the way their source was, greyscale and an earlier compression
+included),
 ``models`` (where weights live), ``worker`` (the per-process ``Engine``), ``pool`` (the
 process pool the scheduler awaits), ``ray_pool`` (the same as Ray actors, with ``--ray``;
 only then is ray imported).

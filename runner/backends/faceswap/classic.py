@@ -9,6 +9,10 @@ ori's point to target's aligned point. ``shape`` = 0 bends target's features int
 proportions (the textbook swap, which loses much of the identity: the eye spacing and the
 nose and mouth proportions ARE the identity); 1 keeps target's proportions and only moves
 the face as a whole. The jaw line stays mostly ori's so the outline matches the head.
+
+The "turned" warp (a variant the guard offers for heads turned far apart) maps no points
+in the picture's plane: target's mesh is turned to ori's pose in 3D (``pose3d``) and its
+own triangles are drawn, far ones first; the 68 points land where that warp takes them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runner.backends.faceswap import blend, glasses, mesh_warp, tone
+from runner.backends.faceswap import blend, glasses, mesh_warp, pose3d, tone
 from runner.backends.faceswap.detect import Face
 from runner.backends.faceswap.guard import MOUTH_GAP, mouth_open, region_mask
 
@@ -53,6 +57,9 @@ class Variant:
     # What of ori's face may change: "face", or "inner": the brows, eyes, nose and mouth
     # only (``guard.region_mask``).
     region: str = "face"
+    # "flat": target's points mapped onto ori's in the picture's plane; "turned": target's
+    # mesh turned to ori's head pose in 3D (``pose3d``; needs both meshes' depth).
+    warp: str = "flat"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +88,10 @@ MIN_SHAPE = 0.4  # below this the swap keeps too little of target's face to be w
 INNER_ERODE = 0.08  # the inner face (contrast measured there): the 68 points' hull eroded
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 SKIN_COLOUR_BLUR = 0.05  # ori's skin colour for a grey target: blur sigma, share of size
+# A turned face's triangle grown more than STRETCH_FREE in area (over the pose's scale)
+# that target's picture sees at a facing of EDGE_ON (the cosine of its normal to the
+# camera) is not pasted, at SEEN it is pasted whole.
+STRETCH_FREE, EDGE_ON, SEEN = 1.3, 0.15, 0.4
 
 
 # iBUG 68-point order mirrored left <-> right.
@@ -213,15 +224,17 @@ def delaunay(points: np.ndarray) -> np.ndarray:
 
 
 def piecewise_warp(src_img: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray,
-                   out_shape: tuple[int, int], fallback: np.ndarray) -> np.ndarray:
-    """Warp ``src_img`` so ``src_pts`` land on ``dst_pts`` (Delaunay triangles of dst).
+                   out_shape: tuple[int, int], fallback: np.ndarray,
+                   triangles: np.ndarray | None = None) -> np.ndarray:
+    """Warp ``src_img`` so ``src_pts`` land on ``dst_pts`` (Delaunay triangles of dst, or
+    ``triangles`` drawn in their order, a later one covering an earlier one).
 
     One backward map and a single remap: no seams between triangles. Pixels outside the
     triangulation follow ``fallback`` (a dst->src affine), so the warp is defined everywhere
     and the soft mask may reach past the hull without showing black.
     """
     h, w = out_shape
-    tri = delaunay(dst_pts)
+    tri = delaunay(dst_pts) if triangles is None else triangles
     index = np.full((h, w), -1, dtype=np.int32)
     coeffs = [fallback.astype(np.float64)]
     for t, simplex in enumerate(tri):
@@ -264,6 +277,66 @@ def fit_shape(o_full: np.ndarray, t_pts: np.ndarray, o_x: np.ndarray, t_x: np.nd
         shape, jaw_shape = max(MIN_SHAPE, shape - 0.15), max(0.0, jaw_shape - 0.1)
 
 
+@dataclass(frozen=True)
+class Solid:
+    """Target's mesh turned to ori's pose (``pose3d``): its vertices in target's picture
+    (``src``) and in ori's (``dst``), and the triangles to draw, far ones first."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    triangles: np.ndarray
+    facing: np.ndarray  # per triangle: how squarely target's picture sees it (0 to 1)
+    scale: float  # target's size in ori's picture over its size in its own
+
+    def coverage(self, shape: tuple[int, int], shift: np.ndarray,
+                 features: np.ndarray) -> np.ndarray:
+        """Where the turned face may be pasted (a box at ``shift``): 1 on the drawn
+        triangles, less outside ``features`` (a 0/1 mask) on those target's picture sees
+        edge-on that ori's shows larger (a few pixels spread over ori's near cheek), 0
+        elsewhere."""
+        drawn = np.zeros(shape, dtype=np.float32)
+        mask = np.zeros(shape, dtype=np.float32)
+        grown = np.abs(pose3d.signed_areas(self.dst, self.triangles)) / np.maximum(
+            np.abs(pose3d.signed_areas(self.src, self.triangles)) * self.scale**2, 1e-6)
+        keep = np.clip((self.facing - EDGE_ON) / (SEEN - EDGE_ON), 0.0, 1.0)
+        keep = np.where(grown > STRETCH_FREE, keep, 1.0)
+        for t, k in zip(self.triangles, keep, strict=True):
+            corners = np.round(self.dst[t] - shift).astype(np.int32)
+            cv2.fillConvexPoly(mask, corners, float(k))
+            cv2.fillConvexPoly(drawn, corners, 1.0)
+        return np.maximum(mask, drawn * features)
+
+
+def can_turn(ori_face: Face, target_face: Face) -> bool:
+    """Whether both faces have a mesh with depth, the same vertices: what the "turned"
+    warp needs."""
+    return (ori_face.mesh is not None and ori_face.depth is not None
+            and target_face.mesh is not None and target_face.depth is not None
+            and len(ori_face.mesh) == len(target_face.mesh))
+
+
+def turned_meshes(ori_face: Face, target_face: Face) -> Solid | None:
+    """Target's mesh turned to ori's head pose, or None where a face has no mesh depth."""
+    if not can_turn(ori_face, target_face):
+        return None
+    assert ori_face.mesh is not None and ori_face.depth is not None
+    assert target_face.mesh is not None and target_face.depth is not None
+    o3 = np.column_stack([ori_face.mesh, ori_face.depth])
+    t3 = np.column_stack([target_face.mesh, target_face.depth])
+    front = pose3d.frontal(t3)[:, :2]
+    tri = delaunay(front)
+    # Only what target's picture shows: triangles turned away from its camera have no
+    # picture of their own.
+    seen = np.sign(pose3d.signed_areas(target_face.mesh, tri)) == np.sign(
+        pose3d.signed_areas(front, tri))
+    tri = tri[seen]
+    scale, r, t = pose3d.similarity_3d(t3, o3)
+    posed = scale * t3 @ r.T + t
+    order = pose3d.drawing_order(tri, posed[:, :2], posed[:, 2], front)
+    return Solid(src=target_face.mesh, dst=posed[:, :2], triangles=order,
+                 facing=pose3d.facing(t3, order), scale=scale)
+
+
 def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
          variant: Variant) -> tuple[np.ndarray, dict[str, Any]]:
     """ori (RGB uint8) with target's face; returns the picture and what was done."""
@@ -274,16 +347,23 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     # shows cheek: its mirror image matches ori's pose and keeps the identity (faces are
     # nearly symmetric; hair, where a parting would tell, is outside the mask).
     yaw_o, yaw_t = yaw(o_full), yaw(t_pts)
-    flip = wants_mirror(o_full, t_pts)
+    solid = turned_meshes(ori_face, target_face) if variant.warp == "turned" else None
+    flip = solid is None and wants_mirror(o_full, t_pts)
     target, t_pts, t_mesh = oriented(target, target_face, flip)
 
     # Target aligned into ori's frame (similarity on pose-stable points).
     m_align = similarity(t_pts[ALIGN], o_full[ALIGN])
-    # The mesh's cheek and forehead vertices, where both faces have a mesh (mesh_warp).
-    o_x, t_x = mesh_warp.extras(ori_face.mesh, t_mesh,
-                                np.vstack([o_full, forehead_points(o_full, variant.forehead)]),
-                                size)
-    dst, dst_x, shape, folds = fit_shape(o_full, t_pts, o_x, t_x, m_align, variant)
+    if solid is None:
+        # The mesh's cheek and forehead vertices, where both faces have a mesh (mesh_warp).
+        o_x, t_x = mesh_warp.extras(
+            ori_face.mesh, t_mesh, np.vstack([o_full, forehead_points(o_full, variant.forehead)]),
+            size)
+        dst, dst_x, shape, folds = fit_shape(o_full, t_pts, o_x, t_x, m_align, variant)
+    else:
+        o_x = t_x = dst_x = np.zeros((0, 2))
+        shape, folds = variant.shape, 0
+        dst = pose3d.carry(t_pts, solid.src, solid.dst, solid.triangles)
+        dst[JAW] = o_full[JAW] + variant.jaw_shape * (dst[JAW] - o_full[JAW])
     dst_ring = ring_points(dst)
 
     # Work on a box around the face only (big pictures stay cheap); the box may leave the
@@ -306,13 +386,23 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
     src_ring = apply(inv_align, dst_ring)
     dst_all = np.vstack([dst, dst_x, dst_fh, dst_ring])
     src_all = np.vstack([t_pts, t_x, src_fh, src_ring])
-    warped = piecewise_warp(target, src_all, dst_all, roi.shape[:2], inv_align)
+    if solid is None:
+        warped = piecewise_warp(target, src_all, dst_all, roi.shape[:2], inv_align)
+        covered = np.ones(roi.shape[:2], dtype=np.float32)
+    else:
+        warped = piecewise_warp(target, solid.src, solid.dst - shift, roi.shape[:2], inv_align,
+                                triangles=solid.triangles)
+        covered = solid.coverage(roi.shape[:2], shift, blend.hull_mask(roi.shape, dst[INNER]))
 
     # Skin statistics from below the brows only: above them ori may have a fringe or a cap.
-    skin_src = blend.skin_mask(roi.shape, dst[np.r_[JAW, BROWS]], dst, size)
+    # (Where a turned face leaves the fallback's picture, it is not target's face.)
+    skin_src = blend.skin_mask(roi.shape, dst[np.r_[JAW, BROWS]], dst, size) * (covered > 0)
     skin_ref = blend.skin_mask(roi.shape, o_pts[np.r_[JAW, BROWS]], o_pts, size)
+    if solid is not None:
+        # The turned face has ori's pose: its tone is matched to ori's over the same pixels.
+        skin_src = skin_ref = skin_src * skin_ref
 
-    binary = blend.hull_mask(roi.shape, np.vstack([dst[JAW], dst_fh]))
+    binary = blend.hull_mask(roi.shape, np.vstack([dst[JAW], dst_fh])) * covered
     # The mask also stays inside ori's own outline: ori's hair and ears are kept.
     own = np.vstack([o_pts[JAW], forehead_points(o_pts, variant.forehead)])
     binary *= blend.hull_mask(roi.shape, own)
@@ -387,10 +477,15 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         own = blend.feature_mask(roi.shape, o_pts, [MOUTH, LEFT_EYE, RIGHT_EYE], size, 0.01)
         colours = tone.skin_colours(roi, skin_ref * blend.skin_likelihood(roi, skin_ref), own,
                                     SKIN_COLOUR_BLUR * size)
-        o_layout = np.vstack([o_pts, o_x - shift, forehead_points(o_pts, variant.forehead),
-                              dst_ring])
-        face = tone.with_chroma(face, piecewise_warp(colours, o_layout, dst_all, roi.shape[:2],
-                                                     IDENTITY))
+        if solid is None:
+            o_layout = np.vstack([o_pts, o_x - shift, forehead_points(o_pts, variant.forehead),
+                                  dst_ring])
+            carried = piecewise_warp(colours, o_layout, dst_all, roi.shape[:2], IDENTITY)
+        else:  # the same mesh vertex on both faces: ori's colour there moves with it
+            assert ori_face.mesh is not None
+            carried = piecewise_warp(colours, ori_face.mesh - shift, solid.dst - shift,
+                                     roi.shape[:2], IDENTITY, triangles=solid.triangles)
+        face = tone.with_chroma(face, carried)
     if variant.blend == "poisson":
         # The Poisson region stays on skin (the mask's half-way line): a boundary across
         # hair or glasses would smear their colour over the face.
@@ -420,6 +515,7 @@ def swap(ori: np.ndarray, ori_face: Face, target: np.ndarray, target_face: Face,
         "ori_frames_px": int(o_frames.sum()),
         "kept_ori_mouth": bool(keep_mouth),
         "region": variant.region,
+        "warp": "turned" if solid is not None else "flat",
         "seam": round(blend.seam(mixed, roi, alpha), 2),
         "shape": round(shape, 2),
         "folds": folds,

@@ -76,6 +76,7 @@ class Face:
     how: str
     descriptor: np.ndarray | None = None
     mesh: np.ndarray | None = None  # the dense mesh the 68 came from (N x 2), if any
+    depth: np.ndarray | None = None  # the mesh's depth (N: smaller nearer), if it has one
 
     @property
     def size(self) -> float:
@@ -199,29 +200,35 @@ class MeshTo68:
 
     def points_and_mesh(self, rgb: np.ndarray,
                         box: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The 68 points and the mesh they came from; (fallback's 68, None) without a mesh."""
-        mesh = self.mesh.points(np.ascontiguousarray(rgb[:, :, ::-1]), box)
+        """The 68 points and the mesh they came from (N x 2, or N x 3 with its depth where
+        the mesh has one); (fallback's 68, None) without a mesh."""
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        with_depth = getattr(self.mesh, "points_3d", None)
+        mesh = with_depth(bgr, box) if with_depth is not None else self.mesh.points(bgr, box)
         if mesh is None:
             return (None if self.fallback is None else self.fallback.points(rgb, box)), None
-        mesh = np.asarray(mesh, dtype=np.float64)[:, :2]
+        mesh = np.asarray(mesh, dtype=np.float64)[:, :3]
         if self.fallback_68 and self.fallback is not None:
             points = self.fallback.points(rgb, box)
             if points is not None:
                 return points, mesh
-        return np.asarray(self.to_68(mesh), dtype=np.float64), mesh
+        return np.asarray(self.to_68(mesh[:, :2]), dtype=np.float64), mesh
 
     def points(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         return self.points_and_mesh(rgb, box)[0]
 
 
-def landmarks_of(landmarker: Landmarker, rgb: np.ndarray,
-                 box: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """A landmarker's 68 points and, from a mesh landmarker, its dense mesh too."""
+def landmarks_of(landmarker: Landmarker, rgb: np.ndarray, box: np.ndarray
+                 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """A landmarker's 68 points and, from a mesh landmarker, its dense mesh too (x, y) and
+    the mesh's depth where it has one."""
     dense = getattr(landmarker, "points_and_mesh", None)
-    if dense is not None:
-        points, mesh = dense(rgb, box)
-        return points, mesh
-    return landmarker.points(rgb, box), None
+    if dense is None:
+        return landmarker.points(rgb, box), None, None
+    points, mesh = dense(rgb, box)
+    if mesh is None:
+        return points, None, None
+    return points, mesh[:, :2], (mesh[:, 2] if mesh.shape[1] > 2 else None)
 
 
 class FaceFinder:
@@ -238,10 +245,10 @@ class FaceFinder:
         if len(found.boxes) == 0:
             return None
         box = found.boxes[main_face_index(found.boxes, rgb.shape)]
-        points, mesh = landmarks_of(self.landmarker, rgb, box)
+        points, mesh, depth = landmarks_of(self.landmarker, rgb, box)
         if points is None:  # a landmarker that finds no face in the box: none to swap
             return None
-        return Face(box=box, points=points, how=found.how, mesh=mesh)
+        return Face(box=box, points=points, how=found.how, mesh=mesh, depth=depth)
 
     def face_near(self, rgb: np.ndarray, near: Face) -> Face:
         """The face of ``rgb`` that overlaps ``near`` most (the swapped face in an output);
@@ -254,11 +261,11 @@ class FaceFinder:
                 best, best_iou = box, overlap
         if best_iou < 0.3:
             best, how = near.box, "reused"
-        points, mesh = landmarks_of(self.landmarker, rgb, best)
+        points, mesh, depth = landmarks_of(self.landmarker, rgb, best)
         # The swap keeps ori's face where it was: its points stand in when none are found.
         if points is None:
-            return Face(box=best, points=near.points, how=how, mesh=near.mesh)
-        return Face(box=best, points=points, how=how, mesh=mesh)
+            return Face(box=best, points=near.points, how=how, mesh=near.mesh, depth=near.depth)
+        return Face(box=best, points=points, how=how, mesh=mesh, depth=depth)
 
 
 def dlib_finder(models: DlibModels) -> FaceFinder:

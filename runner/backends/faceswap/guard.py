@@ -6,7 +6,10 @@ gaps are measured on the 68 points of both faces before the swap. A pair past a 
 also tries the lower-risk variants:
 
 - an expression gap: the partial swap that keeps ori's mouth;
-- a pose gap: the partial swap of the features only (ori's cheeks, outline, forehead).
+- a pose gap: the partial swap of the features only (ori's cheeks, outline, forehead), and,
+  where target's face can be turned to ori's pose without showing a side its picture
+  hides, the full swap with target's mesh turned in 3D ("turned", ``classic.Solid``),
+  which handles the gap instead of leaving it.
 
 Among the variants tried, the swapper keeps the best by identity AND realism: ``realism``
 scores a candidate by what its output shows (the features where the warp meant to put
@@ -38,6 +41,7 @@ DISTORTION_SCALE = 10.0
 GAP_PENALTY = 2.0
 # The mouth's gap costs more: a laugh pasted onto a closed mouth tears worse than a turn.
 MOUTH_PENALTY = 5.0
+FRONTAL_YAW = 0.15  # a head turned less than this shows both sides of its face
 INNER = np.arange(17, 68)
 
 
@@ -65,6 +69,10 @@ class Gaps:
     yaw: float
     pitch: float
     mouth: float
+    # Whether target's face can be turned to ori's head pose without showing a side that
+    # target's picture hides: ori turned further the way target is turned, or target
+    # (nearly) frontal.
+    turnable: bool = False
 
     @property
     def pose(self) -> bool:
@@ -85,7 +93,8 @@ def gaps(o_pts: np.ndarray, t_pts: np.ndarray, yaw: Callable[[np.ndarray], float
     y_o, y_t = yaw(o_pts), yaw(t_pts)
     return Gaps(yaw=min(abs(y_o - y_t), abs(y_o + y_t)),
                 pitch=abs(pitch(o_pts) - pitch(t_pts)),
-                mouth=abs(mouth_open(o_pts) - mouth_open(t_pts)))
+                mouth=abs(mouth_open(o_pts) - mouth_open(t_pts)),
+                turnable=y_t * (y_o - y_t) >= 0 or abs(y_t) < FRONTAL_YAW)
 
 
 def guard_variants(found: Gaps, base: Any) -> list[Any]:
@@ -99,6 +108,9 @@ def guard_variants(found: Gaps, base: Any) -> list[Any]:
         extra.append(replace(base, name="features", jaw_shape=0.0, forehead=0.1,
                              erode=0.03, region="inner", relight=True,
                              mouth="ori" if found.expression else base.mouth))
+        if found.turnable:
+            extra.append(replace(base, name="turned", warp="turned",
+                                 mouth="ori" if found.expression else base.mouth))
     return extra
 
 
@@ -130,13 +142,14 @@ def distortion(out_points: np.ndarray | None, dst_points: np.ndarray | None,
 
 def realism(info: dict[str, Any], found: Gaps, moved: float | None) -> float:
     """1 for a swap that shows nothing wrong, less for each sign of a torn face: features
-    displaced on the output, folds left in the warp, a gap the variant did not handle."""
+    displaced on the output, folds left in the warp, a gap the variant did not handle (a
+    pose gap is handled by the features-only swap and by the turned warp)."""
     score = 1.0
     if moved is not None:
         score -= DISTORTION_SCALE * max(0.0, moved - DISTORTION_FREE)
     score -= 0.1 * float(info.get("folds", 0) or 0)
     if found.expression and not info.get("kept_ori_mouth"):
         score -= MOUTH_PENALTY * (found.mouth - MOUTH_GAP)
-    if found.pose and info.get("region", "face") == "face":
+    if found.pose and info.get("region", "face") == "face" and info.get("warp") != "turned":
         score -= GAP_PENALTY * (max(found.yaw - YAW_GAP, 0.0) + max(found.pitch - PITCH_GAP, 0.0))
     return score

@@ -175,27 +175,38 @@ class MeshLandmarker:
         self._lock = threading.Lock()
 
     def _run(self, rgb: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, float]:
-        """Mesh points in image pixels and the face score for one crop."""
+        """Mesh points in image pixels (x, y, and the depth z at the same scale) and the
+        face score for one crop."""
         crop = _crop(rgb, m)
         blob = crop.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
         with self._lock:
             self._net.setInput(blob)
             raw, logit = self._net.forward([LANDMARK_LAYER, SCORE_LAYER])
-        pts = raw.reshape(-1, 3)[:MESH_POINTS, :2].astype(np.float64)
+        pts = raw.reshape(-1, 3)[:MESH_POINTS].astype(np.float64)
         inv = cv2.invertAffineTransform(m)
         score = float(1.0 / (1.0 + np.exp(-float(np.ravel(logit)[0]))))
-        return pts @ inv[:, :2].T + inv[:, 2], score
+        xy = pts[:, :2] @ inv[:, :2].T + inv[:, 2]
+        # The model's z is in crop pixels like x and y (smaller = nearer the camera).
+        z = pts[:, 2] * float(np.sqrt(abs(np.linalg.det(inv[:, :2]))))
+        return np.column_stack([xy, z]), score
 
     def points(self, image_bgr: np.ndarray, box: Sequence[float] | np.ndarray) -> np.ndarray | None:
         """The 468 mesh points (x, y in image pixels, float64) of the face in ``box``
         (x0, y0, x1, y1), or None when the model does not see a face there."""
+        pts = self.points_3d(image_bgr, box)
+        return None if pts is None else pts[:, :2]
+
+    def points_3d(self, image_bgr: np.ndarray,
+                  box: Sequence[float] | np.ndarray) -> np.ndarray | None:
+        """The 468 mesh points with their depth (468 x 3: x, y in image pixels, z at the
+        same scale, smaller nearer the camera), or None as ``points``."""
         pts, score = self.points_and_score(image_bgr, box)
         return pts if score >= self.min_score else None
 
     def points_and_score(
         self, image_bgr: np.ndarray, box: Sequence[float] | np.ndarray
     ) -> tuple[np.ndarray | None, float]:
-        """The mesh points as ``points`` gives them, whatever the score, and the model's face
+        """The mesh points as ``points_3d`` gives them, whatever the score, and the model's face
         score (0 to 1) for the last crop; (None, 0.0) for an empty box or a mesh that lies
         away from the box."""
         rgb = _as_rgb(image_bgr)
@@ -209,9 +220,9 @@ class MeshLandmarker:
         pts, score = self._run(rgb, _roi_matrix(centre, size, 0.0))
         angle, passes = 0.0, 1
         while score >= REFINE_SCORE and passes < MAX_PASSES:
-            eye = pts[EYE_OUTER[1]] - pts[EYE_OUTER[0]]
+            eye = pts[EYE_OUTER[1], :2] - pts[EYE_OUTER[0], :2]
             new_angle = float(np.arctan2(eye[1], eye[0]))
-            lo, hi = pts.min(axis=0), pts.max(axis=0)
+            lo, hi = pts[:, :2].min(axis=0), pts[:, :2].max(axis=0)
             new_centre, new_size = (lo + hi) / 2, MESH_SCALE * float(max(hi - lo))
             settled = (
                 abs((np.degrees(new_angle - angle) + 180.0) % 360.0 - 180.0) < SETTLED_DEG
@@ -223,7 +234,7 @@ class MeshLandmarker:
             angle, centre, size = new_angle, new_centre, new_size
             pts, score = self._run(rgb, _roi_matrix(centre, size, angle))
             passes += 1
-        shift = np.linalg.norm(pts.mean(axis=0) - box_centre) / max(bw, bh)
+        shift = np.linalg.norm(pts[:, :2].mean(axis=0) - box_centre) / max(bw, bh)
         if shift > MAX_CENTRE_SHIFT:  # the mesh settled on some other face
             return None, 0.0
         return pts, score

@@ -127,7 +127,8 @@ class ClassicSwapper(_Swapper):
         # (``guard``), however many candidates are configured.
         found = guard.gaps(ori_face.points, target_face.points, classic.yaw)
         variants = [*classic.VARIANTS[: max(1, self.candidates)],
-                    *guard.guard_variants(found, classic.VARIANTS[0])]
+                    *(v for v in guard.guard_variants(found, classic.VARIANTS[0])
+                      if v.warp != "turned" or classic.can_turn(ori_face, target_face))]
         for variant in variants:
             data, info, score = self._candidate(ori, ori_face, target, target_face, variant,
                                                 style, (e_target, e_ori), spent)
@@ -170,7 +171,7 @@ class ClassicSwapper(_Swapper):
         out, info = classic.swap(ori, ori_face, target, target_face, variant)
         dst_points = np.asarray(info.pop("dst_points"))
         out = self._enhance(out, five_points(ori_face.points), info)
-        data = jpeg.save_like_source(out, style)
+        data = jpeg.save_like_source(out, style, ori)
         spent[0] += time.perf_counter() - t
         t = time.perf_counter()
         # Measured on the bytes that are delivered, not on the array before JPEG.
@@ -238,7 +239,7 @@ class InswapperSwapper(_Swapper):
             info.update(said)
         kps = None if ori_face.kps is None else np.asarray(ori_face.kps, dtype=np.float64)
         out = self._enhance(out, kps, info)
-        data = jpeg.save_like_source(out, style)
+        data = jpeg.save_like_source(out, style, ori)
         timings["swap"] = ms_since(t)
         t = time.perf_counter()
         delivered = jpeg.decode(data)

@@ -91,7 +91,7 @@ class Engine:
         t0 = time.perf_counter()
         ori = read_rgb(job.ori, "ori_image")
         target = read_rgb(job.target, "target_image")
-        style = jpeg.source_style(job.ori, self.config.jpeg_quality)
+        style = jpeg.with_history(jpeg.source_style(job.ori, self.config.jpeg_quality), ori)
         result = self.swapper.swap(ori, target, style)
         result.detail["jpeg"] = style.describe()
         result.detail["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 1)
