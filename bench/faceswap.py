@@ -34,7 +34,9 @@ Both with the classic (offline, dlib) backend, both measured the same way:
 Writes ``bench/faceswap_results.md`` and the sheets ``bench/faceswap_triples.png`` (LFW)
 and ``bench/faceswap_packaged.png`` and prints the markdown. A set whose pictures are not
 here is skipped with a message; says so when the ``bench`` extra is not installed.
-``--sets``, ``--sheet-only``, ``--no-eye``, ``--no-speed``, ``--limit`` for quick looks.
+``--sets``, ``--sheet-only``, ``--no-eye``, ``--no-speed``, ``--limit``, ``--rows`` for quick
+looks: a run on part of a set writes its results, sheets and rows' JSON under
+``/tmp/runner-bench/partial/`` instead, so it never replaces the full run's.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ TRIPLES_PNG = ROOT / "bench" / "faceswap_triples.png"
 PACKAGED_PNG = ROOT / "bench" / "faceswap_packaged.png"
 WORK = Path(tempfile.gettempdir()) / "runner-bench"
 PACKAGED_DIR = WORK / "packaged"  # the packaged set's pictures, written every run
+PARTIAL = WORK / "partial"  # where a run on part of a set writes what it makes
 HULL_DILATION = 0.10  # share of the face size
 # v3: FaceNet through onnxruntime (v2: the sources' faces are their subjects, not the most
 # confident)
@@ -117,21 +120,44 @@ def load_sets(args: argparse.Namespace) -> list[SwapSet]:
             print(f"bench.faceswap: LFW set skipped, {folder}/task_local.csv is not here "
                   "(the competition data is not shipped with the project)")
         else:
-            rows = deepfake_rows(folder)
+            rows = chosen(deepfake_rows(folder), args)
             if args.sheet_only:
                 rows = [r for r in rows if r["index"] in SHEET_ROWS]
-            sets.append(SwapSet("lfw", "LFW", rows[: args.limit or None], folder / "imgs",
-                                TRIPLES_PNG, SHEET_ROWS, baseline=True))
+            sets.append(SwapSet("lfw", "LFW", rows, folder / "imgs",
+                                out_path(TRIPLES_PNG, args), SHEET_ROWS, baseline=True))
     if "packaged" in wanted:
         why = packaged.missing()
         if why is not None:
             print(f"bench.faceswap: packaged set skipped, {why}")
         else:
-            rows = packaged.build(PACKAGED_DIR)[: args.limit or None]
+            rows = chosen(packaged.build(PACKAGED_DIR), args)
             sets.append(SwapSet("packaged", "packaged photos", rows, PACKAGED_DIR,
-                                PACKAGED_PNG, {r["index"]: r["what"] for r in rows},
+                                out_path(PACKAGED_PNG, args),
+                                {r["index"]: r["what"] for r in rows},
                                 baseline=False))
     return sets
+
+
+def partial(args: argparse.Namespace) -> bool:
+    """Whether this run covers only part of a set (``--limit``, ``--rows``, ``--sheet-only``)."""
+    return bool(args.limit or args.rows or args.sheet_only)
+
+
+def out_path(path: Path, args: argparse.Namespace) -> Path:
+    """Where a file the benchmark writes goes: ``path``, or under PARTIAL for a partial run."""
+    if not partial(args):
+        return path
+    PARTIAL.mkdir(parents=True, exist_ok=True)
+    return PARTIAL / path.name
+
+
+def chosen(rows: list[dict[str, str]], args: argparse.Namespace) -> list[dict[str, str]]:
+    """The rows ``--rows`` names (any set's indices; the others are ignored), then the first
+    ``--limit``."""
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        rows = [r for r in rows if r["index"] in wanted]
+    return rows[: args.limit or None]
 
 
 def proc_cpu_s(pid: int) -> float | None:
@@ -332,6 +358,7 @@ def eye_stats(
                 ghost_out.append(g_out)
                 ghost_ori.append(g_ori)
                 entry["ghost"] = g_out - g_ori
+                entry["ghost_out"] = g_out
         per_row[r["index"]] = entry
     measured = [e for e in per_row.values() if "cos_t" in e]
     based = [e for e in measured if "baseline" in e]
@@ -668,7 +695,7 @@ async def throughput(
     return speed, cpu_per_swap, timings
 
 
-def dump_rows(s: SwapSet) -> None:
+def dump_rows(s: SwapSet, folder: Path) -> None:
     """Every row's figures as JSON in the work folder, to compare runs row by row."""
     import json
 
@@ -681,10 +708,11 @@ def dump_rows(s: SwapSet) -> None:
         detail = {} if res is None or isinstance(res, str) else res.detail
         rows[i] = {"failed": res if isinstance(res, str) else None,
                    **{k: detail.get(k) for k in ("variant", "sharpness_ratio", "contrast_gain",
-                                                 "colour_modes", "faces")},
+                                                 "colour_modes", "faces", "distance_target",
+                                                 "distance_ori", "gaps")},
                    **per_row.get(i, {}), **pictures}
-    WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / f"faceswap_{s.key}.json").write_text(json.dumps(rows, indent=1, default=float),
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"faceswap_{s.key}.json").write_text(json.dumps(rows, indent=1, default=float),
                                                  encoding="utf-8")
 
 
@@ -707,7 +735,7 @@ async def measure_set(s: SwapSet, models: Any, args: argparse.Namespace,
     if meta.get("eye_skipped") is None:
         s.eye = eye_stats(s.rows, s.imgs, s.results, None if args.no_cache else EYE_CACHE,
                           baseline=s.baseline)
-    dump_rows(s)
+    dump_rows(s, PARTIAL if partial(args) else WORK)
     if args.candidates > 1 and s.key == "lfw":
         print(f"bench.faceswap: best of {args.candidates} variants ...", file=sys.stderr)
         best_results, _, _ = await run_pool(s.rows, s.imgs, workers=args.workers,
@@ -752,7 +780,9 @@ async def main_async(args: argparse.Namespace) -> int:
     meta["cpu_per_swap"] = cpu_per_swap
     meta["load_after"] = os.getloadavg()[0]
     text = markdown(sets, speed, timings, meta)
-    RESULTS_MD.write_text(text, encoding="utf-8")
+    results = out_path(RESULTS_MD, args)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(text, encoding="utf-8")
     print(text)
     return 0
 
@@ -808,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=0,
                         help="first N pairs of each set only (0 = all)")
+    parser.add_argument("--rows", default="",
+                        help="only these pairs, by index, comma-separated (e.g. p08,p12,753)")
     parser.add_argument(
         "--sheet-only", action="store_true",
         help="only the LFW sheet's 24 rows (a quick look)"
