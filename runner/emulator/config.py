@@ -151,6 +151,18 @@ def _wan_new(name: str, in_flight: int, per_s: float, **extra: object) -> ModelS
     )
 
 
+# wan2.7-image and its -pro: one interface, no quota published
+_WAN_27: dict[str, object] = {
+    "max_images": 9,
+    "min_side": 240,
+    "max_side": 8000,
+    "max_n": 4,
+    "prompt_limit": 5000,
+    "quota_published": False,
+    "takes_prompt_extend": False,
+}
+
+
 def _judge(name: str, rpm: int, tpm: int, published: bool) -> ModelSpec:
     """A Qwen-VL chat model (the judge): limited by requests and tokens a minute."""
     return ModelSpec.model_validate(
@@ -246,30 +258,7 @@ def default_models(region: Region = "cn") -> dict[str, ModelSpec]:
             max_n=4,
             takes_prompt_extend=False,
         ),
-        _wan_new(
-            "wan2.7-image",
-            2,
-            2,
-            max_images=9,
-            min_side=240,
-            max_side=8000,
-            max_n=4,
-            prompt_limit=5000,
-            quota_published=False,
-            takes_prompt_extend=False,
-        ),
-        _wan_new(
-            "wan2.7-image-pro",
-            2,
-            2,
-            max_images=9,
-            min_side=240,
-            max_side=8000,
-            max_n=4,
-            prompt_limit=5000,
-            quota_published=False,
-            takes_prompt_extend=False,
-        ),
+        *(_wan_new(name, 2, 2, **_WAN_27) for name in ("wan2.7-image", "wan2.7-image-pro")),
         _priced(_qwen_edit("qwen-image-edit", 2, _UNSET, 1), cn=0.3, intl=0.330),
         _priced(_qwen_edit("qwen-image-edit-plus", 2, _UNSET, 6), cn=0.2, intl=0.220),
         _qwen_edit("qwen-image-edit-plus-2025-10-30", 2, _UNSET, 6),
