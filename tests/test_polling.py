@@ -409,7 +409,7 @@ async def test_cancelled_poll_waiter_is_dropped() -> None:
     await asyncio.wait_for(budget.wait(0), 2)
 
 
-# --------------------------------------------------------------------------- the plan
+# --------------------------------------------------------------------------- when to look
 
 
 def _learned(seconds: list[float]) -> ModelLane:
@@ -420,38 +420,39 @@ def _learned(seconds: list[float]) -> ModelLane:
 
 
 def test_a_task_is_first_looked_at_just_before_the_fastest_end_seen() -> None:
-    from runner.scheduling import TaskPlan
+    from runner.scheduling import WatchedTask
 
-    cold = TaskPlan(lane(), 100.0, first_s=0.5, fresh=True)
+    cold = WatchedTask(lane(), 100.0, first_s=0.5, fresh=True)
     assert cold.due_at(100.0) == pytest.approx(100.5)  # no history: poll_first_s
-    warm = TaskPlan(_learned([2.0 + i / 100 for i in range(101)]), 100.0, first_s=0.5, fresh=True)
+    learned = _learned([2.0 + i / 100 for i in range(101)])
+    warm = WatchedTask(learned, 100.0, first_s=0.5, fresh=True)
     first = warm.due_at(100.0)
     assert 101.7 <= first < 102.0  # a little before 2 s: a faster task is found early
     warm.polls, warm.last_sent, warm.last_not_done = 1, first, first
     assert 101.9 <= warm.due_at(first) <= 102.0  # then from where tasks start to end
-    thin = TaskPlan(_learned([4.0, 5.0, 6.0]), 100.0, first_s=0.5, fresh=True)
+    thin = WatchedTask(_learned([4.0, 5.0, 6.0]), 100.0, first_s=0.5, fresh=True)
     assert thin.due_at(100.0) == pytest.approx(100.5)  # few endings: look early too
     thin.polls, thin.last_sent, thin.last_not_done = 1, 101.0, 101.0
     assert thin.due_at(101.0) == pytest.approx(101.1)  # at the cold pace, 10 % of its age
-    resumed = TaskPlan(warm.lane, 100.0 - 3600, first_s=0.5, fresh=False)
+    resumed = WatchedTask(warm.lane, 100.0 - 3600, first_s=0.5, fresh=False)
     assert resumed.due_at(100.0) == 0.0  # an old task: look at once
     assert resumed.score(100.0) > 1e6
 
 
 def test_the_score_is_the_time_a_task_may_have_sat_finished_unseen() -> None:
-    from runner.scheduling import TaskPlan
+    from runner.scheduling import WatchedTask
 
     ln = _learned([2.0 + i / 100 for i in range(101)])  # 2-3 s
 
-    def plan(last_seen: float) -> TaskPlan:
-        p = TaskPlan(ln, 0.0, first_s=0.5, fresh=True)
+    def watched(last_seen: float) -> WatchedTask:
+        p = WatchedTask(ln, 0.0, first_s=0.5, fresh=True)
         p.polls, p.last_sent, p.last_not_done = 1, last_seen, last_seen
         return p
 
-    near_end = plan(2.8).score(2.9)  # most of those still running at 2.8 end by 2.9
-    early = plan(2.0).score(2.1)
+    near_end = watched(2.8).score(2.9)  # most of those still running at 2.8 end by 2.9
+    early = watched(2.0).score(2.1)
     assert near_end > 3 * early > 0
-    assert plan(2.5).score(2.9) > plan(2.8).score(2.9)  # looked at longer ago: more owed
+    assert watched(2.5).score(2.9) > watched(2.8).score(2.9)  # looked at longer ago: more owed
     # past everything seen: still owed looks, more the longer it waits (not starved)
-    assert plan(3.5).score(5.0) > 4 * plan(3.5).score(4.0) > 0
-    assert plan(1.0).score(1.5) < 0.01  # before any task ends: next to nothing
+    assert watched(3.5).score(5.0) > 4 * watched(3.5).score(4.0) > 0
+    assert watched(1.0).score(1.5) < 0.01  # before any task ends: next to nothing

@@ -9,8 +9,7 @@ from runner.scheduling.lanes import LanePool, Slot
 from runner.scheduling.latency import LatencyModel
 from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned, save_learned
 from runner.scheduling.model_lane import ModelLane
-from runner.scheduling.plan import ServiceClock, TaskPlan
-from runner.scheduling.polling import PollBudget, TaskWatcher
+from runner.scheduling.polling import PollBudget, ServiceClock, TaskWatcher, WatchedTask
 from runner.scheduling.submit_window import SubmitWindow
 
 __all__ = [
@@ -23,8 +22,8 @@ __all__ = [
     "ServiceClock",
     "Slot",
     "SubmitWindow",
-    "TaskPlan",
     "TaskWatcher",
+    "WatchedTask",
     "apply_learned",
     "load_learned",
     "save_learned",
