@@ -53,9 +53,6 @@ class LaneStats:
     def quantile(self, q: float) -> float | None:
         return self.latency.quantile(q)
 
-    def cdf(self, seconds: float) -> float:
-        return self.latency.cdf(seconds)
-
     def detected(self, delay_s: float) -> None:
         delay_s = max(0.0, delay_s)
         self.detections += 1
