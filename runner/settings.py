@@ -346,6 +346,17 @@ def auto_concurrency(settings: Settings) -> int:
     return max(1, total)
 
 
+# Settings of old, and what to write instead. prompt_extend: the service rewrites a prompt
+# unless parameters.prompt_extend says no, so it is sent explicitly to every model that takes
+# it, as each candidate's variant says.
+_GONE: dict[str, str] = {
+    "prompt_templates": "prompt_templates is gone: name prompt variants in [candidates] "
+    'instead (t2i = ["framed+negative+extend"] is the old default; README: Prompt variants)',
+    "prompt_extend": "prompt_extend is a prompt variant now: name +extend in [candidates] "
+    '(t2i = ["plain+extend"]); without it every model that takes it is sent false',
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RUNNER_",
@@ -492,12 +503,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _prompt_templates_gone(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "prompt_templates" in data:
-            raise ValueError(
-                "prompt_templates is gone: name prompt variants in [candidates] instead "
-                '(t2i = ["framed+negative+extend"] is the old default; README: Prompt variants)'
-            )
+    def _gone(cls, data: Any) -> Any:
+        """A setting of old that is said otherwise now: one line on what to write instead."""
+        if isinstance(data, dict):
+            for key, instead in _GONE.items():
+                if key in data:
+                    raise ValueError(instead)
         return data
 
     @field_validator("candidates", mode="before")
@@ -551,18 +562,6 @@ class Settings(BaseSettings):
                     per_image={**base.per_image, **table.per_image},
                 )
         return merged
-
-    @model_validator(mode="before")
-    @classmethod
-    def _prompt_extend_is_a_variant(cls, data: Any) -> Any:
-        # the service rewrites a prompt unless parameters.prompt_extend says no: it is sent
-        # explicitly to every model that takes it, as each candidate's variant says
-        if isinstance(data, dict) and "prompt_extend" in data:
-            raise ValueError(
-                "prompt_extend is a prompt variant now: name +extend in [candidates] "
-                '(t2i = ["plain+extend"]); without it every model that takes it is sent false'
-            )
-        return data
 
     @model_validator(mode="after")
     def _auto_concurrency(self) -> Settings:
