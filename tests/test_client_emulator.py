@@ -63,8 +63,8 @@ async def test_timestamps_are_the_service_clock() -> None:
 async def test_newer_models_with_correct_requests() -> None:
     async with Emulator(EmulatorConfig(time_scale=0, quotas_enabled=False)) as emu:
         async with client_for(emu) as client:
-            plus = await client.multimodal_edit(
-                "qwen-image-edit-plus", "add a hat", data_uri(), n=4, seed=1
+            plus = await client.multimodal(
+                "qwen-image-edit-plus", "add a hat", [data_uri()], n=4, seed=1
             )
             assert len(set(plus.urls)) == 4
             sub = await client.submit_text2image(

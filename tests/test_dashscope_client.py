@@ -204,8 +204,8 @@ async def test_multimodal_edit_is_sync_and_parsed(
         "request_id": "r-mm",
     }
     mocked.post(MM, payload=answer)
-    res = await client.multimodal_edit(
-        "qwen-image-edit", "把招牌文字改为“OPEN”", "https://img.test/in.png", negative_prompt="x"
+    res = await client.multimodal(
+        "qwen-image-edit", "把招牌文字改为“OPEN”", ["https://img.test/in.png"], negative_prompt="x"
     )
     assert res == SyncResult(
         urls=["https://oss.test/a.png"], request_id="r-mm", model="qwen-image-edit"
@@ -235,7 +235,7 @@ async def test_multimodal_without_image_is_server_error(
 ) -> None:
     mocked.post(MM, payload={"output": {"choices": []}, "request_id": "r"})
     with pytest.raises(ServerError, match=r"no output\.choices"):
-        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
+        await client.multimodal("qwen-image-edit", "p", ["https://img.test/in.png"])
 
 
 # --------------------------------------------------------------------------- errors
@@ -347,7 +347,7 @@ async def test_submit_answer_without_task_id(
         await client.submit_text2image("m", "p")
     mocked.post(MM, status=200, body="{truncated", content_type="application/json")
     with pytest.raises(Uncertain):
-        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png")
+        await client.multimodal("qwen-image-edit", "p", ["https://img.test/in.png"])
     assert len(calls(mocked, "POST", T2I)) == 2  # never retried in the client
 
 
@@ -410,7 +410,7 @@ async def test_a_connect_failure_sent_nothing_and_is_retryable(
 async def test_sync_and_chat_not_retried(client: DashScopeClient, mocked: FakeTransport) -> None:
     mocked.post(MM, status=500, payload={"code": "InternalError", "message": "boom"})
     with pytest.raises(ServerError):
-        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/a.png")
+        await client.multimodal("qwen-image-edit", "p", ["https://img.test/a.png"])
     assert len(calls(mocked, "POST", MM)) == 1
     mocked.post(CHAT, status=429, payload={"error": {"code": "limit_requests", "message": "x"}})
     with pytest.raises(RateLimited):
@@ -875,16 +875,16 @@ async def test_qwen_image_edit_plus_takes_n(client: DashScopeClient, mocked: Fak
         "request_id": "r",
     }
     mocked.post(MM, payload=answer)
-    result = await client.multimodal_edit(
-        "qwen-image-edit-plus", "add a hat", "https://img.test/in.png", n=3, seed=5
+    result = await client.multimodal(
+        "qwen-image-edit-plus", "add a hat", ["https://img.test/in.png"], n=3, seed=5
     )
     assert result.urls == urls
     params = sent_json(calls(mocked, "POST", MM)[0])["parameters"]
     assert (params["n"], params["seed"]) == (3, 5)
     with pytest.raises(ValueError, match="1 to 1"):
-        await client.multimodal_edit("qwen-image-edit", "p", "https://img.test/in.png", n=2)
+        await client.multimodal("qwen-image-edit", "p", ["https://img.test/in.png"], n=2)
     with pytest.raises(ValueError, match="1 to 6"):
-        await client.multimodal_edit("qwen-image-edit-plus", "p", "https://img.test/i.png", n=7)
+        await client.multimodal("qwen-image-edit-plus", "p", ["https://img.test/i.png"], n=7)
     with pytest.raises(ValueError, match="1 to 1"):
         await client.submit_text2image("qwen-image", "p", n=2)
 

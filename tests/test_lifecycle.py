@@ -68,7 +68,7 @@ class Client:
     async def submit_image_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any:
         return SimpleNamespace(task_id=f"t{next(self.ids)}", model=model)
 
-    async def multimodal_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any:
+    async def multimodal(self, model: str, prompt: str, images: list[str], **kw: Any) -> Any:
         return SimpleNamespace(urls=[f"http://r/s{next(self.ids)}.png"], model=model)
 
     async def fetch_task(self, task_id: str) -> Any:

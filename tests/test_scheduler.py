@@ -60,7 +60,7 @@ class FakeService:
         assert image.startswith("data:image/jpeg;base64,")
         return SimpleNamespace(task_id=self._start(model, prompt), request_id=None, model=model)
 
-    async def multimodal_edit(self, model: str, prompt: str, image: str, **kw: Any) -> Any:
+    async def multimodal(self, model: str, prompt: str, images: list[str], **kw: Any) -> Any:
         tid = self._start(model, prompt)
         await asyncio.sleep(self.latency)
         self._finish(tid)

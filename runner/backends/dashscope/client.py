@@ -239,55 +239,23 @@ class DashScopeClient:
 
     # ---- public API: sync calls
 
-    async def multimodal_edit(
-        self,
-        model: str,
-        prompt: str,
-        image: str,
-        *,
-        n: int = 1,
-        negative_prompt: str | None = None,
-        seed: int | None = None,
-        watermark: bool = False,
-        size: str | None = None,
-        prompt_extend: bool | None = None,
-    ) -> SyncResult:
-        """Sync multimodal-generation edit (the qwen-image-edit family; qwen-image-edit-plus
-        returns n = 1-6 images in one call). No async header, not retried."""
-        return await self._sync_call(
-            model, prompt, [image], n, negative_prompt, seed, watermark, size, prompt_extend
-        )
-
-    async def multimodal_t2i(
-        self,
-        model: str,
-        prompt: str,
-        *,
-        n: int = 1,
-        negative_prompt: str | None = None,
-        seed: int | None = None,
-        watermark: bool = False,
-        size: str | None = None,
-        prompt_extend: bool | None = None,
-    ) -> SyncResult:
-        """Sync multimodal-generation text-to-image (the qwen-image family, qwen-image-2.0,
-        z-image-turbo; wan2.6-t2i on its sync route): one text item. Not retried."""
-        return await self._sync_call(
-            model, prompt, [], n, negative_prompt, seed, watermark, size, prompt_extend
-        )
-
-    async def _sync_call(
+    async def multimodal(
         self,
         model: str,
         prompt: str,
         images: list[str],
-        n: int,
-        negative_prompt: str | None,
-        seed: int | None,
-        watermark: bool,
-        size: str | None,
-        prompt_extend: bool | None,
+        *,
+        n: int = 1,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        watermark: bool = False,
+        size: str | None = None,
+        prompt_extend: bool | None = None,
     ) -> SyncResult:
+        """The sync multimodal-generation call: text-to-image with no ``images`` (the
+        qwen-image family, qwen-image-2.0, z-image-turbo; wan2.6-t2i on its sync route), an
+        edit of ``images`` (the qwen-image-edit family; qwen-image-edit-plus returns n = 1-6
+        images in one call). No async header, not retried."""
         parameters = self._parameters(
             model,
             prompt,
@@ -434,16 +402,18 @@ async def send_image_request(
     that take it."""
     common: dict[str, Any] = {"n": n, "seed": seed}
     extend = {"prompt_extend": prompt_extend}
+    images = [source] if source is not None else []
     if sync:
-        if source is not None:
-            return await client.multimodal_edit(
-                model, prompt, source, negative_prompt=negative, **extend, **common
-            )
-        return await client.multimodal_t2i(
-            model, prompt, negative_prompt=negative, size=size, **extend, **common
+        return await client.multimodal(
+            model,
+            prompt,
+            images,
+            negative_prompt=negative,
+            size=size if source is None else None,
+            **extend,
+            **common,
         )
     if input_style == "messages":  # the image-generation interface (wan2.6, wan2.7)
-        images = [source] if source is not None else []
         return await client.submit_generation(
             model,
             prompt,
