@@ -67,13 +67,12 @@ def _previous(title: str, path: Path) -> list[str]:
 
 def _ideal(run: dict[str, Any]) -> float | None:
     """What an ideal scheduler would take on the same draws (``bench.ideal``), seconds."""
-    from runner.settings import Settings
-
-    from .common import drawn_latencies, emulator_config
+    from .common import EDIT_MODELS, T2I_MODELS, drawn_latencies, emulator_config
     from .ideal import SimModel, ideal_makespan
 
     config = emulator_config(run["scale"], profile=run["profile"], timestamps=run["timestamps"])
-    lists = Settings().models
+    # the model lists the profile runs use (bench.common.runner_settings), not the defaults
+    lists = {"t2i": list(T2I_MODELS), "tie": list(EDIT_MODELS), "vttie": list(EDIT_MODELS[::-1])}
     n = int(run["rows"])
     if run["workload"] == "t2i":
         rows = [lists["t2i"]] * n
