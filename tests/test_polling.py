@@ -456,3 +456,28 @@ def test_the_score_is_the_time_a_task_may_have_sat_finished_unseen() -> None:
     # past everything seen: still owed looks, more the longer it waits (not starved)
     assert watched(3.5).score(5.0) > 4 * watched(3.5).score(4.0) > 0
     assert watched(1.0).score(1.5) < 0.01  # before any task ends: next to nothing
+
+
+def test_a_task_started_on_the_lifecycles_clock_is_timed_on_the_same_clock() -> None:
+    """The lifecycle stamps a submit with time.monotonic(), and the default budget times the
+    polls on that clock too: a task with no service timestamps is learned at its real length
+    (before: the wall clock minus the monotonic one, about 1.8e9 s) and its deadline is not
+    moved by a wall-clock step."""
+    import time
+
+    answers = iter(["RUNNING", "SUCCEEDED"])
+
+    class Client:
+        async def fetch_task(self, task_id: str) -> State:
+            status = next(answers)
+            urls = [f"https://r/{task_id}.png"] if status == "SUCCEEDED" else []
+            return State(task_id, status, urls)
+
+    async def go() -> ModelLane:
+        ln = lane()
+        watcher = TaskWatcher(Client(), PollBudget(50.0), timeout_s=30.0, first_s=0.01)
+        await watcher.wait_terminal(ln, "t-1", started=time.monotonic())
+        return ln
+
+    learned = asyncio.run(go()).stats.quantile(0.5)
+    assert learned is not None and 0.0 <= learned < 5.0

@@ -236,11 +236,12 @@ class PollBudget:
 
     ``turn(watched)`` waits until ``watched`` is due and wins a turn: when several are due, the
     one with the highest ``score`` (the longest expected to have sat finished unseen) goes
-    first, so a short budget is spent where it finds results. ``clock`` is the wall clock the
-    watched tasks use (``time.time``; tests pass one that follows a virtual loop).
+    first, so a short budget is spent where it finds results. ``clock`` is the clock the
+    watched tasks use: ``time.monotonic``, the lifecycle's (tests pass one that follows a
+    virtual loop).
     """
 
-    def __init__(self, qps: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, qps: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.qps = qps
         self.interval = 1.0 / qps
         self.clock = clock
