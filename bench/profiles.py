@@ -26,6 +26,7 @@ from PIL import Image
 
 from runner.job import run_all
 
+from . import simple_poll
 from .common import (
     OUT,
     EmulatorProcess,
@@ -131,6 +132,7 @@ async def bench_profile(
         "mode": mode,
         "scale": scale,
         "polls_scaled": polls_scaled,
+        "poll_rule": simple_poll.name(),
         "poll_qps_account": config.poll_qps,
         "rows_done": sum(1 for r in summary.rows if r.ok),
         "makespan_s": round(makespan, 3),
@@ -178,8 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the account's query budget scales with the latencies (as many looks per task "
         "as in real time)",
     )
+    p.add_argument(
+        "--poll-rule",
+        choices=("planner", "every", "oldest"),
+        default="planner",
+        help="planner: the runner's; every: each task every max(--poll-floor, waiting/qps), "
+        "earliest expected finish first; oldest: the task unseen longest at each turn "
+        "(bench.simple_poll, to measure the planner against)",
+    )
+    p.add_argument(
+        "--poll-floor", type=float, default=1.0, help="the least gap of --poll-rule every"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.poll_rule != "planner":
+        simple_poll.use(args.poll_rule, args.poll_floor)
     result = asyncio.run(
         bench_profile(
             args.profile,
