@@ -97,3 +97,27 @@ def test_old_task_ids_are_kept_for_the_service_to_judge(tmp_path: Path) -> None:
     )
     pending = replay(tmp_path / "journal.jsonl").rows["1"].pending
     assert [(p.task_id, p.phase, p.billed) for p in pending] == [("old", "accepted", 1)]
+
+
+def test_a_row_failed_for_its_input_is_held_only_while_nothing_changed(tmp_path: Path) -> None:
+    """The rerun's verdict (runner.scheduling.rerun.still_bad): a row that failed for its
+    own input is not tried again with the same inputs and setup, and is with either
+    changed, with a request of it still open, or once it failed for another reason."""
+    from runner.scheduling.rerun import still_bad
+
+    j = Journal(tmp_path)
+    j.write_sync(
+        "failed", index="1", reason="no face", kind="input", fp="f1", setup="faceswap classic"
+    )
+    j.write_sync("failed", index="2", reason="timed out", kind="row")
+    j.write_sync(
+        "failed", index="3", reason="no face", kind="input", fp="f3", setup="faceswap classic"
+    )
+    j.write_sync("done", index="3", model="m", file="imgs/3.jpg", fp="f3")
+    j.close()
+    rows = replay(tmp_path / "journal.jsonl").rows
+    assert still_bad(rows["1"], [], "f1", "faceswap classic")
+    assert not still_bad(rows["1"], [], "f1-new", "faceswap classic")  # a new image
+    assert not still_bad(rows["1"], [], "f1", "faceswap inswapper")  # another backend
+    assert not still_bad(rows["2"], [], None, "models m")  # failed for another reason
+    assert not still_bad(rows["3"], [], "f3", "faceswap classic")  # done since

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, write_tasks
+from conftest import free_port, make_image, write_tasks
 from rich.console import Console
 
 from runner import run_all
@@ -662,6 +662,24 @@ def test_no_face_is_bad_input_and_not_offered_for_a_rerun(job, tmp_path: Path) -
     ]
     assert [r["kind"] for r in records if r["ev"] == "failed"] == ["input"]
 
+    def failures() -> int:
+        lines = (tmp_path / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+        return sum(json.loads(line)["ev"] == "failed" for line in lines)
+
+    # a rerun with nothing changed says it again and does not swap again (no new verdict)
+    again = _cli("--tasks", str(tasks), "--out", "out", "--settings", str(fast), "-q", cwd=tmp_path)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "row 1 (deepfake, bad input): no face found in ori_image (as in the last run" in (
+        again.stdout
+    )
+    assert "not tried again" in again.stdout and failures() == 1
+    # a new ori_image (still faceless here) is tried again: the swap runs and fails anew
+    make_image(tmp_path / "imgs" / "plain.png", (320, 240))
+    third = _cli("--tasks", str(tasks), "--out", "out", "--settings", str(fast), "-q", cwd=tmp_path)
+    assert third.returncode == 1 and "not tried again" not in third.stdout, third.stdout
+    assert "row 1 (deepfake, bad input): no face found in ori_image" in third.stdout
+    assert failures() == 2
+
 
 @pytest.mark.parametrize("team", ["../evil", "a/b", "", ".hidden", "x\ny"])
 def test_team_must_be_a_name(job, tmp_path: Path, quick, team: str) -> None:
@@ -717,8 +735,10 @@ def test_a_file_where_a_folder_goes_is_one_line(job, tmp_path: Path) -> None:
     for out, bad in (("out", "out/imgs"), ("file", "file")):
         res = _cli("--tasks", str(tasks), "--out", out, "-q", cwd=tmp_path)
         assert res.returncode == 2, res.stdout + res.stderr
-        assert res.stderr.strip() == f"error: {bad} is a file, not a folder: move it away " \
+        assert (
+            res.stderr.strip() == f"error: {bad} is a file, not a folder: move it away "
             "or give another --out"
+        )
 
 
 def test_a_full_disk_under_run_log_is_one_line(job, tmp_path: Path) -> None:
@@ -747,7 +767,11 @@ def test_make_targets_take_paths_with_spaces(tmp_path: Path) -> None:
 
     def make(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["make", "-s", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+            ["make", "-s", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=180,
         )
 
@@ -797,8 +821,17 @@ def test_limit_column_and_spend_shown_without_none(job, tmp_path: Path) -> None:
         '[quotas."wanx2.1-t2i-turbo"]\nin_flight = "none"\n'
         '[prices.cn]\ncurrency = "CNY"\n"wanx2.1-t2i-turbo" = 0.2\n',
     )
-    res = _cli("--tasks", str(tasks), "--out", "out", "--settings", str(fast), "--budget", "5",
-               cwd=tmp_path)
+    res = _cli(
+        "--tasks",
+        str(tasks),
+        "--out",
+        "out",
+        "--settings",
+        str(fast),
+        "--budget",
+        "5",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "None" not in res.stdout
     models = res.stdout.split("Models (this run)")[1].splitlines()
@@ -810,7 +843,13 @@ def test_report_redacts_a_typed_key_and_marks_chinese_prompts(job, tmp_path: Pat
     key = "sk-" + "a1b2c3d4" * 4
     tasks = job([("1", "t2i", f"a cat, my key is {key}", "", ""), ("2", "t2i", "一只猫", "", "")])
     res = _cli(
-        "--tasks", str(tasks), "--out", "out", "--settings", str(_fast_settings(tmp_path)), "-q",
+        "--tasks",
+        str(tasks),
+        "--out",
+        "out",
+        "--settings",
+        str(_fast_settings(tmp_path)),
+        "-q",
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,6 +1,7 @@
-"""What a rerun keeps: a done row whose image is whole and made from the same inputs, and the
+"""What a rerun keeps: a done row whose image is whole and made from the same inputs, the
 paid requests of the others that may still give their image (the ledger's open ones, on this
-run's backend)."""
+run's backend), and the verdict on a row whose own input was at fault while nothing that
+decided it has changed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from runner.store.journal import JournalState, PaidRequest, RowState
 from runner.tasks import Task, TaskList
 
-__all__ = ["RowResume", "jpeg_whole", "resume_rows"]
+__all__ = ["RowResume", "jpeg_whole", "resume_rows", "still_bad"]
 
 # a row as this run takes it up: what the journal knows of it, and its paid requests worth
 # another look (polled, looked for or fetched before any new request)
@@ -73,6 +74,20 @@ def resume_rows(
             prior = RowState(index=task.index)  # not done: make it (or fetch it) again
         resumes.append((prior, pending))
     return resumes, redone
+
+
+def still_bad(prior: RowState, pending: list[PaidRequest], fp: str | None, setup: str) -> bool:
+    """Whether a row failed for its own input (no face found, a source that is not an
+    image, content every model refused) with the same inputs (``fp``) and the same
+    ``setup`` (the face-swap backend, the models) as now, and no paid request of it open:
+    trying it again would fail the same way, so it is not tried."""
+    return (
+        not prior.done
+        and not pending
+        and fp is not None
+        and prior.bad_input is not None
+        and prior.bad_input == (fp, setup)
+    )
 
 
 _DAMAGED = "damaged or missing on disk"

@@ -29,7 +29,7 @@ from runner.scheduling.learned import LEARNED_NAME, apply_learned, load_learned,
 from runner.scheduling.lifecycle import Lifecycle
 from runner.scheduling.model_lane import ModelLane
 from runner.scheduling.polling import PollBudget, TaskWatcher
-from runner.scheduling.rerun import jpeg_whole, resume_rows
+from runner.scheduling.rerun import jpeg_whole, resume_rows, still_bad
 from runner.scheduling.rowsteps import RowSteps
 from runner.settings import Settings
 from runner.store.journal import Journal, JournalState, PaidRequest, RowState
@@ -167,6 +167,12 @@ class Scheduler:
             emulated=self.emulated,
             backend=self.backend,
         )
+        held = sum(
+            still_bad(prior, keep, fps.get(task.index), self._setup(task))
+            for task, (prior, keep) in zip(tasklist.tasks, resumes, strict=True)
+        )
+        if held:
+            log.warning("bad_input_not_retried", rows=held, why="unchanged since they failed")
         if self.redone:
             log.warning(
                 "rows_made_again",
@@ -240,11 +246,18 @@ class Scheduler:
             return 0
         return self.steps.retries + self.life.retries
 
+    def _setup(self, task: Task) -> str:
+        """What besides its inputs decides whether a row's input is usable: the face-swap
+        backend for a deepfake row, the models tried for the others."""
+        if task.task_type == "deepfake":
+            return f"faceswap {self.swapper.backend if self.swapper is not None else 'none'}"
+        return "models " + ",".join(self.settings.models.get(task.task_type, []))
+
     def _window(self, kind: str) -> int:
         """How many rows of a type are under way at once: twice its models' slots (so a
         freed slot always finds a row ready), or twice the face-swap workers."""
         if kind == "deepfake":
-            return 2 * int(getattr(self.swapper, "workers", 2) or 2) + 2
+            return 2 * (self.swapper.workers if self.swapper is not None else 2) + 2
         return 2 * sum(self._max_slots(m) for m in self.settings.models.get(kind, [])) + 2
 
     async def _feed(
@@ -299,14 +312,31 @@ class Scheduler:
                 score=_kept_score(prior),
             )
             return self._emit(res)
+        setup = self._setup(task)
+        if still_bad(prior, pending, fp, setup):
+            res = RowResult(
+                index=task.index,
+                task_type=task.task_type,
+                status="bad",
+                reason=f"{prior.failed_reason} (as in the last run; the row, its images and "
+                f"the {setup.split()[0]} are unchanged, so it is not tried again)",
+            )
+            return self._emit(res)
         try:
             res = await self._make(task, pending, fp)
         except RowStop as stop:
             res = stop.result
             log.info("row_failed", index=task.index, type=task.task_type, reason=res.reason)
             try:
-                kind = "input" if res.status == "bad" else "row"  # bad input: the row's own
-                await self.journal.write("failed", index=task.index, reason=res.reason, kind=kind)
+                bad = res.status == "bad"  # the row's own input: not tried again unchanged
+                await self.journal.write(
+                    "failed",
+                    index=task.index,
+                    reason=res.reason,
+                    kind="input" if bad else "row",
+                    fp=fp if bad else None,
+                    setup=setup if bad else None,
+                )
             except DiskFull as exc:
                 self._stop(f"DiskFull: {exc}")
         except (Fatal, DiskFull) as exc:

@@ -85,6 +85,7 @@ class RowState(BaseModel):
     emulated: bool = False
     fp: str | None = None
     failed_reason: str | None = None
+    bad_input: tuple[str, str] | None = None  # (fp, setup) of its last failure for its input
     pending: list[PaidRequest] = Field(default_factory=list)  # open paid requests
     result: dict[str, Any] = Field(default_factory=dict)
     judged: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> judge record
@@ -159,6 +160,7 @@ def _apply(state: JournalState, rec: Record, raw: dict[str, Any]) -> None:
     elif isinstance(rec, Failed):
         row.done = False
         row.failed_reason = rec.reason
+        row.bad_input = (rec.fp, rec.setup or "") if rec.kind == "input" and rec.fp else None
     elif isinstance(rec, Judged):
         row.judged[rec.file] = {k: v for k, v in raw.items() if k not in ("ev", "index")}
     elif isinstance(rec, Chosen):
@@ -172,6 +174,7 @@ def _apply_done(row: RowState, rec: Done, raw: dict[str, Any]) -> None:
     row.emulated = rec.emulated
     row.fp = rec.fp
     row.failed_reason = None
+    row.bad_input = None
     row.result = {k: v for k, v in raw.items() if k not in ("ev", "index", "t")}
     row.result["t"] = rec.t
 

@@ -131,9 +131,17 @@ class Done(_RowRec):
 
 
 class Failed(_RowRec):
+    """A row not done. ``kind`` "input": the row's own input is at fault (no face found, a
+    source that is not an image, content every model refused); ``fp`` and ``setup`` (what
+    else decided it: the face-swap backend, the models tried) let a rerun tell whether
+    anything changed since."""
+
     ev: Literal["failed"]
     reason: str | None = None
     task_id: str | None = None
+    kind: Literal["input", "row"] | None = None
+    fp: str | None = None
+    setup: str | None = None
 
 
 class Judged(_RowRec):
