@@ -192,6 +192,24 @@ def _qwen_image(name: str, *, both_routes: bool, **kw: Any) -> ModelCaps:
     )
 
 
+def _qwen_image_2(name: str, **kw: Any) -> ModelCaps:
+    """A qwen-image-2.0 model: one model for generation and editing, sync only, 1-3 input
+    images, total area 512x512 to 2048x2048, n 1 (read 2026-02-24: the Qwen image
+    generation and editing API page), 2 calls a second unless ``submits_per_second``."""
+    return ModelCaps(
+        name=name,
+        endpoint="multimodal",
+        kinds=_BOTH_KINDS,
+        input_style="messages",
+        n_max=1,
+        area=_AREA_512_2048,
+        in_flight=None,
+        prompt_extend=True,
+        max_images=3,
+        **kw,
+    )
+
+
 def _qwen_edit(name: str, n_max: int, **kw: Any) -> ModelCaps:
     """The qwen-image-edit family: sync only, 1-3 input images, 2 calls a second and no
     in-flight limit (read 2026-02-08, qwen-image-edit API page; 2026-02-24, rate limits)."""
@@ -279,29 +297,8 @@ _TABLE: dict[str, ModelCaps] = {
         # One model for generation and editing, sync; 2.0 at 2 a second, 2.0-pro at 2 a
         # minute (read 2026-02-24, rate-limit page). Area and 1-3 input images: the 2026
         # Qwen image generation and editing API page.
-        ModelCaps(
-            name="qwen-image-2.0",
-            endpoint="multimodal",
-            kinds=_BOTH_KINDS,
-            input_style="messages",
-            n_max=1,
-            area=_AREA_512_2048,
-            in_flight=None,
-            prompt_extend=True,
-            max_images=3,
-        ),
-        ModelCaps(
-            name="qwen-image-2.0-pro",
-            endpoint="multimodal",
-            kinds=_BOTH_KINDS,
-            input_style="messages",
-            n_max=1,
-            area=_AREA_512_2048,
-            submits_per_second=_2_PER_MINUTE,
-            in_flight=None,
-            prompt_extend=True,
-            max_images=3,
-        ),
+        _qwen_image_2("qwen-image-2.0"),
+        _qwen_image_2("qwen-image-2.0-pro", submits_per_second=_2_PER_MINUTE),
         # z-image-turbo: sync text-to-image, 2 a second ("prompt_extend on doubles its
         # price"; read 2026-02-24, rate-limit page and pricing page).
         ModelCaps(
