@@ -30,7 +30,7 @@ Where each error class is handled (``decide`` is the rule, the caller acts):
 =====================  =========================================================
 error                  decision
 =====================  =========================================================
-RateLimited (429)      row: resubmit after backoff (Retry-After honoured, capped)
+RateLimited (429)      row: resubmit after backoff (Retry-After up to 120 s honoured)
                        until ``max_throttled``, then fail the row; judge: retry
                        up to ``call_retries``
 TokensThrottled (429)  as RateLimited; the judge pauses all its calls instead, up
@@ -196,7 +196,8 @@ class RetryPolicy:
         )
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Backoff before retry ``attempt`` (1 = first); the server's hint wins, capped."""
+        """Backoff before retry ``attempt`` (1 = first); the server's hint wins (one over the
+        cap was dropped when it was parsed)."""
         if retry_after is not None:
             retry_after = min(retry_after, self.retry_after_cap_s)
         return backoff_delay(attempt, retry_after, max_s=self.backoff_max_s)

@@ -115,7 +115,9 @@ class FaceSwapSettings(BaseModel):
 class JudgeSettings(BaseModel):
     """The VIEScore judge on DashScope's OpenAI-compatible endpoint."""
 
-    enabled: bool = True  # score candidates (always when a row has more than one)
+    # false: no judge calls but to choose among the candidates [candidates] asks for (more
+    # than one a row); face-swap variants then go by the swapper's local realism
+    enabled: bool = True
     # qwen-vl-max, qwen-vl-plus, qwen3-vl-plus, qwen3-vl-flash, or qwen2.5-vl-72b-instruct
     # (GEdit-Bench's open judge; 60 requests and 100k tokens a minute)
     model: str = "qwen-vl-max"

@@ -207,7 +207,7 @@ class Finisher:
                 fields["chosen"] = k
                 fields["score"] = scores[k].overall
                 identity = (best.identity_target, best.identity_ori)
-        if "chosen" not in fields:  # offline: the swapper's own pick by local realism
+        if "chosen" not in fields:  # offline: the swapper's own pick (identity and realism)
             await write_atomic(path, out.jpeg)
             detail.setdefault("chosen_by", "offline")
             identity = (out.identity_target, out.identity_ori)

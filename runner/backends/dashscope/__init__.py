@@ -3,7 +3,8 @@
 - :mod:`.config`: :class:`ClientConfig`, the constants, the User-Agent
 - :mod:`.types`: what the client returns, and the reading of the service's answers
 - :mod:`.transport`: the swappable :class:`Transport` (default :class:`AiohttpTransport`)
-- :mod:`.requester`: the one owner of retries; :mod:`.failures`: answers into typed errors
+- :mod:`.requester`: one HTTP call and its own retries (GETs only);
+  :mod:`.failures`: answers into typed errors
 - :mod:`.client`: :class:`DashScopeClient`, built on the two above
 """
 

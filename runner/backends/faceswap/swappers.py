@@ -96,8 +96,10 @@ class _Swapper:
 
 
 class ClassicSwapper(_Swapper):
-    """Offline: faces from any detector + 68-point landmarker, ``classic.swap`` per variant,
-    the best of ``candidates`` variants by dlib identity less a seam penalty."""
+    """Offline: faces from any detector + 68-point landmarker, ``classic.swap`` per variant;
+    every variant comes back (for the judge), and the offline pick among ``candidates`` is
+    the best by dlib identity to target, less a seam penalty, plus the guard's realism, less
+    a penalty for a variant that still looks like ori."""
 
     name = "classic"
     embedding = "dlib"
