@@ -16,7 +16,6 @@ from runner.scheduling import (
     LanePool,
     ModelLane,
     Slot,
-    SubmitWindow,
     apply_learned,
     load_learned,
     save_learned,
@@ -264,25 +263,7 @@ def test_a_failed_probe_makes_the_next_one_wait_longer() -> None:
     assert lane.maybe_probe_up()
 
 
-def test_a_lone_429_at_a_proven_limit_costs_no_slot() -> None:
-    lane = learned_lane(start=2)
-    lane.in_flight = 2
-    _complete(lane, lane.spell_needed)
-    assert lane.maybe_probe_up() and lane.limit == 3
-    lane.in_flight = 3
-    _complete(lane, lane.spell_needed)
-    assert lane.maybe_probe_up() and lane.limit == 4  # 3 is proven now
-    lane.in_flight = 4
-    lane.on_throttled()  # the probe to 4 failed
-    assert lane.limit == 3
-    lane.in_flight = 3
-    lane.on_throttled()  # a lone 429 at the proven 3 (the submit rate, most likely)
-    assert lane.limit == 3
-    lane.on_throttled()  # a second one within the spell: the quota did shrink
-    assert lane.limit == 2 and lane.stats.throttled == 3
-
-
-def test_a_probe_that_holds_becomes_the_floor() -> None:
+def test_probes_that_hold_raise_the_limit_one_slot_a_spell() -> None:
     lane = learned_lane(start=2)
     lane.in_flight = 2
     _complete(lane, lane.spell_needed)
@@ -361,9 +342,6 @@ async def test_cpu_pool_runs_below_the_loops_priority() -> None:
         pool.close()
 
 
-_COLD_2_PER_S = SubmitWindow(2.0).cold_s  # a cold start's allowance at 2 a second
-
-
 def test_submits_fill_exactly_the_quota_window_and_a_lone_429_pauses_a_quarter_turn() -> None:
     """2 a second is 2 in any second: two slots that free together refill together (not
     half a second apart), a third waits for the window, and a 429 costs one turn."""
@@ -388,8 +366,7 @@ def test_submits_fill_exactly_the_quota_window_and_a_lone_429_pauses_a_quarter_t
     assert 1.0 < window < 1.05  # the quota's second and a guard of a few ms
     assert times[:2] == [0.0, 0.0]
     assert all(b - a >= 1.0 for a, b in zip(times, times[2:6], strict=False))  # never 3 a second
-    # and no slower than the window allows, once the cold first window is counted (submit_window.py)
-    assert times[5] - times[0] <= 2 * window + _COLD_2_PER_S + 1e-6
+    assert times[5] - times[0] <= 2 * window + 1e-6  # and no slower than the window allows
     assert times[6] - times[5] == pytest.approx(5.0 + 0.125, abs=1e-6)  # a lone 429: 1/4 turn
 
 
@@ -507,8 +484,8 @@ def test_a_rate_bound_lane_stays_busy_at_its_call_rate_without_hoarding_the_cap(
     assert len(sent) == 40
     assert all(b - a >= 1.0 for a, b in zip(sent, sent[2:], strict=False))  # 2 in any second
     assert window < 1.05  # the quota's second, and a guard of a few ms
-    # and every turn used: busy at its rate (the first window counted cold once, submit_window.py)
-    assert sent[-1] - sent[0] <= 19 * window + _COLD_2_PER_S + 1e-6
+    # and every turn used: busy at its rate
+    assert sent[-1] - sent[0] <= 19 * window + 1e-6
     assert worst <= 2 and other_wait == 0.0
     assert 16 <= peak <= 18  # 8 s x 2 a second, plus the next one waiting for its turn
 

@@ -77,8 +77,6 @@ class ModelLane:
         self._quiet_turns = quiet_turns
         self._spell_factor = 1
         self._probed = False  # the current limit came from a probe not yet confirmed
-        self._floor = 0  # the highest limit that held a whole quiet spell (proven)
-        self._strike: int | None = None  # stats.completed at a 429 forgiven at a proven level
         self._mark_completed = 0  # stats.completed when the limit last changed / 429'd
         self.raises = 0
         # how long a call may take before any is seen: the slowest documented latency of
@@ -145,28 +143,13 @@ class ModelLane:
         For a learned quota the slots the server accepted are the ones in flight but this
         one, so the limit drops to that (multiplicative enough: a burst of 429s converges
         on the true limit, not below it). A probe that failed makes the next one wait
-        longer. At a proven limit (one that held a whole quiet spell) a lone 429 is more
-        likely the submit rate (request sizes make arrivals uneven) than the slots: it is
-        forgiven once per spell. Known quotas keep their limit. Either way new submits
-        pause one turn: that is the only backoff the pacing takes.
+        longer. Known quotas keep their limit. Either way new submits pause one turn:
+        that is the only backoff the pacing takes.
         """
         self.stats.throttled += 1
         if self.learned and self.limit is not None:
             old = self.limit
-            forgive = (
-                self.limit <= self._floor
-                and not self._probed
-                and (
-                    self._strike is None or self.stats.completed - self._strike >= self.spell_needed
-                )
-            )
-            if forgive:
-                self._strike = self.stats.completed
-                log.info("quota_429_forgiven", model=self.name, limit=self.limit)
-                self._pause()
-                return
             self.limit = max(1, min(self.limit, self.in_flight - 1))
-            self._floor = min(self._floor, self.limit)
             if self._probed:
                 self._spell_factor = min(self._spell_factor * _PROBE_BACKOFF, _MAX_SPELL_FACTOR)
                 self._probed = False
@@ -204,7 +187,6 @@ class ModelLane:
             return False
         if self._probed:  # the last probe held a whole spell
             self._spell_factor = max(1, self._spell_factor // _PROBE_BACKOFF)
-        self._floor = max(self._floor, self.limit)  # this limit held a whole spell
         self.limit += 1
         self.raises += 1
         self._probed = True

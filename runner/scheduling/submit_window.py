@@ -9,13 +9,6 @@ window), back down slowly while no 429 comes. A 429 also pauses the model: a qua
 turn (``1 / r``) for a lone one, doubling with each further 429 before a window's worth of
 submits has gone out without one, up to two turns (another client on the same account
 takes turns too). That is all the backoff pacing takes: from 429s only.
-
-A submit that leaves on a cold start (the model's first, or the first after the connections
-may have gone idle) reaches the service later than the turn it took: the connection (TCP and
-TLS) is opened first, and the run's first files are created. The next window would then catch
-it up and the service would count one submit too many, so a cold submit counts as leaving a
-quarter of a window later (at most 0.5 s): one short wait per model at the start, instead of
-a 429 at the start of nearly every run.
 """
 
 from __future__ import annotations
@@ -29,9 +22,6 @@ _GUARD_STEP_S = 0.025
 _GUARD_MAX_SHARE = 0.15
 _QUIET_WINDOWS = 8  # this many windows' worth of submits with no 429: the guard eases
 _LEAD = 0.5  # a rate-bound lane hands out its next slot this share of a turn early
-_COLD_SHARE = 0.25  # a cold submit counts as leaving this share of the window later
-_COLD_MAX_S = 0.5
-_IDLE_S = 10.0  # no submit for this long: connections may be closed (aiohttp keeps them 15 s)
 
 
 class SubmitWindow:
@@ -48,18 +38,6 @@ class SubmitWindow:
         self._sent: deque[float] = deque(maxlen=self.count)
         self._booked: deque[float] = deque(maxlen=self.count)
         self._paused_until = 0.0
-        self._last_take: float | None = None
-        self._last_booked: float | None = None
-        self._cold_takes = 0
-        self._cold_books = 0
-        self.cold_s = min(_COLD_MAX_S, _COLD_SHARE * self._span)
-
-    def _cold(self, last: float | None, now: float, left: int) -> tuple[float, int]:
-        """(how much later than ``now`` a submit leaving now counts, cold submits left): the
-        whole first window after a start or an idle spell is cold."""
-        if last is None or now - last >= _IDLE_S:
-            left = self.count
-        return (self.cold_s, left - 1) if left > 0 else (0.0, 0)
 
     def next_at(self, now: float) -> float:
         """When the next submit may leave (``now`` if at once)."""
@@ -73,9 +51,7 @@ class SubmitWindow:
         return self._span + self.guard
 
     def take(self, now: float) -> None:
-        extra, self._cold_takes = self._cold(self._last_take, now, self._cold_takes)
-        self._sent.append(now + extra)
-        self._last_take = now
+        self._sent.append(now)
         self._quiet += 1
         if self._quiet >= self.count:
             self._strikes = 0
@@ -97,9 +73,7 @@ class SubmitWindow:
         at = max(now, self._paused_until)
         if len(self._booked) == self.count:
             at = max(at, self._booked[0] + self.window)
-        extra, self._cold_books = self._cold(self._last_booked, at, self._cold_books)
-        self._booked.append(at + extra)
-        self._last_booked = at
+        self._booked.append(at)
         return at
 
     def opens_in(self, now: float) -> float:
