@@ -565,3 +565,46 @@ async def test_a_resumed_task_whose_poll_is_refused_fails_cleanly(tmp_path: Path
     (row,) = again.failed
     assert "internal error" not in (row.reason or "") and "kept" in (row.reason or "")
     assert [p.task_id for p in replay(out / JOURNAL_NAME).rows["1"].pending] == ["t-1"]
+
+
+@pytest.mark.parametrize("lost", [False, True])
+async def test_a_prompt_that_looks_like_a_secret_is_still_its_own(
+    tmp_path: Path, lost: bool
+) -> None:
+    """Words shaped like a key or a token ("a standard bearer holding ...", "sk-...") are
+    redacted on disk; the service's copy of the prompt is still recognised as the one sent,
+    by the wait and by the search for a lost answer. Before: each row taken for another
+    request's task, sent again 6 times, 13 billed for 2 rows, the summary counting 1."""
+    texts = (
+        "a standard bearer holding a flag",
+        "a street sign that reads sk-ChangeLaneNow",
+        "Bearer abc.def-123 written on a wall",
+    )
+    rows = [(str(i), "t2i", row_prompt(i, t), "", "") for i, t in enumerate(texts, 1)]
+    tasks = write_tasks(tmp_path / "task.csv", rows)
+    out = tmp_path / "out"
+    faults: dict[str, Any] = {}
+    if lost:
+        faults["answer_lost"] = {"every_n": 1, "endpoints": ["submit"]}
+    async with fault_emulator(time_scale=0.005, **faults) as emu:
+        summary = await run_all(tasks, out=out, settings=settings_for(emu))
+        assert summary.exit_code == 0, summary.failed
+        assert billed_per_row(emu.billed()) == once_each(3)
+    journal = (out / JOURNAL_NAME).read_text(encoding="utf-8")
+    assert "sk-ChangeLaneNow" not in journal  # still redacted on disk
+    assert len([r for r in records(out, "submitted") if r.get("adopted")]) == (3 if lost else 0)
+
+
+async def test_requests_sent_at_once_never_pass_the_budget(tmp_path: Path) -> None:
+    """Eight slots free at once and each asks the budget before any is on disk: the
+    budget counts the sends still being written. Before: a budget of 5 images paid 8."""
+    tasks = make_job(tmp_path, t2i=12)
+    async with fault_emulator(time_scale=0.02) as emu:
+        settings = settings_for(
+            emu, budget=5.0, prices={"cn": {"currency": "CNY", T2I: 1.0}}, region="cn"
+        )
+        summary = await run_all(tasks, out=tmp_path / "out", settings=settings)
+        billed = emu.billed()
+    assert summary.exit_code == 1  # the budget held the rest back
+    assert len(billed) == 5, len(billed)
+    assert max(billed_per_row(billed).values()) == 1

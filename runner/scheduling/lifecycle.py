@@ -49,7 +49,7 @@ from runner.errors import (
     classify,
 )
 from runner.images import ImageProblem, result_to_jpeg
-from runner.logs import NOTICE_LOGGER
+from runner.logs import NOTICE_LOGGER, scrub_text
 from runner.models import ModelCaps, caps
 from runner.policy import Action, RetryPolicy, Tries
 from runner.scheduling.polling import PollBudget, TaskWatcher
@@ -556,9 +556,12 @@ class Lifecycle:
 
 
 def _same_prompt(told: str, sent: str) -> bool:
-    """Whether a listed task's prompt is the one sent: equal, or the service kept a cut of a
-    long one (it cuts at the model's limit)."""
-    told, sent = told.strip(), sent.strip()
+    """Whether a task's prompt as the service tells it is the one sent: equal, or the
+    service kept a cut of a long one (it cuts at the model's limit). ``sent`` is the
+    ledger's copy, as on disk: anything in it shaped like a key is redacted, so the
+    service's copy is compared redacted the same way (a prompt about "a standard bearer"
+    or a sign reading "sk-..." is still its own)."""
+    told, sent = scrub_text(told.strip()), scrub_text(sent.strip())
     return told == sent or (len(told) >= 200 and sent.startswith(told))
 
 

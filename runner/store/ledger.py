@@ -243,6 +243,7 @@ class Ledger:
         self.emulated = emulated
         self.budget = budget
         self._this_run: set[str] = set()
+        self._writing: Counter[str] = Counter()  # images per model of sends not yet on disk
         self.adopt(book)
 
     def adopt(self, book: PaidBook) -> None:
@@ -259,21 +260,29 @@ class Ledger:
         self, index: str, model: str, *, n: int, fp: str | None, sync: bool, prompt: str
     ) -> PaidRequest:
         """prepared -> sent: on disk before the request leaves. ``BudgetReached`` when the
-        budget cannot take ``n`` more images of ``model`` (nothing is written then)."""
-        if self.budget is not None and not self.budget.allows(model, n, self.spent()):
-            raise BudgetReached(self.budget.reason(self.spent()))
+        budget cannot take ``n`` more images of ``model`` (nothing is written then); sends
+        still being written count against it, so requests sent at once never pass it."""
+        if self.budget is not None:
+            spent = Counter(self.spent())
+            spent.update(self._writing)
+            if not self.budget.allows(model, n, spent):
+                raise BudgetReached(self.budget.reason(spent))
         key = uuid.uuid4().hex[:16]
-        paid = await self._write(
-            "sending",
-            index=index,
-            req=key,
-            model=model,
-            n=n,
-            fp=fp,
-            sync=sync,
-            prompt=prompt,
-            backend=self.backend,
-        )
+        self._writing[model] += n
+        try:
+            paid = await self._write(
+                "sending",
+                index=index,
+                req=key,
+                model=model,
+                n=n,
+                fp=fp,
+                sync=sync,
+                prompt=prompt,
+                backend=self.backend,
+            )
+        finally:
+            self._writing[model] -= n
         assert paid is not None
         self._this_run.add(key)
         return paid
