@@ -608,3 +608,25 @@ async def test_requests_sent_at_once_never_pass_the_budget(tmp_path: Path) -> No
     assert summary.exit_code == 1  # the budget held the rest back
     assert len(billed) == 5, len(billed)
     assert max(billed_per_row(billed).values()) == 1
+
+
+async def test_a_refusal_binds_a_rerun_only_where_it_was_made(tmp_path: Path) -> None:
+    """A row every model refused for its content is bad input, held on a plain rerun with
+    the same service; one that a model set aside for the run never saw stays "failed",
+    and a verdict from one service (here one emulator) does not hold on another."""
+    rows = [("1", "t2i", row_prompt(1, "a red bicycle"), "", "")]
+    tasks = write_tasks(tmp_path / "task.csv", rows)
+    refusing = {"data_inspection_words": ["bicycle"]}
+    async with fault_emulator(**refusing) as emu:
+        alone = settings_for(emu)
+        first = await run_all(tasks, out=tmp_path / "a", settings=alone)
+        assert [r.status for r in first.rows] == ["bad"]
+        again = await run_all(tasks, out=tmp_path / "a", settings=alone)
+        assert "not tried again" in (again.rows[0].reason or "")
+        with_unserved = settings_for(emu, models={"t2i": [T2I, "no-such-model"]})
+        other = await run_all(tasks, out=tmp_path / "b", settings=with_unserved)
+        assert [r.status for r in other.rows] == ["failed"], other.rows[0].reason
+    async with fault_emulator() as emu2:  # another service, which refuses nothing
+        moved = await run_all(tasks, out=tmp_path / "a", settings=settings_for(emu2))
+        assert [r.status for r in moved.rows] == ["done"], moved.rows[0].reason
+        assert billed_per_row(emu2.billed()) == once_each(1)

@@ -145,8 +145,10 @@ class RowSteps:
                 why = "; ".join(
                     f"{m}: {r}" for m, r in {**self.refused_models, **row.refused}.items()
                 )
-                # refused for its content by a model (not only models set aside): bad input
-                stop = bad_input if row.refused else failed
+                # refused for its content by every model it names (none only set aside for
+                # the run, which never saw it): bad input; otherwise a rerun may yet help
+                every = set(self.settings.models[row.task.task_type])
+                stop = bad_input if row.refused and every <= set(row.refused) else failed
                 raise stop(
                     row.task, f"every model refused the row ({why})", attempts=row.tries.count
                 )

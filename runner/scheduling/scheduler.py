@@ -248,10 +248,13 @@ class Scheduler:
 
     def _setup(self, task: Task) -> str:
         """What besides its inputs decides whether a row's input is usable: the face-swap
-        backend for a deepfake row, the models tried for the others."""
+        backend for a deepfake row; for the others the models tried and the service that
+        refused it (an emulator's verdict never binds the real service, nor another run's
+        emulator)."""
         if task.task_type == "deepfake":
             return f"faceswap {self.swapper.backend if self.swapper is not None else 'none'}"
-        return "models " + ",".join(self.settings.models.get(task.task_type, []))
+        models = ",".join(self.settings.models.get(task.task_type, []))
+        return f"models {models} on {self.backend}"
 
     def _window(self, kind: str) -> int:
         """How many rows of a type are under way at once: twice its models' slots (so a
