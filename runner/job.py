@@ -23,11 +23,12 @@ import structlog
 
 from runner import logs
 from runner.backends.dashscope import DashScopeClient
+from runner.backends.judge.usage import JudgeUsage, journal_usage
 from runner.cost import Budget, billed_rows, check_budget
 from runner.errors import DiskFull, SettingsError
 from runner.interrupts import Interrupts, Left
 from runner.outcomes import INTERRUPTED, STATUS_LABEL, runs_view
-from runner.outputs.report import SUMMARY_NAME
+from runner.outputs.report import REPORT_NAME, SUMMARY_NAME
 from runner.policy import RetryPolicy
 from runner.scheduling.scheduler import RowResult, RunSummary, Scheduler
 from runner.script_guard import check_script_guard
@@ -41,7 +42,7 @@ from runner.startup import (
     open_job,
 )
 from runner.store.files import write_atomic_sync
-from runner.store.journal import Journal
+from runner.store.journal import Journal, JournalLost
 from runner.store.ledger import Ledger
 from runner.store.lock import OutLock
 from runner.tasks import TaskList
@@ -54,7 +55,8 @@ LOG_NAME = "run.log"
 
 class Observer(Protocol):
     """Progress sink (runner.progress: the CLI's display, and the API's by default). An
-    observer with a ``stopping(line)`` method is told what a stop waits for."""
+    observer with a ``stopping(line)`` method is told what a stop waits for; one with a
+    ``warn(line)`` method hears which closing file could not be written."""
 
     def started(self, tasks: TaskList, scheduler: Scheduler, banner: list[str]) -> None: ...
     def row(self, result: RowResult) -> None: ...
@@ -208,12 +210,38 @@ async def run_all(
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """``--out`` and the run's folders in it are folders, or not there yet: one line else."""
+    """``--out`` and the run's folders in it are folders, and the closing files in it files,
+    or not there yet: one line else, before anything is paid."""
     for path in (out_dir, out_dir / "imgs", out_dir / "candidates"):
         if path.exists() and not path.is_dir():
             raise SettingsError(
                 f"{path} is a file, not a folder: move it away or give another --out"
             )
+    for name in (FAILED_NAME, SUMMARY_NAME, REPORT_NAME):
+        if (out_dir / name).is_dir():
+            raise SettingsError(
+                f"{out_dir / name} is a folder, not a file: move it away or give another --out"
+            )
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``: another value later means it was deleted or replaced."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _warn(observer: Observer | None, line: str) -> None:
+    """A closing file not written: the observer's notice (else the console's log), and
+    run.log."""
+    log.info("not_written", line=line)
+    warn = getattr(observer, "warn", None)
+    if callable(warn):
+        warn(line)
+    else:
+        log.error("not_written", line=line)
 
 
 async def _run_locked(
@@ -231,6 +259,7 @@ async def _run_locked(
             open_job, tasks, Path(images) if images is not None else None, out_dir
         )
         tasklist = opened.tasklist
+        folder_id = _folder_identity(out_dir)
         key = settings.key()
         if configure_logging:
             # stderr: a script's terminal, or the notebook's cell (the notices, the warnings)
@@ -250,20 +279,29 @@ async def _run_locked(
             await workers.close(grace_s=0.0 if interrupts.left else None)
             journal.close()
         summary.left_early = summary.left_early or interrupts.left
-        try:
-            await journal_end(out_dir, summary)
-        except DiskFull as exc:  # a full disk: the summary on the console still says what to do
-            log.error("closing_files_not_written", error=str(exc))
-        if not interrupts.left:  # the page can wait for the next run, or `runner report`
-            try:
-                summary.report = await interrupts.until_left(
-                    _report(
-                        out_dir, tasklist.path, tasklist.images_dir,
-                        json.loads(summary.model_dump_json()),
+        if _folder_identity(out_dir) != folder_id:  # nothing to add them to: the journal went
+            _warn(
+                observer,
+                f"the output folder {out_dir} was deleted or replaced during the run, its "
+                f"journal with it: {FAILED_NAME}, {SUMMARY_NAME} and {REPORT_NAME} were not "
+                "written",
+            )
+        else:
+            # a full disk, or a closing file that cannot be written: one line each; the
+            # summary on the console still says what to do
+            for line in await journal_end(out_dir, summary):
+                _warn(observer, line)
+            if not interrupts.left:  # the page can wait for the next run, or `runner report`
+                try:
+                    summary.report = await interrupts.until_left(
+                        _report(
+                            out_dir, tasklist.path, tasklist.images_dir,
+                            json.loads(summary.model_dump_json()),
+                            on_error=lambda line: _warn(observer, line),
+                        )
                     )
-                )
-            except Left:
-                summary.left_early = True
+                except Left:
+                    summary.left_early = True
     if observer:
         observer.finished(summary)
     return summary
@@ -300,6 +338,9 @@ async def _run_with(
         lines += learned_lines
     earlier = runs_view(opened.state.runs_info)
     budget = Budget.for_settings(settings)
+    # the folder's judge spend before this run (its "judged" records), of this run's kind
+    judged_before = journal_usage(opened.state, settings.judge.model, emulated=emulated)
+    budget.follow(lambda: opened.state.book.billed(emulated=emulated), judged_before.cost or 0.0)
     started = time.time()
     await journal.write(
         "run_start",
@@ -355,8 +396,12 @@ async def _run_with(
             await _close_run(
                 journal, run_id, started, summary, scheduler.ledger, budget, earlier
             )
+        except JournalLost as exc:  # every later write says so too: the stop's line has
+            log.info("run_end_not_journaled", error=str(exc))
         except DiskFull as exc:  # the rows' records are on disk; say why, go on
-            log.error("run_end_not_journaled", error=str(exc))
+            _warn(observer, f"the run's end was not journaled: {exc}")
+        if summary.judge is not None:  # run_end holds this run's; the summary every run's
+            summary.judge = judged_before.plus(JudgeUsage(**summary.judge)).model_dump()
     return summary
 
 
@@ -395,25 +440,46 @@ async def _close_run(
 
 
 async def _report(
-    out_dir: Path, tasks: Path, images: Path | None, summary: dict[str, Any] | None = None
+    out_dir: Path,
+    tasks: Path,
+    images: Path | None,
+    summary: dict[str, Any] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> str | None:
-    """report.html for a person to look at; a failure here never fails the run."""
+    """report.html for a person to look at; a failure here never fails the run: it is one
+    line to ``on_error`` (else the log)."""
     from runner.outputs.report import write_report
 
     try:
         path = await asyncio.to_thread(write_report, out_dir, tasks, images, summary)
     except Exception as exc:  # the images are safe; say why the page is missing
-        log.error("report_failed", error=str(exc))
+        line = _not_written(out_dir / REPORT_NAME, exc)
+        if on_error is None:
+            log.error("report_failed", error=line)
+        else:
+            on_error(line)
         return None
     return str(path)
 
 
-async def journal_end(out_dir: Path, summary: RunSummary) -> None:
-    """Write the run's closing files: failed rows and the summary."""
-    await asyncio.to_thread(write_run_files, out_dir, summary)
+def _not_written(path: Path, exc: BaseException) -> str:
+    """One line: which closing file was not written, and why."""
+    if path.is_dir():
+        why = "it is a folder: move it away"
+    elif isinstance(exc, OSError):
+        why = exc.strerror or type(exc).__name__
+    else:
+        why = str(exc) or type(exc).__name__
+    return f"{path} was not written: {why}"
 
 
-def write_run_files(out_dir: Path, summary: RunSummary) -> None:
+async def journal_end(out_dir: Path, summary: RunSummary) -> list[str]:
+    """Write the run's closing files: failed rows and the summary. Returns a line for each
+    one that could not be written (the other is written all the same)."""
+    return await asyncio.to_thread(write_run_files, out_dir, summary)
+
+
+def write_run_files(out_dir: Path, summary: RunSummary) -> list[str]:
     s = io.StringIO()
     w = csv.writer(s, lineterminator="\n")
     w.writerow(["index", "task_type", "status", "reason", "request_id"])
@@ -421,12 +487,19 @@ def write_run_files(out_dir: Path, summary: RunSummary) -> None:
         [r.index, r.task_type, STATUS_LABEL[r.status], r.reason or "", r.request_id or ""]
         for r in summary.failed
     )
-    write_atomic_sync(out_dir / FAILED_NAME, s.getvalue().encode("utf-8-sig"))
     data = summary.model_dump(mode="json")
     data["by_type"] = {k: dict(v) for k, v in summary.by_type().items()}
-    write_atomic_sync(
-        out_dir / SUMMARY_NAME, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
-    )
+    files = {
+        FAILED_NAME: s.getvalue().encode("utf-8-sig"),
+        SUMMARY_NAME: json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"),
+    }
+    problems = []
+    for name, content in files.items():
+        try:
+            write_atomic_sync(out_dir / name, content)
+        except (DiskFull, OSError) as exc:
+            problems.append(_not_written(out_dir / name, exc))
+    return problems
 
 
 async def rejudge_all(

@@ -138,6 +138,10 @@ class ProgressObserver:
         self.progress.update(self.bar, eta=self._eta_text())
         self.notice("warning", line)
 
+    def warn(self, line: str) -> None:
+        """A fault that ends no row but a person must read (a closing file not written)."""
+        self.notice("warning", line)
+
     def _can_redraw(self) -> bool:
         """A terminal, or Jupyter with ipywidgets (rich's live display needs them there)."""
         if self.console.is_terminal:

@@ -42,7 +42,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
-    """Remove a failed write's temp file; a full disk becomes DiskFull."""
+    """Remove a failed write's temp file; a full disk (or a size limit) becomes DiskFull."""
     try:
         os.unlink(tmp)
     except OSError:
@@ -51,11 +51,21 @@ def _discard(tmp: Path, path: Path, exc: BaseException) -> None:
 
 
 def raise_local(exc: BaseException, path: Path) -> None:
-    """A write error that every later write would repeat becomes the error that stops the run."""
+    """A write error that every later write would repeat becomes the error that stops the run:
+    no space (ENOSPC), a disk quota (EDQUOT), a file-size limit (EFBIG, ``ulimit -f``), a
+    folder that refuses writes, or one that is gone."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskFull(f"no space left on the device writing {path}") from None
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        raise DiskFull(
+            f"{path} is larger than this process may write (a file-size limit: ulimit -f)"
+        ) from None
     if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
         raise OutputUnwritable(f"cannot write {path}: {exc.strerror}") from None
+    if isinstance(exc, OSError) and exc.errno == errno.ENOENT and not path.parent.is_dir():
+        raise OutputUnwritable(
+            f"cannot write {path}: its folder {path.parent} is gone (deleted or moved)"
+        ) from None
 
 
 async def write_atomic(path: Path, data: bytes) -> None:
