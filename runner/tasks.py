@@ -35,6 +35,9 @@ FAR_PROMPT_CHARS = 8000
 _SNIFF_BYTES = 4096
 # No task line is this long; reading one whole would let a hostile file fill the memory.
 MAX_LINE_CHARS = 1_000_000
+# A field (a quoted one may span lines) is read up to this long, past the csv module's
+# default of 131,072: a long prompt is then a bad row of its own, not a broken file.
+MAX_FIELD_CHARS = MAX_LINE_CHARS
 # A swallowed line that starts like a task row: "<index>,".
 _ROW_LIKE = re.compile(r"\s*\d{1,18}\s*,")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -227,6 +230,8 @@ def iter_rows(path: Path, images_dir: Path | None = None) -> Iterator[Task | Bad
     seen: set[str] = set()
     order: list[str] = []
     lines = array("L")  # each row's first line, for the duplicate message only
+    # the limit is the csv module's, for the whole process: only ever raised
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
     with _open_text(path) as text:
         reader = csv.reader(_lines(text, path), strict=True)
         start = 1
@@ -270,6 +275,11 @@ def _csv_error(path: Path, start: int, end: int, exc: csv.Error) -> TaskFileErro
             f"the end of the file (line {end}); {fix}"
         )
     to = f" (to line {end})" if end > start else ""
+    if "field larger than field limit" in str(exc):
+        return TaskFileError(
+            f"{path}: line {start}{to}: a field runs past {MAX_FIELD_CHARS:,} characters; "
+            f"a quote opened in this row is not closed where it should be: {fix}"
+        )
     return TaskFileError(
         f"{path}: line {start}{to}: not valid CSV ({exc}); a quote opened in a field must "
         f"close before the next comma or line end: {fix}"
@@ -325,8 +335,9 @@ def _row(
     prompt = _clean_prompt(raw_prompt)
     if len(prompt) > FAR_PROMPT_CHARS:
         return bad(
-            f"prompt is {len(prompt)} characters, far beyond any model's limit (2000); "
-            f"were rows joined by a stray quote?"
+            f"prompt is {len(prompt)} characters, far beyond any model's limit (2000): "
+            f"one up to {FAR_PROMPT_CHARS:,} is cut to its model's limit, a longer one is "
+            "refused; shorten it (or were rows joined by a stray quote?)"
         )
     if task_type in ("t2i", "tie", "vttie") and not prompt:
         return bad("empty prompt")

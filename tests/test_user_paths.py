@@ -857,3 +857,21 @@ def test_report_redacts_a_typed_key_and_marks_chinese_prompts(job, tmp_path: Pat
     assert key not in page and "my key is [redacted]" in page
     assert '<div class="prompt" lang="zh">一只猫</div>' in page
     assert '"Noto Sans CJK SC"' in page and '"Microsoft YaHei"' in page  # a CJK font stack
+
+
+def test_a_quoted_prompt_past_the_csv_field_limit_is_one_bad_row(job, tmp_path: Path) -> None:
+    """A properly quoted 200,000-character prompt (past the csv module's 131,072 default)
+    is read: that row is bad input for its length, the others are priced and run."""
+    tasks = job([
+        ("1", "t2i", "a cat", "", ""),
+        ("2", "t2i", "a dog, on a hill. " * 11_112, "", ""),
+        ("3", "t2i", "a fox", "", ""),
+    ])
+    res = _cli("--tasks", str(tasks), "--dry-run", cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "(1 unusable)" in res.stdout and "not valid CSV" not in res.stdout + res.stderr
+    bad = [ln for ln in res.stdout.splitlines() if "bad input" in ln]
+    assert len(bad) == 1 and bad[0].strip().startswith("row 2 (t2i, bad input): prompt is ")
+    assert "far beyond any model's limit" in bad[0]
+    tl = load_tasks(tasks)
+    assert [t.index for t in tl.tasks] == ["1", "3"] and [b.index for b in tl.bad] == ["2"]
