@@ -322,7 +322,9 @@ class Scheduler:
                 task_type=task.task_type,
                 status="bad",
                 reason=f"{prior.failed_reason} (as in the last run; the row, its images and "
-                f"the {setup.split()[0]} are unchanged, so it is not tried again)",
+                + ("the face-swap backend" if task.task_type == "deepfake" else
+                   "the models and the service")
+                + " are unchanged, so it is not tried again)",
             )
             return self._emit(res)
         try:
