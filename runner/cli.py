@@ -493,8 +493,18 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
             style="bold yellow",
             highlight=False,
         )
+    short = [r.index for r in summary.rows if r.held_back]
+    if short:
+        named = ", ".join(short[:15]) + (f" and {len(short) - 15} more" if len(short) > 15 else "")
+        console.print(
+            f"{len(short)} row(s) made fewer candidates than asked: budget reached (rows "
+            f"{named}); they are kept as done with what they have: a rerun does not make the "
+            "rest.",
+            style="yellow",
+            highlight=False,
+        )
     if not failed:
-        if not summary.stopped_reason and not summary.interrupted:
+        if not summary.stopped_reason and not summary.interrupted and not short:
             console.print("Every row is done.", style="green")
         return
     # rows the stop or the interrupt cut short say what the line above says: count them

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -61,14 +61,18 @@ def price_book(settings: Settings, region: str | None = None) -> PriceBook:
 
 
 class Budget:
-    """The ``--budget`` guard: asked before each paid request, with what the folder has spent.
+    """The ``--budget`` guard: asked before each paid request and each judge call, with what
+    the folder has spent.
 
-    It counts nothing itself: the spend is the ledger's (runner.store.ledger), images billed
-    or possibly billed per model over every run in the folder, a crashed run's included, and
-    requests whose answer is lost or still on its way at their full ``n``. ``limit`` None: no
-    limit. A model without a price adds no money; with a limit set, ``unpriced`` names such
-    models so the caller can refuse to start (a budget that cannot see a model's cost guards
-    nothing).
+    It counts images nothing itself: that spend is the ledger's (runner.store.ledger), images
+    billed or possibly billed per model over every run in the folder, a crashed run's
+    included, and requests whose answer is lost or still on its way at their full ``n``. The
+    judge's spend is the journal's "judged" records of the folder's earlier runs
+    (``judge_before``) and this run's served calls (``count_judge``), with what calls under
+    way may cost held (``reserve_judge``): images and judge together never pass ``limit``.
+    ``limit`` None: no limit. A model without a price adds no money; with a limit set,
+    ``unpriced`` names such models so the caller can refuse to start (a budget that cannot see
+    a model's cost guards nothing).
     """
 
     def __init__(self, prices: PriceBook, limit: float | None = None) -> None:
@@ -77,20 +81,55 @@ class Budget:
         self.prices = prices
         self.limit = limit
         self.refused = 0  # requests held back by the budget
+        self.judge_refused = 0  # judge scores not begun: they could pass the limit
         self.judge_calls = 0  # judge calls of this run (count_judge)
         self.judge_spent = 0.0  # their estimated cost, where [judge] has prices
+        self.judge_before = 0.0  # the folder's earlier runs' judge spend (``follow``)
+        self._judge_held = 0.0  # the most the judge calls under way may still cost
+        self._images: Callable[[], Mapping[str, int]] = dict
         self._warned: set[str] = set()
 
-    def count_judge(self, cost: float | None) -> None:
-        """One served judge call and its estimated cost (None: no price): counted against
-        the limit with the images; the judge itself is never refused here."""
+    def follow(self, images: Callable[[], Mapping[str, int]], judge_before: float) -> None:
+        """Where the folder's spend is read: ``images`` the ledger's images billed per model
+        (every run of this kind), ``judge_before`` the judge's estimated cost in the
+        journal before this run."""
+        self._images = images
+        self.judge_before = judge_before
+
+    def reserve_judge(self, cost: float) -> bool:
+        """Hold ``cost`` for judge calls about to be made, when images and judge stay within
+        the limit with it; False (nothing held) when they would not."""
+        if self.limit is not None and cost > 0:
+            if self.cost(self._images()) + cost > self.limit + 1e-9:
+                self.judge_refused += 1
+                return False
+        self._judge_held += cost
+        return True
+
+    def count_judge(self, cost: float | None, reserved: float = 0.0) -> None:
+        """One served judge call and its estimated cost (None: no price), in place of the
+        ``reserved`` part of what was held for it."""
+        self.release_judge(reserved)
         self.judge_calls += 1
         self.judge_spent += cost or 0.0
 
+    def release_judge(self, reserved: float) -> None:
+        """Give back what was held for judge calls not made or not served."""
+        self._judge_held = max(0.0, self._judge_held - reserved)
+
+    def judge_reason(self) -> str:
+        """Why a judge call was not made."""
+        return self.reason(self._images())
+
     def cost(self, images: Mapping[str, int]) -> float:
         """The estimated cost of ``images`` per model (models without a price add nothing)
-        and of this run's judge calls."""
-        return sum(self.prices.cost(m, n) or 0.0 for m, n in images.items()) + self.judge_spent
+        and of the folder's judge calls, those under way at the most they may cost."""
+        return (
+            sum(self.prices.cost(m, n) or 0.0 for m, n in images.items())
+            + self.judge_before
+            + self.judge_spent
+            + self._judge_held
+        )
 
     @property
     def exhausted(self) -> bool:

@@ -6,7 +6,7 @@ import signal
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, computed_field, field_validator
 
 from runner.logs import scrub_text
 
@@ -40,6 +40,7 @@ class RowResult(BaseModel):
     score: float | None = None  # the judge's overall score of the chosen image
     seconds: float = 0.0
     request_id: str | None = None  # the service's id of the request that failed the row
+    held_back: int = 0  # candidates asked for that the budget held back (a done row)
 
     @field_validator("request_id")
     @classmethod
@@ -86,6 +87,12 @@ class RunSummary(BaseModel):
     def failed(self) -> list[RowResult]:
         return [r for r in self.rows if not r.ok]
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def short_of_budget(self) -> int:
+        """Done rows that made fewer candidates than asked: the budget held the rest back."""
+        return sum(1 for r in self.rows if r.held_back)
+
     @property
     def stopped_by_user(self) -> bool:
         """The run stopped because it was asked to (Ctrl-C, SIGTERM), not for a cause to fix."""
@@ -104,7 +111,9 @@ class RunSummary(BaseModel):
             return 128 + int(getattr(signal, self.interrupted, signal.SIGINT))
         if self.stopped_reason:
             return 3
-        return 0 if not self.failed else 1
+        # rows this run made short for the budget: it stopped submitting (kept ones are done)
+        held = any(r.held_back and r.status == "done" for r in self.rows)
+        return 0 if not self.failed and not held else 1
 
     def to_frame(self) -> pd.DataFrame:
         """One row per task row (index, type, status, reason, model, ...), for pandas."""

@@ -82,19 +82,19 @@ def judge_for(
     budget: Budget | None = None,
 ) -> Any:
     """The VIEScore judge, when scoring is on or a row has several candidates; it decides its
-    retries with the rows' policy object and counts its estimated spend in ``budget``."""
+    retries with the rows' policy object, and asks ``budget`` before each call and tells it
+    what each cost."""
     if not settings.judge.enabled and max(settings.candidate_counts().values()) <= 1:
         return None
     from runner.backends.judge.scorer import Judge
 
-    spend = budget.count_judge if budget is not None else None
     return Judge(
         client,
         settings.judge,
         emulated=emulated,
         policy=policy,
         region=settings.region,
-        spend=spend,
+        spend=budget,
     )
 
 

@@ -503,17 +503,40 @@ async def test_token_throttle_against_emulator(pics: dict[str, Path]) -> None:
 
 
 async def test_usage_counts_tokens_and_cost_and_tells_the_budget(pics: dict[str, Path]) -> None:
-    spent: list[float | None] = []
+    from runner.cost import Budget, PriceBook
+
+    budget = Budget(PriceBook(region="cn"))
     settings = JudgeSettings(input_price=2.0, output_price=8.0)
-    judge = Judge(StubClient(), settings, emulated=False, spend=spent.append)
-    await judge.score("t2i", "a fox", pics["sharp"])
+    judge = Judge(StubClient(), settings, emulated=False, spend=budget)
+    score = await judge.score("t2i", "a fox", pics["sharp"])
     u = judge.usage
-    assert u.calls == 2 and len(spent) == 2 and u.input_size > 0 and u.output_size > 0
+    assert u.calls == 2 and budget.judge_calls == 2 and u.input_size > 0 and u.output_size > 0
     assert u.cost == pytest.approx((u.input_size * 2.0 + u.output_size * 8.0) / 1e6)
-    assert sum(c or 0.0 for c in spent) == pytest.approx(u.cost)
-    unpriced = Judge(StubClient(), JudgeSettings(), emulated=False, spend=spent.append)
-    await unpriced.score("t2i", "a fox", pics["sharp"])
-    assert unpriced.usage.cost is None and spent[-1] is None
+    assert budget.judge_spent == pytest.approx(u.cost) and budget.cost({}) == pytest.approx(u.cost)
+    # the score carries what it spent: the journal's "judged" record is the folder's count
+    assert (score.calls, score.input_size, score.output_size) == (2, u.input_size, u.output_size)
+    assert score.record()["cost"] == pytest.approx(u.cost)
+    unpriced = Judge(StubClient(), JudgeSettings(), emulated=False, spend=budget)
+    score = await unpriced.score("t2i", "a fox", pics["sharp"])
+    assert unpriced.usage.cost is None and score.cost is None and budget.judge_calls == 4
+
+
+async def test_a_score_the_budget_cannot_pay_is_not_begun(pics: dict[str, Path]) -> None:
+    """Both questions' largest cost must fit before the first is asked; nothing is held
+    after a score."""
+    from runner.cost import Budget, PriceBook
+
+    settings = JudgeSettings(input_price=2.0, output_price=8.0)
+    client = StubClient()
+    tight = Budget(PriceBook(region="cn"), limit=0.001)  # below one question's worst case
+    with pytest.raises(JudgeBudgetExhausted, match="judge stopped: budget"):
+        await Judge(client, settings, emulated=False, spend=tight).score(
+            "t2i", "a fox", pics["sharp"]
+        )
+    assert not client.calls and tight.judge_refused == 1 and tight.cost({}) == 0
+    roomy = Budget(PriceBook(region="cn"), limit=1.0)
+    await Judge(client, settings, emulated=False, spend=roomy).score("t2i", "a fox", pics["sharp"])
+    assert roomy.cost({}) == pytest.approx(roomy.judge_spent)  # what was held went back
 
 
 def test_judge_models_paced_by_their_published_quota() -> None:

@@ -12,7 +12,7 @@ failed ``RowResult``).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,10 @@ class Finisher:
     swapper: FaceSwapPool | None = None
     swapper_problem: str | None = None  # why there is no swapper, for the deepfake rows
     _judge_off: bool = False  # the judge's budget is spent (or it broke): stop asking
+    _judge_stop: str = ""  # why it was turned off
+    # index -> why the row made fewer candidates than asked, and how many the budget held
+    # back (RowSteps; taken by ``finish``)
+    short: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def imgs_dir(self) -> Path:
@@ -93,6 +97,13 @@ class Finisher:
         files = await self._write_candidates(task, got, path)
         scores = await self._judge_all(task, [p for p, _ in files])
         chosen = pick(scores) if scores else None
+        notes: list[str] = []
+        held = 0
+        if task.index in self.short:
+            note, held = self.short.pop(task.index)
+            notes.append(note)
+        if len(got) > 1 and chosen is None and self._judge_stop:
+            notes.append(f"the first candidate is kept ({self._judge_stop})")
         chosen = 0 if chosen is None else chosen
         best = files[chosen][1]
         if len(got) > 1:
@@ -130,16 +141,22 @@ class Finisher:
             fields["chosen"] = chosen
         if scores:
             fields["score"] = score
+        if notes:
+            fields["note"] = "; ".join(notes)
+        if held:
+            fields["held_back"] = held
         await self.journal.write("done", index=task.index, **fields)
         return RowResult(
             index=task.index,
             task_type=task.task_type,
             status="done",
+            reason="; ".join(notes) or None,
             model=best.model,
             attempts=attempts,
             file=rel,
             emulated=emulated,
             score=score,
+            held_back=held,
         )
 
     async def _write_candidates(
@@ -260,6 +277,7 @@ class Finisher:
                 raise
             except RunnerError as exc:  # budget spent and the like: stop judging, keep going
                 self._judge_off = True
+                self._judge_stop = str(exc)
                 log.warning("judge_off", reason=str(exc))
                 return []
             scores.append(sc)

@@ -119,9 +119,17 @@ class RowSteps:
         while len(got) < row.want:
             try:
                 got.extend(await self._generate(row, len(got)))
-            except RowStop:
+            except RowStop as stop:
                 if not got:  # what was made so far still counts
                     raise
+                # the row ends with what it has, and says why it has fewer (the budget: a
+                # BudgetReached became this stop)
+                budget = isinstance(stop.__context__, BudgetReached)
+                why = "budget reached" if budget else stop.result.reason
+                self.finisher.short[row.task.index] = (
+                    f"{len(got)} of {row.want} candidates: {why}",
+                    row.want - len(got) if budget else 0,
+                )
                 break
 
     def _leave_ready(self, row: RowWork) -> None:

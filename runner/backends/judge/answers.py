@@ -36,6 +36,12 @@ class JudgeScore(BaseModel):
     reasoning: str = ""
     error: str | None = None
     emulated: bool = False  # scored by the emulator's stand-in judge
+    # what scoring it spent: calls the service served, estimated tokens (in, out) and cost
+    # (None: no price); the journal's "judged" records are the judge's spend over the folder
+    calls: int = 0
+    input_size: int = 0
+    output_size: int = 0
+    cost: float | None = None
 
     @property
     def scored(self) -> bool:

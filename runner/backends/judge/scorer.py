@@ -6,8 +6,11 @@ answer with the reference's parser (``answers``; an unusable answer is asked onc
 same request again as the reference does, then the candidate stays unscored with the reason
 in ``error``) and combines them. Calls are paced by requests and tokens a minute
 (``pacing``, from the model's published quota), counted against the run's judge
-budget, and their estimated tokens and cost are kept (``usage``); what the transport gave up
-on is retried or not as ``runner.policy`` decides (a tokens-a-minute 429 pauses every call).
+budget, and their estimated tokens and cost are kept (``usage``, and each score's own in its
+``JudgeScore``, which the journal keeps). With a money budget (``--budget``, ``JudgeSpend``)
+a call is made only when its largest possible cost fits: a score reserves what its questions
+may cost before the first is asked. What the transport gave up on is retried or not as
+``runner.policy`` decides (a tokens-a-minute 429 pauses every call).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,7 +71,39 @@ TEMPERATURE = 0.1  # the reference's sampling temperature
 
 
 class JudgeBudgetExhausted(RunnerError):
-    """The run's judge call budget (``judge.budget``) is spent; no further calls are made."""
+    """The run's judge call budget (``judge.budget``) is spent, or the next call could pass
+    the money budget (``--budget``); no further calls are made."""
+
+
+class JudgeSpend(Protocol):
+    """The money budget the judge's calls count against (``runner.cost.Budget``)."""
+
+    def reserve_judge(self, cost: float) -> bool:
+        """Hold ``cost`` for calls about to be made; False when it would pass the limit."""
+        ...
+
+    def count_judge(self, cost: float | None, reserved: float) -> None:
+        """One served call's estimated cost (None: no price), replacing ``reserved``."""
+        ...
+
+    def release_judge(self, reserved: float) -> None:
+        """Give back what was held for calls not made or not served."""
+        ...
+
+    def judge_reason(self) -> str:
+        """Why a judge call was not made."""
+        ...
+
+
+@dataclass
+class _Spent:
+    """What one score's calls spent, and what it holds of the money budget."""
+
+    calls: int = 0
+    input_size: int = 0
+    output_size: int = 0
+    cost: float | None = None
+    reserved: float = 0.0
 
 
 class ChatClient(Protocol):
@@ -90,7 +126,7 @@ class _CallFailed(Exception):
 class Judge:
     """Scores one image per call of :meth:`score`; one instance per run (its budget and rate
     limit are the run's). ``policy`` is the run's retry policy (``runner.policy``); ``spend``
-    hears each served call's estimated cost (None: no price), for the run's ``--budget``."""
+    is the run's ``--budget``, asked before each call and told what each served call cost."""
 
     def __init__(
         self,
@@ -102,7 +138,7 @@ class Judge:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         policy: RetryPolicy | None = None,
-        spend: Callable[[float | None], None] | None = None,
+        spend: JudgeSpend | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -135,8 +171,34 @@ class Judge:
     def remaining(self) -> int:
         return max(0, self.settings.budget - self.calls)
 
-    def _unscored(self, error: str, **kw: Any) -> JudgeScore:
-        return JudgeScore(judge_model=self.model, error=error, emulated=self.emulated, **kw)
+    def _unscored(self, error: str, spent: _Spent | None = None, **kw: Any) -> JudgeScore:
+        return self._spent(
+            JudgeScore(judge_model=self.model, error=error, emulated=self.emulated, **kw), spent
+        )
+
+    @staticmethod
+    def _spent(score: JudgeScore, spent: _Spent | None) -> JudgeScore:
+        """``score`` with what its calls spent (for the journal's "judged" record)."""
+        if spent is not None:
+            score.calls, score.cost = spent.calls, spent.cost
+            score.input_size, score.output_size = spent.input_size, spent.output_size
+        return score
+
+    def _max_cost(self, messages: list[dict[str, Any]]) -> float:
+        """The most one call of ``messages`` may cost: its input and the longest answer."""
+        s = self.settings
+        if s.input_price is None or s.output_price is None:
+            return 0.0
+        return (input_tokens(messages) * s.input_price + MAX_TOKENS * s.output_price) / 1e6
+
+    def _reserve(self, spent: _Spent, cost: float) -> None:
+        """Hold ``cost`` more of the money budget for this score; raises
+        JudgeBudgetExhausted when it would pass it."""
+        if self._spend is None or cost <= 0:
+            return
+        if not self._spend.reserve_judge(cost):
+            raise JudgeBudgetExhausted(f"judge stopped: {self._spend.judge_reason()}")
+        spent.reserved += cost
 
     async def score(
         self,
@@ -167,26 +229,51 @@ class Judge:
             )
         except (ImageProblem, OSError) as exc:
             return self._unscored(f"cannot read the image: {exc}", identity=identity)
-        if task_type == "deepfake":
-            return await self._combine(None, result_uri, identity, [])
-        images = [result_uri] if source_uri is None else [source_uri, result_uri]
-        text = question(prompt, edit=source_uri is not None)
+        pq_messages = message([result_uri], pq_question())
+        sc_messages = None
+        if task_type != "deepfake":
+            images = [result_uri] if source_uri is None else [source_uri, result_uri]
+            sc_messages = message(images, question(prompt, edit=source_uri is not None))
+        spent = _Spent(cost=0.0 if self._priced else None)
+        # both questions' largest cost is held before the first is asked: a score is not
+        # begun that the budget cannot finish
+        self._reserve(
+            spent, sum(self._max_cost(m) for m in (sc_messages, pq_messages) if m is not None)
+        )
         try:
-            sc, why = await self._ask(message(images, text), "SC")
-        except (AnswerError, _CallFailed) as exc:
-            # PQ is not asked: the candidate is unscored either way, save the call.
-            return self._unscored(f"SC: {exc}", identity=identity)
-        return await self._combine(sc, result_uri, identity, [f"SC: {why}"])
+            return await self._questions(sc_messages, pq_messages, identity, spent)
+        except JudgeBudgetExhausted as exc:
+            if not spent.calls:
+                raise
+            # what was spent reaches the journal; the next score is not begun
+            return self._unscored(str(exc), spent, identity=identity)
+        finally:
+            if self._spend is not None and spent.reserved:
+                self._spend.release_judge(spent.reserved)
 
-    async def _combine(
-        self, sc: list[float] | None, result_uri: str, identity: float | None, notes: list[str]
+    async def _questions(
+        self,
+        sc_messages: list[dict[str, Any]] | None,
+        pq_messages: list[dict[str, Any]],
+        identity: float | None,
+        spent: _Spent,
     ) -> JudgeScore:
-        """Ask PQ and combine it with SC (or, for a deepfake, with the identity score)."""
+        """Ask SC (none for a deepfake) and PQ and combine them (a deepfake's PQ with its
+        identity score)."""
+        sc: list[float] | None = None
+        notes: list[str] = []
+        if sc_messages is not None:
+            try:
+                sc, why = await self._ask(sc_messages, "SC", spent)
+            except (AnswerError, _CallFailed) as exc:
+                # PQ is not asked: the candidate is unscored either way, save the call.
+                return self._unscored(f"SC: {exc}", spent, identity=identity)
+            notes.append(f"SC: {why}")
         try:
-            pq, why = await self._ask(message([result_uri], pq_question()), "PQ")
+            pq, why = await self._ask(pq_messages, "PQ", spent)
         except (AnswerError, _CallFailed) as exc:
             return self._unscored(
-                f"PQ: {exc}", sc=sc, identity=identity, reasoning=" | ".join(notes)
+                f"PQ: {exc}", spent, sc=sc, identity=identity, reasoning=" | ".join(notes)
             )
         notes.append(f"PQ: {why}")
         if sc is None:
@@ -194,7 +281,7 @@ class Judge:
             value = overall_deepfake(identity, pq)
         else:
             value = overall(sc, pq)
-        return JudgeScore(
+        score = JudgeScore(
             sc=sc,
             pq=pq,
             overall=value,
@@ -203,13 +290,20 @@ class Judge:
             reasoning=" | ".join(notes),
             emulated=self.emulated,
         )
+        return self._spent(score, spent)
 
-    async def _ask(self, messages: list[dict[str, Any]], what: str) -> tuple[list[float], str]:
+    @property
+    def _priced(self) -> bool:
+        return self.settings.input_price is not None and self.settings.output_price is not None
+
+    async def _ask(
+        self, messages: list[dict[str, Any]], what: str, spent: _Spent
+    ) -> tuple[list[float], str]:
         """One question; an unusable answer is asked again once, the same request (as the
         reference does). Raises AnswerError (unusable twice) or _CallFailed."""
         last: AnswerError | None = None
         for attempt in range(_PARSE_ATTEMPTS):
-            answer = await self._call(messages)
+            answer = await self._call(messages, spent)
             try:
                 return parse_answer(answer)
             except AnswerError as exc:
@@ -218,14 +312,18 @@ class Judge:
         assert last is not None
         raise AnswerError(f"unusable answer after {_PARSE_ATTEMPTS} tries ({last})")
 
-    async def _call(self, messages: list[dict[str, Any]]) -> str:
-        """One chat request under the rate limit and the budget; what the transport gave up
-        on is retried as the policy decides."""
+    async def _call(self, messages: list[dict[str, Any]], spent: _Spent) -> str:
+        """One chat request under the rate limit and the budgets (calls, and money: what
+        the score holds, more held when an answer is asked again); what the transport gave
+        up on is retried as the policy decides."""
         tries = Tries()
         tokens = estimate_tokens(messages)
+        most = self._max_cost(messages)
         while True:
             if self.calls >= self.settings.budget:
                 raise JudgeBudgetExhausted(f"judge budget of {self.settings.budget} calls is spent")
+            if spent.reserved < most:
+                self._reserve(spent, most - spent.reserved)
             await self._pacer.wait(tokens)
             self.usage.calls += 1
             try:
@@ -235,7 +333,7 @@ class Judge:
             except DashScopeError as exc:
                 error = exc.at(Step.JUDGE_CALL)
             else:
-                self._count(input_tokens(messages), output_tokens(answer))
+                self._count(input_tokens(messages), output_tokens(answer), spent, most)
                 return answer
             if isinstance(error, RateLimited):  # a 429 is not a call the service served
                 self.usage.throttled += 1
@@ -259,14 +357,21 @@ class Judge:
             )
             await self._sleep(decision.delay_s)
 
-    def _count(self, tokens_in: int, tokens_out: int) -> None:
-        """One served call's estimated tokens and cost, kept and told to ``spend``."""
+    def _count(self, tokens_in: int, tokens_out: int, spent: _Spent, held: float) -> None:
+        """One served call's estimated tokens and cost: kept in the run's usage and the
+        score's, and told to ``spend`` in place of the ``held`` part of what it holds."""
         self.usage.input_size += tokens_in
         self.usage.output_size += tokens_out
+        spent.calls += 1
+        spent.input_size += tokens_in
+        spent.output_size += tokens_out
         cost = None
         s = self.settings
         if s.input_price is not None and s.output_price is not None:
             cost = (tokens_in * s.input_price + tokens_out * s.output_price) / 1e6
             self.usage.cost = (self.usage.cost or 0.0) + cost
+            spent.cost = (spent.cost or 0.0) + cost
         if self._spend is not None:
-            self._spend(cost)
+            held = min(held, spent.reserved)
+            spent.reserved -= held
+            self._spend.count_judge(cost, held)

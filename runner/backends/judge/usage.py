@@ -1,5 +1,6 @@
-"""What the judge costs: the calls, 429s and estimated tokens of a run (``JudgeUsage``), the
-line that shows them, and the dry run's estimate before any call is made.
+"""What the judge costs: the calls, 429s and estimated tokens of a run (``JudgeUsage``), of
+every run in a folder as its journal says (``journal_usage``), the line that shows them, and
+the dry run's estimate before any call is made.
 
 Tokens are estimated as the pacer counts them (``pacing``): Qwen-VL's 28 x 28 patches per
 image, about two characters a text token; the cost is the ``[judge]`` list prices per
@@ -17,8 +18,16 @@ from runner.backends.judge.pacing import MAX_TOKENS, pace
 from runner.backends.judge.questions import IMAGE_AREA, target_size
 from runner.backends.judge.reference import reference
 from runner.settings import Settings
+from runner.store.journal import JournalState
 
-__all__ = ["JudgeEstimate", "JudgeUsage", "calls_per_candidate", "describe", "estimate"]
+__all__ = [
+    "JudgeEstimate",
+    "JudgeUsage",
+    "calls_per_candidate",
+    "describe",
+    "estimate",
+    "journal_usage",
+]
 
 _PATCH = 28
 _CHARS_PER_TOKEN = 2
@@ -42,6 +51,47 @@ class JudgeUsage(BaseModel):
     output_size: int = 0
     cost: float | None = None  # None: no price in [judge] input_price / output_price
     reference: str = ""  # where the question texts and the parser come from
+
+    def plus(self, other: JudgeUsage) -> JudgeUsage:
+        """Both together (the cost is known when either's is: a call with no price adds
+        nothing to it)."""
+        costs = [c for c in (self.cost, other.cost) if c is not None]
+        models = sorted({m for u in (self, other) for m in u.model.split(", ") if m})
+        return JudgeUsage(
+            model=", ".join(models),
+            calls=self.calls + other.calls,
+            throttled=self.throttled + other.throttled,
+            retries=self.retries + other.retries,
+            input_size=self.input_size + other.input_size,
+            output_size=self.output_size + other.output_size,
+            cost=sum(costs) if costs else None,
+            reference=other.reference or self.reference,
+        )
+
+
+def journal_usage(state: JournalState, model: str, *, emulated: bool | None = None) -> JudgeUsage:
+    """The judge's calls, estimated tokens and cost as the journal's "judged" records say
+    them (each record carries what scoring its file spent), every run in the folder, a killed
+    run's included; ``emulated``: only the emulator's judge, or only the real one. A file
+    judged again (``rejudge``) counts its latest record: the replayed state keeps no other."""
+    out = JudgeUsage(model=model)
+    costs: list[float] = []
+    models: set[str] = set()
+    for row in state.rows.values():
+        for rec in row.judged.values():
+            if emulated is not None and bool(rec.get("emulated")) != emulated:
+                continue
+            out.calls += int(rec.get("calls") or 0)
+            out.input_size += int(rec.get("input_size") or 0)
+            out.output_size += int(rec.get("output_size") or 0)
+            if isinstance(rec.get("cost"), int | float):
+                costs.append(float(rec["cost"]))
+            if rec.get("calls") and rec.get("judge_model"):
+                models.add(str(rec["judge_model"]))
+    out.cost = sum(costs) if costs else None
+    if models:
+        out.model = ", ".join(sorted(models))
+    return out
 
 
 def _money(amount: float | None, currency: str) -> str:
