@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from runner.backends.judge.usage import describe
+from runner.backends.judge.usage import describe, journal_usage
 from runner.backends.judge.wins import standings
 from runner.logs import scrub_text
 from runner.outcomes import runs_view
@@ -370,25 +370,19 @@ def _judges(state: JournalState) -> str:
     return ", ".join(judges) + (" (emulated)" if emulated else "")
 
 
-def _judge_spend(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    """The judge's calls, tokens and estimated cost over the folder's closed runs."""
+def _judge_spend(state: JournalState, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """The judge's calls, tokens and estimated cost over the folder, as its "judged" records
+    say (a killed run's included); its 429s from the closed runs."""
     usages = [r["judge"] for r in runs if r.get("ended") and isinstance(r.get("judge"), dict)]
-    if not usages and isinstance(summary.get("judge"), dict):
-        usages = [summary["judge"]]
-    if not usages:
+    total = journal_usage(state, "")
+    if not total.calls:
         return "–"
-    costs = [u.get("cost") for u in usages]
-    total = {
-        "model": ", ".join(sorted({str(u.get("model")) for u in usages})),
-        "calls": sum(int(u.get("calls") or 0) for u in usages),
-        "throttled": sum(int(u.get("throttled") or 0) for u in usages),
-        "input_size": sum(int(u.get("input_size") or 0) for u in usages),
-        "output_size": sum(int(u.get("output_size") or 0) for u in usages),
-        "cost": None if any(c is None for c in costs) else sum(costs),
-    }
+    total.throttled = sum(int(u.get("throttled") or 0) for u in usages)
     currency = next((str(b.get("currency")) for b in billed(summary) if b.get("currency")), "")
     refs = sorted({str(u.get("reference")) for u in usages if u.get("reference")})
-    return describe(total, currency) + (f"; texts and parser: {refs[-1]}" if refs else "")
+    return describe(total.model_dump(), currency) + (
+        f"; texts and parser: {refs[-1]}" if refs else ""
+    )
 
 
 def _wins(rows: list[Row], state: JournalState) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -435,7 +429,7 @@ def overview(rows: list[Row], summary: dict[str, Any], state: JournalState) -> O
         ("Service", service),
         ("Models used", _models_used(rows, summary)),
         ("Judge", _judges(state)),
-        ("Judge calls (all runs)", _judge_spend(runs, summary)),
+        ("Judge calls (all runs)", _judge_spend(state, runs, summary)),
     ]
     if summary.get("faceswap"):
         facts.append(("Face swap", str(summary["faceswap"])))
