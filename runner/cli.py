@@ -215,7 +215,7 @@ def dry_run(console: Console, settings: Any, tasks: Path, images: Path | None) -
     tasklist = load_tasks(tasks, images)
     unreadable = _unreadable(tasklist)
     emulated = settings.key() is None
-    unusable = {index for index, _ in unreadable}
+    unusable = {index for index, _, _ in unreadable}
     counts: dict[str, int] = {}
     for t in tasklist.tasks:
         if t.index not in unusable:  # a row that would fail before any request bills nothing
@@ -230,8 +230,8 @@ def dry_run(console: Console, settings: Any, tasks: Path, images: Path | None) -
     )
     for b in tasklist.bad:
         console.print(f"  row {b.index} ({b.task_type}, bad input): {b.reason}", highlight=False)
-    for index, why in unreadable:
-        console.print(f"  row {index} (bad input): {why}", highlight=False)
+    for index, task_type, why in unreadable:
+        console.print(f"  row {index} ({task_type}, bad input): {why}", highlight=False)
     console.print(_estimate_table(est, book))
     if est.local_rows:
         console.print(f"face swap (local): {est.local_rows} rows, nothing billed", highlight=False)
@@ -241,18 +241,26 @@ def dry_run(console: Console, settings: Any, tasks: Path, images: Path | None) -
     return not tasklist.bad and not unreadable
 
 
-def _unreadable(tasklist: TaskList) -> list[tuple[str, str]]:
-    """(row, why) for each row naming a source image that cannot be read; each file once."""
-    unreadable: list[tuple[str, str]] = []
+def _unreadable(tasklist: TaskList) -> list[tuple[str, str, str]]:
+    """(row, task type, why) for each row naming a source image that cannot be read, in the
+    words the run would use (the face swap's or the API rows'); each file opened once."""
+    unreadable: list[tuple[str, str, str]] = []
     seen: dict[Path, bool] = {}
     for t in tasklist.tasks:
-        for path in (t.ori_image, t.target_image):
+        for column, path in (("ori_image", t.ori_image), ("target_image", t.target_image)):
             if path is None:
                 continue
             if path not in seen:
                 seen[path] = image_size(path) is not None
-            if not seen[path]:
-                unreadable.append((t.index, f"{path.name} is not a readable image"))
+            if seen[path]:
+                continue
+            why = f"{path.name}: not an image file"
+            if t.task_type == "deepfake":
+                why = f"{column} is not a readable image: {why}"
+            else:
+                why = f"{column}: {why}"
+            unreadable.append((t.index, str(t.task_type), why))
+            break  # the run stops at the row's first bad source
     return unreadable
 
 

@@ -325,7 +325,12 @@ async def test_api_notices_short_repr_and_frame(
 
 def test_dry_run_prints_cost_and_duration_without_a_request(job, tmp_path: Path) -> None:
     tasks = job(
-        [*_t2i_rows(40), ("41", "tie", "edit", "gone.png", ""), ("42", "tie", "e", "junk.png", "")]
+        [
+            *_t2i_rows(40),
+            ("41", "tie", "edit", "gone.png", ""),
+            ("42", "tie", "e", "junk.png", ""),
+            ("43", "deepfake", "", "junk.png", "face.png"),
+        ]
     )
     (tmp_path / "imgs" / "gone.png").unlink()
     (tmp_path / "imgs" / "junk.png").write_bytes(b"not a picture at all")
@@ -350,8 +355,13 @@ def test_dry_run_prints_cost_and_duration_without_a_request(job, tmp_path: Path)
     assert res.returncode == 1, res.stdout + res.stderr  # the bad row is named
     out = res.stdout
     assert "row 41 (tie, bad input)" in out
-    assert "row 42 (bad input): junk.png is not a readable image" in out
-    assert "2 unusable" in out
+    # in the run's words, with the task type
+    assert "row 42 (tie, bad input): ori_image: junk.png: not an image file" in out
+    assert (
+        "row 43 (deepfake, bad input): ori_image is not a readable image: junk.png: not an "
+        "image file"
+    ) in out
+    assert "3 unusable" in out
     assert "wan2.1-t2i-turbo" in out and "80" in out  # 40 rows x 2 candidates
     assert "2.00 USD" in out  # 80 x $0.025, the intl page's list price
     # quota bound: 40 requests (n=2 in one) at min(2/s, 2 in flight / 10 s) = 0.2/s
