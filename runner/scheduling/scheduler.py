@@ -313,6 +313,8 @@ class Scheduler:
                 identity_target=prior.result.get("identity_target"),
                 identity_ori=prior.result.get("identity_ori"),
                 score=_kept_score(prior),
+                reason=prior.result.get("note"),  # e.g. short of candidates: budget reached
+                held_back=int(prior.result.get("held_back") or 0),
             )
             return self._emit(res)
         setup = self._setup(task)
