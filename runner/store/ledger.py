@@ -261,12 +261,9 @@ class Ledger:
     ) -> PaidRequest:
         """prepared -> sent: on disk before the request leaves. ``BudgetReached`` when the
         budget cannot take ``n`` more images of ``model`` (nothing is written then); sends
-        still being written count against it, so requests sent at once never pass it."""
-        if self.budget is not None:
-            spent = Counter(self.spent())
-            spent.update(self._writing)
-            if not self.budget.allows(model, n, spent):
-                raise BudgetReached(self.budget.reason(spent))
+        still being written count in ``spent``, so requests sent at once never pass it."""
+        if self.budget is not None and not self.budget.allows(model, n, self.spent()):
+            raise BudgetReached(self.budget.reason(self.spent()))
         key = uuid.uuid4().hex[:16]
         self._writing[model] += n
         try:
@@ -363,8 +360,11 @@ class Ledger:
     # --- reading -------------------------------------------------------------
     def spent(self) -> Counter[str]:
         """Images billed or possibly billed per model, every run in the folder of this
-        run's kind (real or emulated), requests in flight included."""
-        return self.book.billed(emulated=self.emulated)
+        run's kind (real or emulated), requests in flight included, and sends still being
+        written (so every check of the budget sees them: the next send's, the judge's)."""
+        spent = self.book.billed(emulated=self.emulated)
+        spent.update(+self._writing)
+        return spent
 
     def this_run(self) -> Counter[str]:
         out: Counter[str] = Counter()
