@@ -7,6 +7,7 @@ model aside for the run, fail the row, or stop the run; this module only carries
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from runner.errors import (
     Uncertain,
 )
 from runner.images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
+from runner.logs import NOTICE_LOGGER
 from runner.models import caps, source_url
 from runner.outcomes import RowResult
 from runner.policy import Action, RetryPolicy, Tries
@@ -195,10 +197,13 @@ class RowSteps:
                 raise failed(row.task, decision.reason, **kw) from None
             case Action.SET_ASIDE if model not in self.refused_models:
                 self.refused_models[model] = decision.reason
-                log.warning("model_set_aside", model=model, error=decision.reason)
+                log.info("model_set_aside", model=model, error=decision.reason)
+                logging.getLogger(NOTICE_LOGGER).warning(
+                    f"{model} set aside for this run: {decision.reason}"
+                )
             case Action.NEXT_MODEL:
                 row.refused[model] = decision.reason
-                log.warning(
+                log.info(  # the row's reason names it if no model takes the row
                     "model_refused_row", index=row.task.index, model=model, error=decision.reason
                 )
             case Action.RESUBMIT if row.tries.count > count:  # 429s are the lanes' to log

@@ -11,6 +11,7 @@ to decide: retried, rerouted, the row failed, or the whole run stopped (here).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runner.errors import DiskFull, Fatal
+from runner.logs import NOTICE_LOGGER
 from runner.outcomes import RowResult, RunSummary
 from runner.policy import RetryPolicy
 from runner.scheduling.cpu import CpuPool
@@ -171,14 +173,15 @@ class Scheduler:
             still_bad(prior, keep, fps.get(task.index), self._setup(task))
             for task, (prior, keep) in zip(tasklist.tasks, resumes, strict=True)
         )
+        notices = logging.getLogger(NOTICE_LOGGER)  # lines a person reads, as they are
         if held:
-            log.warning("bad_input_not_retried", rows=held, why="unchanged since they failed")
-        if self.redone:
-            log.warning(
-                "rows_made_again",
-                count=sum(self.redone.values()),
-                why=", ".join(f"{n} {why}" for why, n in self.redone.most_common()),
+            notices.info(
+                f"{held} row(s) with bad input unchanged since the last run are not tried "
+                "again (change the row, its images, the models or the face-swap backend)"
             )
+        if self.redone:
+            why = ", ".join(f"{n} {why}" for why, n in self.redone.most_common())
+            notices.warning(f"{sum(self.redone.values())} done row(s) made again: {why}")
         # Rows are fed per task type through a window of workers, not all started at once:
         # memory stays flat on any number of rows, and every type keeps enough rows waiting
         # for its models' slots (the lanes stay work-conserving across types).
@@ -218,7 +221,8 @@ class Scheduler:
         results.sort(key=lambda r: order.get(r.index, len(order)))
         self.cpu.close()
         try:
-            await asyncio.to_thread(save_learned, self.lanes, learned_path)
+            if self.out_dir.is_dir():  # a folder deleted under the run is not made again
+                await asyncio.to_thread(save_learned, self.lanes, learned_path)
         except OSError as exc:
             log.warning("learned_quotas_not_saved", error=str(exc))
         return RunSummary(
@@ -290,7 +294,7 @@ class Scheduler:
     def _stop(self, reason: str, *, by_user: bool = False) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-            (log.info if by_user else log.error)("run_stopped", reason=reason)  # said by a notice
+            log.info("run_stopped", reason=reason, by_user=by_user)  # the caller says it
             current = asyncio.current_task()
             for t in self._tasks:
                 if t is not current and not t.done():
