@@ -39,6 +39,7 @@ from runner.cost import Estimate, PriceBook, check_budget, estimate_for, price_b
 from runner.errors import RunnerError, SettingsError, TaskFileError
 from runner.images import image_size
 from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
+from runner.policy import REPAY_FLAG
 from runner.progress import ProgressObserver, duration, limit_text
 from runner.scheduling.lanes import cap_note
 from runner.tasks import TaskList, load_tasks
@@ -529,6 +530,8 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
     held = [r for r in failed if summary.budget is not None and "budget" in (r.reason or "")]
     held_ids = {r.index for r in held}
     retry = [r for r in failed if r.status in ("failed", "stopped") and r.index not in held_ids]
+    maybe_paid = [r for r in retry if REPAY_FLAG in (r.reason or "")]
+    retry = [r for r in retry if r not in maybe_paid]
     bad = [r for r in failed if r.status == "bad"]
     if held:
         console.print(
@@ -540,6 +543,13 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
         console.print(
             f"Run the same command again to retry the {len(retry)} failed or unfinished row(s) "
             "(done rows are kept, journaled tasks are fetched, not paid again).",
+            highlight=False,
+        )
+    if maybe_paid:
+        console.print(
+            f"{len(maybe_paid)} row(s) may already be paid (the answer was lost after the "
+            "request was sent): a plain run only looks for them again, at no cost; "
+            f"{REPAY_FLAG} pays for them again.",
             highlight=False,
         )
     if bad:

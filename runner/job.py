@@ -42,7 +42,13 @@ from runner.startup import (
     open_job,
 )
 from runner.store.files import write_atomic_sync
-from runner.store.journal import Journal, JournalLost
+from runner.store.journal import (
+    JOURNAL_NAME,
+    Journal,
+    JournalError,
+    JournalLost,
+    check_journal_file,
+)
 from runner.store.ledger import Ledger
 from runner.store.lock import OutLock
 from runner.tasks import TaskList
@@ -217,6 +223,10 @@ def check_out_dir(out_dir: Path) -> None:
             raise SettingsError(
                 f"{path} is a file, not a folder: move it away or give another --out"
             )
+    try:
+        check_journal_file(out_dir / JOURNAL_NAME)
+    except JournalError as exc:
+        raise SettingsError(str(exc)) from None
     for name in (FAILED_NAME, SUMMARY_NAME, REPORT_NAME):
         if (out_dir / name).is_dir():
             raise SettingsError(

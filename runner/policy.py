@@ -74,6 +74,7 @@ from runner.errors import (
 )
 
 __all__ = [
+    "REPAY_FLAG",
     "Action",
     "Decision",
     "RetryPolicy",
@@ -81,6 +82,8 @@ __all__ = [
     "backoff_delay",
     "parse_retry_after",
 ]
+
+REPAY_FLAG = "--repay-uncertain"  # the user's word to pay again for an answer lost
 
 # --------------------------------------------------------------------------- backoff
 # the arithmetic every retry loop shares (the numbers of openai-python)
@@ -229,7 +232,7 @@ class RetryPolicy:
             return Decision(
                 Action.FAIL,
                 reason=f"uncertain: {exc}, so it was not sent again (run again with "
-                "--repay-uncertain to pay for the row again)",
+                f"{REPAY_FLAG} to pay for the row again)",
                 attempts=tries.count,
                 model=model,
             )

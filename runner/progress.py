@@ -26,6 +26,7 @@ from rich.table import Table
 
 from runner.cost import LOCAL_TYPES, estimate_for
 from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
+from runner.policy import REPAY_FLAG
 from runner.scheduling.lanes import cap_note
 
 if TYPE_CHECKING:
@@ -292,6 +293,13 @@ def next_step(summary: RunSummary) -> str:
     budget = summary.budget is not None
     held = [r for r in summary.failed if budget and "budget" in (r.reason or "")]
     retry = [r for r in summary.failed if r.status in ("failed", "stopped") and r not in held]
+    maybe_paid = [r for r in retry if REPAY_FLAG in (r.reason or "")]
+    retry = [r for r in retry if r not in maybe_paid]
+    if maybe_paid and not retry:
+        return (
+            f"{len(maybe_paid)} row(s) may already be paid (answer lost): running again only "
+            f"looks for them; {REPAY_FLAG} pays for them again"
+        )
     if retry:
         return f"run the same call again to retry the {len(retry)} failed row(s)"
     if held:

@@ -12,6 +12,7 @@ failed ``RowResult``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import structlog
 
 from runner.backends.judge.answers import JudgeScore, pick
 from runner.errors import DiskFull, Fatal, RowFailed, RunnerError
+from runner.logs import NOTICE_LOGGER
 from runner.outcomes import RowResult
 from runner.prompts import CandidatePrompts, SentPrompt
 from runner.scheduling.lifecycle import Candidate
@@ -278,7 +280,10 @@ class Finisher:
             except RunnerError as exc:  # budget spent and the like: stop judging, keep going
                 self._judge_off = True
                 self._judge_stop = str(exc)
-                log.warning("judge_off", reason=str(exc))
+                log.info("judge_off", reason=str(exc))
+                logging.getLogger(NOTICE_LOGGER).warning(
+                    f"judge stopped: {exc}; rows from here keep their first candidate unjudged"
+                )
                 return []
             scores.append(sc)
             await self.journal.write(

@@ -325,7 +325,7 @@ class Lifecycle:
                 elif _same_prompt(told, paid.prompt) and not self.ledger.claimed(task_id):
                     await self.ledger.accepted(paid, task_id, adopted=True)
                     self._started[paid.key] = time.monotonic()
-                    log.warning(
+                    log.info(  # found, nothing for the user to do
                         "lost_submit_found", index=paid.index, task_id=task_id, model=paid.model
                     )
                     return paid

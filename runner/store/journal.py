@@ -19,6 +19,7 @@ import errno
 import json
 import os
 import queue
+import stat
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "PaidRequest",
     "Record",
     "RowState",
+    "check_journal_file",
     "last_tasks_path",
     "replay",
 ]
@@ -70,6 +72,22 @@ class JournalUnwritable(DiskFull):
 
 class JournalLost(JournalUnwritable):
     """The journal file or the output folder was replaced under the run: stop, one line."""
+
+
+def check_journal_file(path: Path) -> None:
+    """A journal path is a regular file (a link to one is too) or nothing yet: a folder, a
+    pipe, a device (/dev/full, /dev/zero) would hang, exhaust memory or lose records, so it
+    is refused in one line (``JournalError``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise JournalError(f"{path} is a folder, not a journal file; move it away")
+    if not stat.S_ISREG(mode):
+        raise JournalError(f"{path} is not a regular file (a pipe or a device); move it away")
 
 
 # --------------------------------------------------------------------------- state
@@ -122,10 +140,9 @@ def replay(path: Path) -> JournalState:
     (the service answers UNKNOWN once it is gone), so a clock that jumped cannot make a rerun
     pay for what it could have fetched."""
     state = JournalState()
+    check_journal_file(path)
     if not path.exists():
         return state
-    if path.is_dir():
-        raise JournalError(f"{path} is a folder, not a journal file; move it away")
     try:
         f = open(path, encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -200,8 +217,7 @@ class Journal:
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / JOURNAL_NAME
         out_dir.mkdir(parents=True, exist_ok=True)
-        if self.path.is_dir():
-            raise JournalError(f"{self.path} is a folder, not a journal file; move it away")
+        check_journal_file(self.path)
         created = not self.path.exists()
         self._fd = self._open()
         if created:  # the new name must survive a crash too
@@ -216,6 +232,7 @@ class Journal:
         self.records = 0
 
     def _open(self) -> int:
+        check_journal_file(self.path)
         try:
             return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -254,7 +271,10 @@ class Journal:
                     os.close(self._fd)
                 except OSError:
                     pass
-                self._fd = self._open()
+                try:
+                    self._fd = self._open()
+                except JournalError as again:  # stop the run, in one line
+                    raise JournalUnwritable(str(again)) from None
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise DiskFull(f"no space left on the device writing {self.path}") from None
                 raise JournalUnwritable(f"cannot write {self.path}: {exc.strerror}") from None
@@ -280,6 +300,12 @@ class Journal:
             raise JournalUnwritable(f"cannot check {self.path}: {exc.strerror}") from None
         if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino):
             return
+        if not stat.S_ISREG(now.st_mode):
+            raise JournalLost(
+                f"{self.path} was replaced by a folder, a pipe or a device during the run; "
+                "stopped (this run's records are in the file that was moved away, if it was): "
+                "put the journal back, then run again"
+            )
         # Another file took the name: keep what it holds, add this run's records, stop.
         self._fd = self._reopen_appending(self._this_run)
         raise JournalLost(
