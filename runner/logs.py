@@ -25,6 +25,7 @@ _BEARER = re.compile(r"(Bearer(?:\s|%20|\\[nrt])+)[A-Za-z0-9._~+/=\-]+", re.I)
 _SK = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")  # the shape of DashScope (and OpenAI) keys
 _MIN_SECRET = 4  # shorter "secrets" would redact ordinary words
 NOTICE_LOGGER = "runner.notice"  # the lines a person must read, shown as they are
+NOTICES = logging.getLogger(NOTICE_LOGGER)  # library code says such a line through it
 
 # Every key this process was given (configure, Settings.key): scrub_text removes them all.
 _known: set[str] = set()

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from runner.cost import LOCAL_TYPES, estimate_for
+from runner.logs import NOTICES
 from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
 from runner.policy import REPAY_FLAG
 from runner.scheduling.lanes import cap_note
@@ -254,12 +255,9 @@ class ProgressObserver:
         return Group(self.progress.get_renderable(), self._models_table())
 
 
-_notices = logging.getLogger("runner.notice")
-
-
 def log_notice(level: str, line: str) -> None:
     """The Python API's notices: through logging, which a notebook shows under the cell."""
-    _notices.log(logging.WARNING if level == "warning" else logging.INFO, line)
+    NOTICES.log(logging.WARNING if level == "warning" else logging.INFO, line)
 
 
 class ApiObserver(ProgressObserver):

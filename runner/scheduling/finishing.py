@@ -12,7 +12,6 @@ failed ``RowResult``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ import structlog
 
 from runner.backends.judge.answers import JudgeScore, pick
 from runner.errors import DiskFull, Fatal, RowFailed, RunnerError
-from runner.logs import NOTICE_LOGGER
+from runner.logs import NOTICES
 from runner.outcomes import RowResult
 from runner.prompts import CandidatePrompts, SentPrompt
 from runner.scheduling.lifecycle import Candidate
@@ -281,7 +280,7 @@ class Finisher:
                 self._judge_off = True
                 self._judge_stop = str(exc)
                 log.info("judge_off", reason=str(exc))
-                logging.getLogger(NOTICE_LOGGER).warning(
+                NOTICES.warning(
                     f"judge stopped: {exc}; rows from here keep their first candidate unjudged"
                 )
                 return []

@@ -23,7 +23,6 @@ the client, for a fresh request and for one an earlier run left open alike:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
@@ -49,7 +48,7 @@ from runner.errors import (
     classify,
 )
 from runner.images import ImageProblem, result_to_jpeg
-from runner.logs import NOTICE_LOGGER, scrub_text
+from runner.logs import NOTICES, scrub_text
 from runner.models import ModelCaps, caps
 from runner.policy import Action, RetryPolicy, Tries
 from runner.scheduling.polling import PollBudget, TaskWatcher
@@ -173,7 +172,7 @@ class Lifecycle:
         pending = [t for t in self._critical if not t.done()]
         if pending:
             calls = f"{len(pending)} paid call{'s' if len(pending) > 1 else ''}"
-            logging.getLogger(NOTICE_LOGGER).warning(
+            NOTICES.warning(
                 f"waiting for {calls} to answer, at most {timeout_s:.0f} s "
                 "(Ctrl-C again to leave them: the next run treats them as uncertain)"
             )

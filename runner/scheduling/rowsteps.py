@@ -7,7 +7,6 @@ model aside for the run, fail the row, or stop the run; this module only carries
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from runner.errors import (
     Uncertain,
 )
 from runner.images import ImageProblem, PreparedSource, prepare_source, result_to_jpeg
-from runner.logs import NOTICE_LOGGER
+from runner.logs import NOTICES
 from runner.models import caps, source_url
 from runner.outcomes import RowResult
 from runner.policy import Action, RetryPolicy, Tries
@@ -198,7 +197,7 @@ class RowSteps:
             case Action.SET_ASIDE if model not in self.refused_models:
                 self.refused_models[model] = decision.reason
                 log.info("model_set_aside", model=model, error=decision.reason)
-                logging.getLogger(NOTICE_LOGGER).warning(
+                NOTICES.warning(
                     f"{model} set aside for this run: {decision.reason}"
                 )
             case Action.NEXT_MODEL:

@@ -11,7 +11,6 @@ to decide: retried, rerouted, the row failed, or the whole run stopped (here).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from runner.errors import DiskFull, Fatal
-from runner.logs import NOTICE_LOGGER
+from runner.logs import NOTICES
 from runner.outcomes import RowResult, RunSummary
 from runner.policy import RetryPolicy
 from runner.scheduling.cpu import CpuPool
@@ -173,15 +172,14 @@ class Scheduler:
             still_bad(prior, keep, fps.get(task.index), self._setup(task))
             for task, (prior, keep) in zip(tasklist.tasks, resumes, strict=True)
         )
-        notices = logging.getLogger(NOTICE_LOGGER)  # lines a person reads, as they are
         if held:
-            notices.info(
+            NOTICES.info(
                 f"{held} row(s) with bad input unchanged since the last run are not tried "
                 "again (change the row, its images, the models or the face-swap backend)"
             )
         if self.redone:
             why = ", ".join(f"{n} {why}" for why, n in self.redone.most_common())
-            notices.warning(f"{sum(self.redone.values())} done row(s) made again: {why}")
+            NOTICES.warning(f"{sum(self.redone.values())} done row(s) made again: {why}")
         # Rows are fed per task type through a window of workers, not all started at once:
         # memory stays flat on any number of rows, and every type keeps enough rows waiting
         # for its models' slots (the lanes stay work-conserving across types).
