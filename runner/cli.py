@@ -40,7 +40,7 @@ from runner.errors import RunnerError, SettingsError, TaskFileError
 from runner.images import image_size
 from runner.outcomes import STATUS_LABEL, RowResult, RunSummary
 from runner.policy import REPAY_FLAG
-from runner.progress import ProgressObserver, duration, limit_text
+from runner.progress import ProgressObserver, duration, limit_text, not_done
 from runner.scheduling.lanes import cap_note
 from runner.tasks import TaskList, load_tasks
 
@@ -527,12 +527,7 @@ def _print_closing(console: Console, summary: RunSummary, out_dir: Path | None) 
         console.print(f"  ... and {len(listed) - 15} more", highlight=False)
     if len(listed) < len(failed):
         console.print(f"  {len(failed) - len(listed)} row(s) not finished", highlight=False)
-    held = [r for r in failed if summary.budget is not None and "budget" in (r.reason or "")]
-    held_ids = {r.index for r in held}
-    retry = [r for r in failed if r.status in ("failed", "stopped") and r.index not in held_ids]
-    maybe_paid = [r for r in retry if REPAY_FLAG in (r.reason or "")]
-    retry = [r for r in retry if r not in maybe_paid]
-    bad = [r for r in failed if r.status == "bad"]
+    held, retry, maybe_paid, bad = not_done(summary)
     if held:
         console.print(
             f"{len(held)} row(s) were not submitted: the budget {summary.budget:g} was reached; "

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -282,17 +282,34 @@ class ApiObserver(ProgressObserver):
         self.notice("warning" if not_done or summary.stopped_reason else "info", line)
 
 
+class NotDone(NamedTuple):
+    """The rows not done, by what would do them: a larger budget (``held``), running again
+    (``retry``), running again with ``--repay-uncertain`` (``maybe_paid``: the answer was
+    lost, the service may have billed them), or fixing the input (``bad``)."""
+
+    held: list[RowResult]
+    retry: list[RowResult]
+    maybe_paid: list[RowResult]
+    bad: list[RowResult]
+
+
+def not_done(summary: RunSummary) -> NotDone:
+    """The rows not done, grouped by what would do them (the closing words say each)."""
+    failed = summary.failed
+    held = [r for r in failed if summary.budget is not None and "budget" in (r.reason or "")]
+    again = [r for r in failed if r.status in ("failed", "stopped") and r not in held]
+    maybe_paid = [r for r in again if REPAY_FLAG in (r.reason or "")]
+    retry = [r for r in again if r not in maybe_paid]
+    return NotDone(held, retry, maybe_paid, [r for r in failed if r.status == "bad"])
+
+
 def next_step(summary: RunSummary) -> str:
     """What to do now, in the words that fit how the run ended."""
     if summary.stopped_by_user:
         return "everything done so far is kept; run the same call again to go on"
     if summary.stopped_reason:
         return "everything done so far is kept; fix the cause and run the same call again"
-    budget = summary.budget is not None
-    held = [r for r in summary.failed if budget and "budget" in (r.reason or "")]
-    retry = [r for r in summary.failed if r.status in ("failed", "stopped") and r not in held]
-    maybe_paid = [r for r in retry if REPAY_FLAG in (r.reason or "")]
-    retry = [r for r in retry if r not in maybe_paid]
+    held, retry, maybe_paid, _ = not_done(summary)
     if maybe_paid and not retry:
         return (
             f"{len(maybe_paid)} row(s) may already be paid (answer lost): running again only "
