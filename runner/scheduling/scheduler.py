@@ -122,6 +122,7 @@ class Scheduler:
             )
         self.swapper = swapper  # read by the rows window
         self.redone: Counter[str] = Counter()  # why done rows were made again
+        self._still_bad: set[str] = set()  # rows held as bad input, unchanged (rerun.still_bad)
         self._stop_reason: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -168,14 +169,15 @@ class Scheduler:
             emulated=self.emulated,
             backend=self.backend,
         )
-        held = sum(
-            still_bad(prior, keep, fps.get(task.index), self._setup(task))
+        self._still_bad = {
+            task.index
             for task, (prior, keep) in zip(tasklist.tasks, resumes, strict=True)
-        )
-        if held:
+            if still_bad(prior, keep, fps.get(task.index), self._setup(task))
+        }
+        if self._still_bad:
             NOTICES.info(
-                f"{held} row(s) with bad input unchanged since the last run are not tried "
-                "again (change the row, its images, the models or the face-swap backend)"
+                f"{len(self._still_bad)} row(s) with bad input unchanged since the last run are "
+                "not tried again (change the row, its images, the models or the face-swap backend)"
             )
         if self.redone:
             why = ", ".join(f"{n} {why}" for why, n in self.redone.most_common())
@@ -319,8 +321,7 @@ class Scheduler:
                 held_back=int(prior.result.get("held_back") or 0),
             )
             return self._emit(res)
-        setup = self._setup(task)
-        if still_bad(prior, pending, fp, setup):
+        if task.index in self._still_bad:
             res = RowResult(
                 index=task.index,
                 task_type=task.task_type,
@@ -344,7 +345,7 @@ class Scheduler:
                     reason=res.reason,
                     kind="input" if bad else "row",
                     fp=fp if bad else None,
-                    setup=setup if bad else None,
+                    setup=self._setup(task) if bad else None,
                 )
             except DiskFull as exc:
                 self._stop(f"DiskFull: {exc}")

@@ -217,7 +217,6 @@ class Journal:
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / JOURNAL_NAME
         out_dir.mkdir(parents=True, exist_ok=True)
-        check_journal_file(self.path)
         created = not self.path.exists()
         self._fd = self._open()
         if created:  # the new name must survive a crash too
