@@ -403,18 +403,9 @@ async def send_image_request(
     common: dict[str, Any] = {"n": n, "seed": seed}
     extend = {"prompt_extend": prompt_extend}
     images = [source] if source is not None else []
-    if sync:
-        return await client.multimodal(
-            model,
-            prompt,
-            images,
-            negative_prompt=negative,
-            size=size if source is None else None,
-            **extend,
-            **common,
-        )
-    if input_style == "messages":  # the image-generation interface (wan2.6, wan2.7)
-        return await client.submit_generation(
+    if sync or input_style == "messages":  # messages async: image-generation (wan2.6, 2.7)
+        send = client.multimodal if sync else client.submit_generation
+        return await send(
             model,
             prompt,
             images,
