@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import billed_per_row, emulator_get, emulator_process, row_prompt
 from rich.console import Console
 
 from runner import run_all
@@ -36,12 +37,15 @@ def _t2i_rows(n: int) -> list[tuple[str, ...]]:
 
 
 def _cli(
-    *args: str, cwd: Path, file_limit: int | None = None
+    *args: str, cwd: Path, file_limit: int | None = None, port: int | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m runner ...`` on the embedded emulator; ``file_limit``: ``ulimit -f`` in
-    bytes for the child."""
+    """``python -m runner ...`` on the embedded emulator, or with a key on the emulator at
+    ``port``; ``file_limit``: ``ulimit -f`` in bytes for the child."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "RUNNER_"))}
     env["PYTHONPATH"] = str(ROOT)
+    if port is not None:
+        env["DASHSCOPE_API_KEY"] = "sk-closing0123456789abcdef"
+        env["DASHSCOPE_HTTP_BASE_URL"] = f"http://127.0.0.1:{port}/api/v1"
 
     def limit() -> None:
         if file_limit is not None:
@@ -100,17 +104,21 @@ def test_a_write_that_every_later_write_repeats_is_diskfull(
 
 def test_a_file_size_limit_stops_like_a_full_disk(job, tmp_path: Path) -> None:
     """``ulimit -f`` below an image's size: exit 3 with the stop's line, no per-row internal
-    error, no traceback; the rerun without the limit fetches the paid images."""
-    tasks = job(_t2i_rows(3))
+    error, no traceback; the rerun without the limit fetches the paid images: the service
+    (an emulator in its own process, outliving both runs) billed each row once."""
+    tasks = job([(str(i), "t2i", row_prompt(i, "a red fox"), "", "") for i in (1, 2, 3)])
     (tmp_path / "fast.toml").write_text(FAST, encoding="utf-8")
     args = ("--tasks", str(tasks), "--out", "out", "--settings", "fast.toml", "-q")
-    res = _cli(*args, cwd=tmp_path, file_limit=8 * 1024)
-    assert res.returncode == 3, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-    assert "internal error" not in res.stdout
-    assert "Run stopped: DiskFull:" in res.stdout and "ulimit -f" in res.stdout
-    again = _cli(*args, cwd=tmp_path)
+    with emulator_process("--time-scale", "0.01", "--no-quotas") as port:
+        res = _cli(*args, cwd=tmp_path, file_limit=8 * 1024, port=port)
+        assert res.returncode == 3, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr + res.stdout
+        assert "internal error" not in res.stdout
+        assert "Run stopped: DiskFull:" in res.stdout and "ulimit -f" in res.stdout
+        again = _cli(*args, cwd=tmp_path, port=port)
+        billed = emulator_get(port, "/_emulator/billed")
     assert again.returncode == 0, again.stdout + again.stderr
+    assert billed_per_row(billed) == {"1": 1, "2": 1, "3": 1}
     assert sorted(p.name for p in (tmp_path / "out" / "imgs").iterdir()) == [
         "1.jpg", "2.jpg", "3.jpg"
     ]
